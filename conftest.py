@@ -1,0 +1,3 @@
+"""Registers devicebench's pytest plugin: options (--device, --scale, --data, ...), fixtures and hooks."""
+
+pytest_plugins = ["fixtures.plugin"]

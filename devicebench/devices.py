@@ -1,0 +1,196 @@
+"""Which devices this machine has, why the others are missing, and the few per-device operations a benchmark needs.
+
+Every backend gets the same three operations, so no benchmark special-cases a device string:
+``sync`` (wait for queued work before reading a clock), ``reset_peak_memory`` / ``peak_memory_bytes``
+(``None`` where the backend cannot tell), and a human-readable name.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from dataclasses import dataclass
+
+import torch
+
+from devicebench.errors import UsageError
+
+KNOWN_DEVICES = ("cpu", "mps", "cuda")
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """What probing one device type found. ``skip_reason`` says what was checked when it is unavailable."""
+
+    type: str
+    available: bool
+    name: str | None = None
+    skip_reason: str | None = None
+
+
+def parse_device_list(text: str) -> list[str]:
+    """Turn ``"cpu,cuda"`` into ``["cpu", "cuda"]``, refusing names that are not devices."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in KNOWN_DEVICES]
+    if unknown or not names:
+        raise UsageError(
+            f"--device {text!r}: unknown device {', '.join(map(repr, unknown)) or '(empty)'}; "
+            f"valid devices are {', '.join(KNOWN_DEVICES)} (comma-separated, e.g. --device cpu,cuda)"
+        )
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def probe(device_type: str) -> DeviceStatus:
+    """Check whether ``device_type`` can run here; if not, say exactly which check failed."""
+    if device_type == "cpu":
+        return DeviceStatus("cpu", True, name=cpu_name())
+    if device_type == "cuda":
+        return _probe_cuda()
+    if device_type == "mps":
+        return _probe_mps()
+    raise UsageError(f"unknown device {device_type!r}; valid devices are {', '.join(KNOWN_DEVICES)}")
+
+
+def _probe_cuda() -> DeviceStatus:
+    if not torch.backends.cuda.is_built():
+        return DeviceStatus(
+            "cuda", False,
+            skip_reason=f"cuda: this torch build has no CUDA support (torch.backends.cuda.is_built() is False; "
+                        f"torch {torch.__version__})",
+        )
+    if not torch.cuda.is_available():
+        return DeviceStatus(
+            "cuda", False,
+            skip_reason=f"cuda: torch {torch.__version__} is built with CUDA {torch.version.cuda} but "
+                        f"torch.cuda.is_available() is False (no NVIDIA GPU or driver visible)",
+        )
+    name = torch.cuda.get_device_name(0)
+    missing_kernels = _missing_cuda_kernels(torch.cuda.get_device_capability(0), torch.cuda.get_arch_list())
+    if missing_kernels:
+        return DeviceStatus("cuda", False, name=name, skip_reason=f"cuda: {name} {missing_kernels}")
+    return DeviceStatus("cuda", True, name=name)
+
+
+def _missing_cuda_kernels(capability: tuple[int, int], arch_list: list[str]) -> str | None:
+    """Say why a GPU cannot run this build's kernels, or None when it can.
+
+    Recent torch wheels dropped older architectures (a GTX 1060 is sm_61, Pascal); the cu126 wheels still ship
+    them. A build with PTX (``compute_XY``) for an older architecture can JIT-compile for a newer GPU.
+    """
+    if not arch_list:  # a build that does not report its architectures: let it try
+        return None
+    major, minor = capability
+    ours = major * 10 + minor
+    sass = {int(a[3:]) for a in arch_list if a.startswith("sm_") and a[3:].isdigit()}
+    ptx = {int(a[8:]) for a in arch_list if a.startswith("compute_") and a[8:].isdigit()}
+    if ours in sass or any(p <= ours for p in ptx):
+        return None
+    return (
+        f"is sm_{ours}, but this torch build ships kernels for {', '.join(sorted(arch_list))} only "
+        f"(torch.cuda.get_arch_list()); install a torch wheel built for sm_{ours} "
+        f"(for Pascal GPUs such as the GTX 1060, the cu126 wheels)"
+    )
+
+
+def _probe_mps() -> DeviceStatus:
+    if not torch.backends.mps.is_built():
+        return DeviceStatus(
+            "mps", False,
+            skip_reason="mps: this torch build has no MPS support (torch.backends.mps.is_built() is False)",
+        )
+    if not torch.backends.mps.is_available():
+        return DeviceStatus(
+            "mps", False,
+            skip_reason="mps: torch is built with MPS but torch.backends.mps.is_available() is False "
+                        "(needs macOS 12.3+ on Apple silicon or an MPS-capable GPU)",
+        )
+    return DeviceStatus("mps", True, name=f"{apple_chip_name()} GPU")
+
+
+def sync(device: torch.device) -> None:
+    """Wait until all work queued on ``device`` has finished, so a clock read after it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    # cpu work is synchronous: nothing to wait for
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak bytes allocated by tensors since ``reset_peak_memory``; None where the backend does not track a peak.
+
+    mps offers only current allocations (``torch.mps.current_allocated_memory``), not a peak, so it reports None
+    rather than a number that would look like a peak and not be one.
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give cached device memory back, so one benchmark's leftovers do not count against the next."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the out-of-memory errors of every backend (cuda raises its own type; mps a RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU model, e.g. 'AMD EPYC 9454 48-Core Processor' or 'Apple M1 Pro'."""
+    system = platform.system()
+    if system == "Linux":
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+                for line in cpuinfo:
+                    if line.lower().startswith(("model name", "hardware")):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    elif system == "Darwin":
+        name = _sysctl("machdep.cpu.brand_string")
+        if name:
+            return name
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def apple_chip_name() -> str:
+    """The Apple chip ('Apple M1'); the GPU is part of it, so the chip names the mps device."""
+    return _sysctl("machdep.cpu.brand_string") or "Apple silicon"
+
+
+def _sysctl(key: str) -> str | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def accelerators() -> list[dict]:
+    """The accelerators torch can use here, as ``{"type", "name", "memory_bytes"}`` records."""
+    found = []
+    if torch.backends.cuda.is_built() and torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            found.append({"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)})
+    if torch.backends.mps.is_built() and torch.backends.mps.is_available():
+        memory = None
+        if hasattr(torch.mps, "recommended_max_memory"):  # the unified-memory share the GPU may use
+            memory = int(torch.mps.recommended_max_memory())
+        found.append({"type": "mps", "name": f"{apple_chip_name()} GPU", "memory_bytes": memory})
+    return found

@@ -1,0 +1,84 @@
+"""Time a workload's rounds with pytest-benchmark and describe the result in ``extra_info``.
+
+Rounds are timed with ``benchmark.pedantic(rounds=, warmup_rounds=, iterations=1)``: no calibration, so a slow
+epoch is not called seven extra times, and warm-up rounds (first-call allocation, cudnn autotuning, kernel
+compilation) are run but not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+from types import ModuleType
+from typing import Callable
+
+import devicebench
+from devicebench import devices
+from devicebench.errors import DeviceOutOfMemory
+from devicebench.workloads.base import RoundStats, RunConfig
+
+# Called after every round: (round number from 1, total rounds, is_warmup, stats, samples per round).
+ProgressCallback = Callable[[int, int, bool, RoundStats, int], None]
+
+
+def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
+                  progress: ProgressCallback | None = None) -> dict:
+    """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``."""
+    scale, device = config.scale, config.device
+    benchmark.group = f"{workload.NAME} ({scale.name})"
+    devices.empty_cache(device)
+    try:
+        run = workload.build(config)
+        devices.reset_peak_memory(device)
+        done: list[RoundStats] = []
+        total = scale.warmup_rounds + scale.rounds
+
+        def one_round() -> None:
+            stats = run.run_round()
+            done.append(stats)
+            if progress is not None:
+                progress(len(done), total, len(done) <= scale.warmup_rounds, stats, run.samples_per_round)
+
+        benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1)
+        val_loss, val_accuracy = run.final_evaluation()
+    except Exception as error:
+        if devices.is_out_of_memory(error):
+            devices.empty_cache(device)
+            raise DeviceOutOfMemory(
+                f"{device.type} ran out of memory running {workload.NAME} [{config.pipeline}] at scale "
+                f"{scale.name} (batch {scale.batch_size}): close other programs using the device, or use a "
+                f"smaller --scale. ({str(error).splitlines()[0]})"
+            ) from error
+        raise
+    timed = done[scale.warmup_rounds:]
+    extra = describe_rounds(timed, run.samples_per_round)
+    extra.update({
+        "schema_version": devicebench.RESULT_SCHEMA_VERSION,
+        "workload": workload.NAME,
+        "workload_version": workload.VERSION,
+        "device": device.type,
+        "device_name": device_name,
+        "pipeline": config.pipeline,
+        "scale": scale.name,
+        "warmup_rounds": scale.warmup_rounds,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "peak_memory_bytes": devices.peak_memory_bytes(device),
+        **run.describe(),
+    })
+    benchmark.extra_info.update(extra)
+    return extra
+
+
+def describe_rounds(rounds: list[RoundStats], samples_per_round: int) -> dict:
+    """Throughput and where the time went, from the timed rounds (raw values kept for significance tests)."""
+    seconds = [r.seconds for r in rounds]
+    median = statistics.median(seconds)
+    return {
+        "samples_per_round": samples_per_round,
+        "samples_per_s": samples_per_round / median,
+        "round_seconds": seconds,
+        "loader_wait_fraction": sum(r.loader_wait_seconds for r in rounds) / sum(seconds),
+        "loader_wait_fraction_per_round": [r.loader_wait_fraction for r in rounds],
+        "train_loss_per_round": [r.train_loss for r in rounds],
+        "val_loss_per_round": [r.val_loss for r in rounds],
+    }

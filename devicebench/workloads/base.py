@@ -1,0 +1,125 @@
+"""The one protocol every workload follows.
+
+A workload module defines ``NAME``, ``VERSION``, ``PIPELINES`` and ``build(config) -> WorkloadRun``. A
+``WorkloadRun`` is the workload built for one device and pipeline (model, optimizer, data); the benchmark calls
+``run_round()`` once per round and ``final_evaluation()`` once at the end. A third workload is one new module
+registered in ``devicebench/workloads/__init__.py``.
+
+Pipelines:
+- ``seed``: the blog post's code as written, plus ``.to(device)``: a CPU DataLoader, per-batch host syncs.
+- ``resident``: the same math with the data already on the device, shuffled there, no per-batch host sync.
+- ``tuned``: ``resident`` made fast with what the device supports (see tuning.py).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from devicebench import devices
+from devicebench.scales import Scale
+from devicebench.tuning import TuningOptions
+
+PIPELINES = ("seed", "resident", "tuned")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a workload needs to build itself; the pytest options map onto these fields."""
+
+    device: torch.device
+    pipeline: str
+    scale: Scale
+    data_mode: str = "auto"
+    data_dir: Path = Path(".")
+    workers: int = 0
+    optimizer: str = "ranger21"
+    pretrained: str = "auto"
+    weights_file: Path | None = None
+    tuning: TuningOptions = field(default_factory=TuningOptions)
+    seed: int = 0
+
+
+@dataclass
+class RoundStats:
+    """What one timed round did. ``seconds`` is measured from the start until the device has finished."""
+
+    seconds: float
+    loader_wait_seconds: float
+    train_loss: float
+    val_loss: float
+
+    @property
+    def loader_wait_fraction(self) -> float:
+        return self.loader_wait_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+class Stopwatch:
+    """Adds up the time spent blocked waiting for the next batch."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def iterate(self, iterable: Iterable) -> Iterator:
+        iterator = iter(iterable)  # DataLoader worker start-up happens here: it is waiting too
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.seconds += time.perf_counter() - start
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
+
+
+class WorkloadRun(ABC):
+    """One workload built for one device and pipeline."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.device = config.device
+        self.rounds_done = 0
+
+    # --- what each workload provides ---------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def samples_per_round(self) -> int:
+        """Training samples processed in one round (validation samples are extra work, not counted)."""
+
+    @abstractmethod
+    def train_epoch(self, waits: Stopwatch) -> float | torch.Tensor:
+        """One training epoch; return the mean training loss (a device tensor is fine: read after the sync)."""
+
+    @abstractmethod
+    def validate(self, waits: Stopwatch) -> float | torch.Tensor:
+        """One validation pass as the pipeline does it; return the validation loss."""
+
+    @abstractmethod
+    def final_evaluation(self) -> tuple[float, float]:
+        """Untimed (val_loss, val_accuracy) of the current model on the validation split."""
+
+    def describe(self) -> dict:
+        """Fields this run adds to every result row (data source, batch size, options...)."""
+        return {}
+
+    # --- shared by every workload ------------------------------------------------------------------------------
+    def run_round(self) -> RoundStats:
+        """One timed round: a training epoch and a validation pass, then wait for the device to finish.
+
+        The sync is inside the round, so the time a benchmark measures around this call is the device's work,
+        not just the time it took to queue it (what a cuda-only sync gets wrong on mps).
+        """
+        waits = Stopwatch()
+        start = time.perf_counter()
+        train_loss = self.train_epoch(waits)
+        val_loss = self.validate(waits)
+        devices.sync(self.device)
+        seconds = time.perf_counter() - start
+        self.rounds_done += 1
+        return RoundStats(seconds, waits.seconds, float(train_loss), float(val_loss))

@@ -1,0 +1,159 @@
+"""mnist_mlp: seed 000's MLP on MNIST, exactly as the post writes it.
+
+``Linear(784,128)-ReLU-Linear(128,256)-ReLU-Linear(256,10)``, ``F.cross_entropy``, ``Adam(lr=1e-3)``, batch 500
+(validation 1000), ``DataLoader(shuffle=True)``, a validation pass after every epoch, ``loss.item()`` per batch.
+The post never moves anything to a device; the ``seed`` pipeline adds ``.to(device)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from devicebench.data.mnist import load_mnist
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+
+NAME = "mnist_mlp"
+# Bump when the work a round does changes (model, data sizes, loop): results of different versions never compare.
+VERSION = 1
+PIPELINES = ("seed", "resident", "tuned")
+LEARNING_RATE = 1e-3
+
+
+class Mnist_NN(nn.Module):  # noqa: N801 - the post's name
+    def __init__(self):
+        super().__init__()
+        self.hidden1 = nn.Linear(784, 128)
+        self.hidden2 = nn.Linear(128, 256)
+        self.out = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = F.relu(self.hidden1(x))
+        x = F.relu(self.hidden2(x))
+        return self.out(x)
+
+
+def make_model(seed: int) -> nn.Module:
+    """The post's model with deterministic initial weights (created on the cpu, so every device starts equal)."""
+    torch.manual_seed(seed)
+    return Mnist_NN()
+
+
+def make_optimizer(model: nn.Module, **kwargs) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, **kwargs)
+
+
+def build(config: RunConfig) -> WorkloadRun:
+    if config.pipeline == "seed":
+        return SeedRun(config)
+    if config.pipeline == "resident":
+        return ResidentRun(config)
+    if config.pipeline == "tuned":
+        from devicebench.workloads.mnist_mlp_tuned import TunedRun
+
+        return TunedRun(config)
+    raise ValueError(f"mnist_mlp has no pipeline {config.pipeline!r}; it has {', '.join(PIPELINES)}")
+
+
+class _MnistRun(WorkloadRun):
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        scale = config.scale
+        data, self.data_source = load_mnist(config.data_mode, config.data_dir)
+        self.x_train, self.y_train = data.x_train[: scale.train_samples], data.y_train[: scale.train_samples]
+        self.x_valid, self.y_valid = data.x_valid[: scale.valid_samples], data.y_valid[: scale.valid_samples]
+        self.model = make_model(config.seed).to(self.device)
+        self.optimizer = make_optimizer(self.model)
+
+    @property
+    def samples_per_round(self) -> int:
+        return len(self.x_train)
+
+    def describe(self) -> dict:
+        return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
+                "valid_batch_size": self.config.scale.valid_batch_size}
+
+    @torch.no_grad()
+    def final_evaluation(self) -> tuple[float, float]:
+        self.model.eval()
+        x, y = self.x_valid.to(self.device), self.y_valid.to(self.device)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+        return loss, accuracy
+
+
+class SeedRun(_MnistRun):
+    """The post's loop: CPU DataLoaders over TensorDatasets, each batch moved to the device, loss.item() per batch."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        generator = torch.Generator().manual_seed(config.seed)  # a fixed shuffle order, so reruns do equal work
+        self.train_dl = DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=config.scale.batch_size,
+                                   shuffle=True, generator=generator)
+        self.valid_dl = DataLoader(TensorDataset(self.x_valid, self.y_valid),
+                                   batch_size=config.scale.valid_batch_size)
+
+    def loss_batch(self, xb, yb, opt=None):
+        xb, yb = xb.to(self.device), yb.to(self.device)
+        loss = F.cross_entropy(self.model(xb), yb)
+        if opt is not None:
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return loss.item(), len(xb)
+
+    def train_epoch(self, waits: Stopwatch) -> float:
+        self.model.train()
+        losses = [self.loss_batch(xb, yb, self.optimizer)[0] for xb, yb in waits.iterate(self.train_dl)]
+        return sum(losses) / len(losses)
+
+    def validate(self, waits: Stopwatch) -> float:
+        self.model.eval()
+        with torch.no_grad():
+            losses, nums = zip(*[self.loss_batch(xb, yb) for xb, yb in waits.iterate(self.valid_dl)])
+        return sum(loss * num for loss, num in zip(losses, nums)) / sum(nums)
+
+
+class ResidentRun(_MnistRun):
+    """The same math with the data on the device: shuffled there, losses summed there, one read per round."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.x_train_d, self.y_train_d = self.x_train.to(self.device), self.y_train.to(self.device)
+        self.x_valid_d, self.y_valid_d = self.x_valid.to(self.device), self.y_valid.to(self.device)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    def batches(self, x, y, batch_size, waits: Stopwatch, order=None):
+        for start in waits.iterate(range(0, len(x), batch_size)):
+            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            yield x[index], y[index]
+
+    def shuffled_order(self) -> torch.Tensor:
+        # Drawn on the cpu from a seeded generator (so every device sees the same order), then one small copy:
+        # 50k int64 indices per epoch.
+        return torch.randperm(len(self.x_train_d), generator=self.generator).to(self.device, non_blocking=True)
+
+    def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        batches = 0
+        for xb, yb in self.batches(self.x_train_d, self.y_train_d, self.config.scale.batch_size, waits,
+                                   self.shuffled_order()):
+            loss = F.cross_entropy(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            total += loss.detach()
+            batches += 1
+        return total / batches
+
+    @torch.no_grad()
+    def validate(self, waits: Stopwatch) -> torch.Tensor:
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        for xb, yb in self.batches(self.x_valid_d, self.y_valid_d, self.config.scale.valid_batch_size, waits):
+            total += F.cross_entropy(self.model(xb), yb, reduction="sum")
+        return total / len(self.x_valid_d)

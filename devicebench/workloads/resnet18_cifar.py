@@ -1,0 +1,240 @@
+"""resnet18_cifar: seed 004's frozen-backbone ResNet18 fine-tune on CIFAR-10 at 96 px, as the post writes it.
+
+``timm.create_model('resnet18', pretrained=..., num_classes=10)``, every parameter frozen except ``fc`` (the model
+still runs in ``train()`` mode, so BatchNorm statistics update), ``CrossEntropyLoss``, batch 1024,
+``Ranger21(lr=0.1, weight_decay=0, num_epochs, num_batches_per_epoch, use_warmup=False, use_madgrad=False)``,
+``CyclicLR(base_lr=1e-5, max_lr=0.1)`` stepped once per epoch, accuracy per batch via ``.item()``, a validation
+pass per epoch. The post's ``train()`` also offers sgd, adam and adamW (``--optimizer``).
+
+Left out of the timed loop, on purpose: the post's ``torch.save`` of the best model after validation (file I/O,
+not training) and its ``tqdm`` bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import CyclicLR
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from devicebench import weights
+from devicebench.data.cifar10 import CifarImages, load_cifar
+from devicebench.errors import UsageError
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+
+NAME = "resnet18_cifar"
+VERSION = 1
+PIPELINES = ("seed", "resident", "tuned")
+OPTIMIZERS = ("ranger21", "sgd", "adam", "adamw")
+IMAGE_SIZE = 96
+LR, LR_MIN = 0.1, 1e-5
+
+
+def make_model(seed: int, weights_path=None) -> nn.Module:
+    """timm's resnet18 with a 10-class head, backbone frozen, ``fc`` trainable (the post's ``get_net``)."""
+    torch.manual_seed(seed)  # the new head's initial weights, equal on every device
+    net = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    if weights_path is not None:
+        weights.load_backbone(net, weights_path)
+    for param in net.parameters():
+        param.requires_grad = False
+    net.fc.weight.requires_grad = True
+    net.fc.bias.requires_grad = True
+    return net
+
+
+def make_optimizer(name: str, net: nn.Module, num_epochs: int, num_batches_per_epoch: int):
+    """The post's optimizer choices, built as its ``train()`` builds them."""
+    params = [param for param in net.parameters() if param.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LR, weight_decay=0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=LR, weight_decay=0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=0)
+    if name == "ranger21":
+        from ranger21 import Ranger21  # imports matplotlib; only load it when asked for
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a settings banner on construction
+            optimizer = Ranger21(params, lr=LR, weight_decay=0, num_epochs=num_epochs,
+                                 num_batches_per_epoch=num_batches_per_epoch, use_warmup=False,
+                                 use_madgrad=False)
+        optimizer.warmdown_displayed = True  # and another when its warm-down starts
+        return optimizer
+    raise UsageError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(optimizer) -> CyclicLR:
+    return CyclicLR(optimizer, base_lr=LR_MIN, max_lr=LR)
+
+
+def build(config: RunConfig) -> WorkloadRun:
+    if config.pipeline == "seed":
+        return SeedRun(config)
+    if config.pipeline == "resident":
+        return ResidentRun(config)
+    if config.pipeline == "tuned":
+        from devicebench.workloads.resnet18_cifar_tuned import TunedRun
+
+        return TunedRun(config)
+    raise ValueError(f"resnet18_cifar has no pipeline {config.pipeline!r}; it has {', '.join(PIPELINES)}")
+
+
+def batches_per_epoch(samples: int, batch_size: int) -> int:
+    return -(-samples // batch_size)  # the post keeps the last, partial batch
+
+
+class _CifarRun(WorkloadRun):
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        scale = config.scale
+        data, self.data_source = load_cifar(config.data_mode, config.data_dir)
+        self.train_images = data.train_images[: scale.train_samples]
+        self.train_labels = data.train_labels[: scale.train_samples]
+        self.valid_images = data.test_images[: scale.valid_samples]
+        self.valid_labels = data.test_labels[: scale.valid_samples]
+        weights_path, self.pretrained = weights.locate(config.pretrained, config.weights_file)
+        self.net = make_model(config.seed, weights_path).to(self.device)
+        self.loss = nn.CrossEntropyLoss()
+        total_epochs = scale.warmup_rounds + scale.rounds
+        self.optimizer = make_optimizer(config.optimizer, self.net, total_epochs,
+                                        batches_per_epoch(scale.train_samples, scale.batch_size))
+        self.scheduler = make_scheduler(self.optimizer)
+
+    @property
+    def samples_per_round(self) -> int:
+        return len(self.train_images)
+
+    def describe(self) -> dict:
+        return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
+                "valid_batch_size": self.config.scale.valid_batch_size, "pretrained": self.pretrained,
+                "optimizer": self.config.optimizer, "image_size": IMAGE_SIZE}
+
+    def resident_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 NCHW images on the device: a quarter of the bytes of float32, converted per batch."""
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+    @torch.no_grad()
+    def final_evaluation(self) -> tuple[float, float]:
+        self.net.eval()
+        images = self.resident_images(self.valid_images)
+        labels = torch.from_numpy(self.valid_labels).to(self.device)
+        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for start in range(0, len(images), self.config.scale.valid_batch_size):
+            x = to_model_input(images[start:start + self.config.scale.valid_batch_size])
+            y = labels[start:start + self.config.scale.valid_batch_size]
+            output = self.net(x)
+            loss_sum += F.cross_entropy(output, y, reduction="sum")
+            correct += (output.argmax(1) == y).sum()
+        return (loss_sum / len(images)).item(), (correct / len(images)).item()
+
+
+def to_model_input(uint8_images: torch.Tensor) -> torch.Tensor:
+    """On-device twin of the post's ``Resize(96)`` + ``ToTensor()``: scale to [0, 1], bilinear-resize 32 -> 96."""
+    x = uint8_images.float().div_(255)
+    return F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+
+
+class SeedRun(_CifarRun):
+    """The post's loop: PIL transforms in a CPU DataLoader (``--workers``), each batch moved to the device."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        transform = transforms.Compose([transforms.Resize(IMAGE_SIZE), transforms.ToTensor()])
+        generator = torch.Generator().manual_seed(config.seed)
+        self.train_dataloader = DataLoader(CifarImages(self.train_images, self.train_labels, transform),
+                                           batch_size=config.scale.batch_size, shuffle=True,
+                                           num_workers=config.workers, generator=generator)
+        self.valid_dataloader = DataLoader(CifarImages(self.valid_images, self.valid_labels, transform),
+                                           batch_size=config.scale.valid_batch_size, shuffle=True,
+                                           num_workers=config.workers, generator=generator)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "workers": self.config.workers}
+
+    def train_epoch(self, waits: Stopwatch) -> float:
+        net, device, batch_size = self.net, self.device, self.config.scale.batch_size
+        net.train()
+        train_acc = 0.0
+        for imgs, targets in waits.iterate(self.train_dataloader):
+            imgs = imgs.to(device)
+            targets = targets.to(device)
+            output = net(imgs)
+            Loss = self.loss(output, targets)  # noqa: N806 - the post's names
+            self.optimizer.zero_grad()
+            Loss.backward()
+            self.optimizer.step()
+            _, pred = output.max(1)
+            num_correct = (pred == targets).sum().item()
+            train_acc += num_correct / batch_size
+        self.scheduler.step()
+        self.train_accuracy = train_acc / len(self.train_dataloader)
+        return Loss.item()  # the post reports the last batch's loss
+
+    def validate(self, waits: Stopwatch) -> float:
+        net, device = self.net, self.device
+        net.eval()
+        eval_loss, eval_acc = 0, 0.0
+        with torch.no_grad():
+            for imgs, targets in waits.iterate(self.valid_dataloader):
+                imgs = imgs.to(device)
+                targets = targets.to(device)
+                output = net(imgs)
+                Loss = self.loss(output, targets)  # noqa: N806
+                _, pred = output.max(1)
+                num_correct = (pred == targets).sum().item()
+                eval_loss += Loss
+                eval_acc += num_correct / imgs.shape[0]
+        return float(eval_loss / len(self.valid_dataloader))
+
+
+class ResidentRun(_CifarRun):
+    """The same math with uint8 images on the device, resized and scaled there, no per-batch host sync."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.train_x = self.resident_images(self.train_images)
+        self.train_y = torch.from_numpy(self.train_labels).to(self.device)
+        self.valid_x = self.resident_images(self.valid_images)
+        self.valid_y = torch.from_numpy(self.valid_labels).to(self.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.net(x)
+        loss = self.loss(output, y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (output.argmax(1) == y).sum()
+
+    def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
+        self.net.train()
+        batch_size = self.config.scale.batch_size
+        order = torch.randperm(len(self.train_x), generator=self.generator).to(self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for start in waits.iterate(range(0, len(order), batch_size)):
+            index = order[start:start + batch_size]
+            loss, batch_correct = self.step(to_model_input(self.train_x[index]), self.train_y[index])
+            correct += batch_correct
+        self.scheduler.step()
+        self.train_correct = correct
+        return loss  # the last batch's loss, as the post reports
+
+    @torch.no_grad()
+    def validate(self, waits: Stopwatch) -> torch.Tensor:
+        self.net.eval()
+        batch_size = self.config.scale.valid_batch_size
+        loss_sum = torch.zeros((), device=self.device)
+        batches = 0
+        for start in waits.iterate(range(0, len(self.valid_x), batch_size)):
+            x = to_model_input(self.valid_x[start:start + batch_size])
+            loss_sum += self.loss(self.net(x), self.valid_y[start:start + batch_size])
+            batches += 1
+        return loss_sum / batches
