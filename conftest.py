@@ -1,3 +1,3 @@
 """Registers devicebench's pytest plugin: options (--device, --scale, --data, ...), fixtures and hooks."""
 
-pytest_plugins = ["fixtures.plugin"]
+pytest_plugins = ["fixtures.plugin", "fixtures.http_server"]

@@ -1,0 +1,103 @@
+"""The benchmarks end to end on the cpu at quick scale, as a user runs them, plus the timing contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from devicebench import devices
+from devicebench.runner import run_benchmark
+from devicebench.scales import scale_for
+from devicebench.workloads import mnist_mlp
+from devicebench.workloads.base import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+MACHINE_FIELDS = ("torch_version", "torch_git_version", "torchvision_version", "timm_version", "cuda_version",
+                  "cudnn_version", "mps_built", "mps_available", "accelerators", "devicebench_version")
+ROW_FIELDS = ("workload", "workload_version", "device", "device_name", "pipeline", "scale", "data_source",
+              "samples_per_round", "samples_per_s", "batch_size", "val_loss", "val_accuracy", "peak_memory_bytes",
+              "round_seconds", "loader_wait_fraction", "schema_version")
+
+
+class RecordingBenchmark:
+    """Stands in for pytest-benchmark's fixture: records where its clock starts and stops."""
+
+    def __init__(self, events: list[str]):
+        self.events, self.extra_info, self.group = events, {}, None
+
+    def pedantic(self, target, rounds, warmup_rounds, iterations):
+        assert iterations == 1
+        for _ in range(warmup_rounds + rounds):
+            self.events.append("clock start")
+            target()
+            self.events.append("clock stop")
+
+
+def test_sync_happens_inside_every_timed_round(monkeypatch):
+    events: list[str] = []
+    monkeypatch.setattr(devices, "sync", lambda device: events.append("sync"))
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
+                       scale=scale_for("mnist_mlp", "quick"))
+    extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu")
+    rounds = config.scale.warmup_rounds + config.scale.rounds
+    assert events == ["clock start", "sync", "clock stop"] * rounds
+    assert len(extra["round_seconds"]) == config.scale.rounds  # warm-up rounds are not counted
+
+
+def run_pytest(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEVICEBENCH_DATA_DIR": str(cwd / "data"), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider",
+                           "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick cpu run of every benchmark, as CI exercises them: (completed process, parsed JSON)."""
+    tmp = tmp_path_factory.mktemp("quick")
+    out = tmp / "out.json"
+    result = run_pytest(str(REPO / "benchmarks"), "--scale", "quick", "--data", "synthetic", "--pretrained", "no",
+                        "--benchmark-json", str(out), "-rs", "-k", "not parity", cwd=tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.loads(out.read_text())
+
+
+def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):
+    _, data = quick_run
+    machine = data["machine_info"]
+    for field in MACHINE_FIELDS:
+        assert field in machine, field
+    assert "hz_actual" not in machine["cpu"] and "hz_actual_friendly" not in machine["cpu"]
+    rows = {bench["name"]: bench["extra_info"] for bench in data["benchmarks"]}
+    for name in ("test_mnist_mlp[cpu-seed]", "test_mnist_mlp[cpu-resident]",
+                 "test_resnet18_cifar[cpu-seed]", "test_resnet18_cifar[cpu-resident]"):
+        assert name in rows, sorted(rows)
+        extra = rows[name]
+        for field in ROW_FIELDS:
+            assert field in extra, (name, field)
+        assert extra["device"] == "cpu" and extra["scale"] == "quick" and extra["data_source"] == "synthetic"
+        assert extra["samples_per_s"] > 0 and 0 <= extra["loader_wait_fraction"] < 1
+    for name in ("test_resnet18_cifar[cpu-seed]", "test_resnet18_cifar[cpu-resident]"):
+        assert rows[name]["pretrained"] == "none" and rows[name]["optimizer"] == "ranger21"
+    assert rows["test_resnet18_cifar[cpu-seed]"]["workers"] == 0
+
+
+def test_absent_devices_are_skipped_with_their_reasons(quick_run):
+    result, _ = quick_run
+    if not devices.probe("cuda").available:
+        assert "SKIPPED" in result.stdout and "cuda: " in result.stdout
+    if not devices.probe("mps").available:
+        assert "mps: this torch build has no MPS support" in result.stdout or "mps: torch is built" in result.stdout
+
+
+def test_unknown_device_is_a_usage_error(tmp_path):
+    result = run_pytest(str(REPO / "benchmarks"), "--device", "tpu", cwd=tmp_path)
+    assert result.returncode == 4  # pytest's usage-error exit code
+    assert "valid devices are cpu, mps, cuda" in result.stderr

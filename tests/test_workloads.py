@@ -1,0 +1,171 @@
+"""The two workloads on the cpu at toy sizes: they train, freeze what the post freezes, and load real-format data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from devicebench import weights
+from devicebench.errors import DataError, UsageError
+from devicebench.scales import Scale, scale_for
+from devicebench.workloads import get_workload, mnist_mlp, resnet18_cifar
+from devicebench.workloads.base import RunConfig
+from fixtures.datafiles import populate_cifar, tiny_cifar_archive
+
+CPU = torch.device("cpu")
+
+
+class NotATensor:
+    """A pickled object of an arbitrary class: what weights_only=True must refuse to rebuild."""
+
+
+def toy_scale(batch_size: int = 8, train: int = 16, valid: int = 8) -> Scale:
+    return Scale(name="toy", train_samples=train, valid_samples=valid, batch_size=batch_size,
+                 valid_batch_size=batch_size, warmup_rounds=0, rounds=2)
+
+
+@pytest.mark.parametrize("pipeline", ["seed", "resident"])
+def test_one_mnist_epoch_lowers_the_validation_loss(pipeline):
+    scale = Scale("toy", train_samples=2000, valid_samples=500, batch_size=100, valid_batch_size=500,
+                  warmup_rounds=0, rounds=1)
+    run = mnist_mlp.build(RunConfig(device=CPU, pipeline=pipeline, scale=scale, data_mode="synthetic"))
+    before, _ = run.final_evaluation()
+    stats = run.run_round()
+    after, accuracy = run.final_evaluation()
+    assert after < before * 0.8, (before, after)
+    assert accuracy > 0.2 and stats.seconds > 0 and run.samples_per_round == 2000
+
+
+def test_mnist_pipelines_do_the_same_math():
+    """seed and resident start from equal weights; with the same batches they would agree (parity tests that);
+    here: both report a validation loss of the same model the same way."""
+    scale = toy_scale(batch_size=500, train=1000, valid=1000)
+    seed = mnist_mlp.build(RunConfig(device=CPU, pipeline="seed", scale=scale, data_mode="synthetic"))
+    resident = mnist_mlp.build(RunConfig(device=CPU, pipeline="resident", scale=scale, data_mode="synthetic"))
+    assert seed.validate(_NoWait()) == pytest.approx(float(resident.validate(_NoWait())), rel=1e-5)
+
+
+class _NoWait:
+    def iterate(self, iterable):
+        return iter(iterable)
+
+
+def test_frozen_backbone_stays_unchanged_while_fc_trains():
+    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+                                         pretrained="no", optimizer="sgd"))
+    before = {name: p.detach().clone() for name, p in run.net.named_parameters()}
+    run.run_round()
+    changed = {name for name, p in run.net.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"fc.weight", "fc.bias"}
+    assert run.net.training is False  # validation left it in eval(); training re-enters train() each epoch
+
+
+def test_batchnorm_statistics_update_in_train_mode():
+    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+                                         pretrained="no"))
+    running_mean = run.net.bn1.running_mean.clone()
+    run.run_round()
+    assert not torch.equal(running_mean, run.net.bn1.running_mean)
+
+
+@pytest.mark.parametrize("optimizer", resnet18_cifar.OPTIMIZERS)
+def test_each_optimizer_constructs_and_steps(optimizer, capsys):
+    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+                                         pretrained="no", optimizer=optimizer))
+    fc_before = run.net.fc.weight.detach().clone()
+    stats = run.run_round()
+    assert not torch.equal(fc_before, run.net.fc.weight) and stats.train_loss > 0
+    assert "Ranger21" not in capsys.readouterr().out  # its banners are kept out of the output
+
+
+def test_unknown_optimizer_is_a_usage_error():
+    with pytest.raises(UsageError, match="choose one of ranger21, sgd, adam, adamw"):
+        resnet18_cifar.make_optimizer("lion", resnet18_cifar.make_model(0), 1, 1)
+
+
+def test_both_cifar_pipelines_load_the_real_format(http_server, tmp_path):
+    populate_cifar(http_server, tmp_path / "data", tiny_cifar_archive(tmp_path / "a.tar.gz", seed=1))
+    for pipeline, workers in [("seed", 0), ("seed", 1), ("resident", 0)]:
+        config = RunConfig(device=CPU, pipeline=pipeline, scale=toy_scale(), data_mode="real",
+                           data_dir=tmp_path / "data", pretrained="no", workers=workers)
+        run = resnet18_cifar.build(config)
+        stats = run.run_round()
+        assert run.data_source == "real" and stats.seconds > 0
+        assert run.describe()["pretrained"] == "none"
+
+
+def test_seed_pipeline_images_go_through_pil_resize_to_96():
+    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
+                                         pretrained="no"))
+    images, labels = next(iter(run.train_dataloader))
+    assert images.shape == (8, 3, 96, 96) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
+
+
+def test_resident_resize_matches_the_pil_pipeline_closely():
+    """The on-device resize stands in for PIL's: same size and range, nearly the same pixels."""
+    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
+                                         pretrained="no"))
+    pil_image, _ = run.train_dataloader.dataset[0]
+    uint8 = torch.from_numpy(run.train_images[:1]).permute(0, 3, 1, 2)
+    device_image = resnet18_cifar.to_model_input(uint8)[0]
+    assert device_image.shape == pil_image.shape
+    assert (device_image - pil_image).abs().mean() < 0.02
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_backbone_weights_load_from_safetensors_and_the_head_is_new(tmp_path):
+    from safetensors.torch import save_file
+
+    source = resnet18_cifar.make_model(seed=7)
+    imagenet_like = {k: v.contiguous() for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    imagenet_like["fc.weight"] = torch.zeros(1000, 512)  # the 1000-class head a real file has: dropped
+    imagenet_like["fc.bias"] = torch.zeros(1000)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(imagenet_like, str(path))
+    loaded = resnet18_cifar.make_model(seed=8, weights_path=path)
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert loaded.fc.weight.shape == (10, 512)
+
+
+def test_torch_checkpoint_loads_with_weights_only(tmp_path):
+    source = resnet18_cifar.make_model(seed=7)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    assert torch.equal(resnet18_cifar.make_model(seed=1, weights_path=path).bn1.weight, source.bn1.weight)
+
+    torch.save({"conv1.weight": NotATensor()}, tmp_path / "evil.pth")
+    with pytest.raises(DataError, match="not a readable weights file"):
+        weights.read_state_dict(tmp_path / "evil.pth")
+
+
+def test_weights_of_another_model_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"conv1.weight": torch.zeros(3, 3)}, str(path))
+    with pytest.raises(DataError, match="does not fit timm's resnet18"):
+        resnet18_cifar.make_model(0, weights_path=path)
+
+
+def test_pretrained_modes_offline(monkeypatch, closed_port_url, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(weights, "HUB_URL", closed_port_url)
+    assert weights.locate("no", None) == (None, "none")
+    assert weights.locate("auto", None, probe_timeout_s=2) == (None, "none")
+    assert "using random initialisation" in capsys.readouterr().err
+    with pytest.raises(DataError, match="--pretrained no"):
+        weights.locate("yes", None, probe_timeout_s=2)
+    with pytest.raises(UsageError):
+        weights.locate("maybe", None)
+
+
+def test_registry_and_scales():
+    assert get_workload("mnist_mlp") is mnist_mlp
+    with pytest.raises(UsageError):
+        get_workload("gpt2")
+    assert scale_for("resnet18_cifar", "full").train_samples == 50_000
+    assert scale_for("mnist_mlp", "full").rounds == 20
+    with pytest.raises(UsageError):
+        scale_for("mnist_mlp", "huge")
