@@ -1,15 +1,198 @@
-"""Options and capability decisions for the ``tuned`` pipeline."""
+"""What the ``tuned`` pipeline may use on each backend: a capability table, not try/except around everything.
+
+``plan_tuning`` turns (backend facts, workload traits, user options) into a ``TuningPlan``: the dtype for autocast,
+channels_last, torch.compile, CUDA graphs, and for each feature left off the reason why. Every choice is recorded
+in the result (``dtype``, ``channels_last``, ``compiled``, ``cuda_graphs``, ``tuning_notes``), and each can be
+switched off by an option (``--tuned-dtype float32``, ``--no-channels-last``, ``--no-compile``,
+``--no-cuda-graphs``) so a user can see what it buys.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+
+from devicebench.errors import UsageError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class TuningOptions:
     """What the user allows the ``tuned`` pipeline to use; each can be switched off to see what it buys."""
 
-    amp: bool = True
+    dtype: str = "auto"
     channels_last: bool = True
     compile: bool = True
     cuda_graphs: bool = True
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--tuned-dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """The facts about this machine that decide capabilities (gathered by ``backend_facts``, faked in tests)."""
+
+    device_type: str
+    torch_version: tuple[int, int]
+    cuda_capability: tuple[int, int] | None = None
+    has_triton: bool = False
+    has_cxx_compiler: bool = False
+
+
+@dataclass(frozen=True)
+class WorkloadTraits:
+    """What about a workload decides which features apply."""
+
+    has_convolutions: bool  # channels_last only helps convolutions
+    launch_bound: bool  # many tiny kernels per step: CUDA graphs remove the launch overhead
+    graph_safe_optimizer: bool  # the optimizer step never reads values back to the host (capturable)
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    dtype: str
+    channels_last: bool
+    compiled: bool
+    cuda_graphs: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)  # why each feature that is off is off
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None if self.dtype == "float32" else TORCH_DTYPES[self.dtype]
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        # float16 has too little range for small gradients; bfloat16 has float32's range and needs no scaler.
+        return self.dtype == "float16"
+
+    def as_extra_info(self) -> dict:
+        return {"dtype": self.dtype, "channels_last": self.channels_last, "compiled": self.compiled,
+                "cuda_graphs": self.cuda_graphs, "tuning_notes": list(self.notes)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The capability table. Each entry: the condition under which a backend has the feature, and what to say if not.
+#
+# Mixed precision (autocast):
+#   cuda  bfloat16 from compute capability 8.0 (Ampere: tensor cores with bf16); float16 from 7.0 (Volta tensor
+#         cores); below that (Pascal, e.g. GTX 1060 = sm_61) float16 runs at 1/64 of float32 rate: keep float32.
+#   mps   autocast on mps exists from torch 2.5 (float16); bfloat16 from torch 2.6.
+#   cpu   keeps float32 unless asked: bf16 is only fast on CPUs with AMX / AVX512-BF16, and slower elsewhere.
+# torch.compile:
+#   cuda  inductor generates Triton kernels: needs triton and compute capability >= 7.0.
+#   cpu   inductor generates C++: needs a C++ compiler on PATH.
+#   mps   not used: inductor's Metal backend is still maturing and this project has not verified these models
+#         on it (and cannot: no Apple hardware here).
+# CUDA graphs: cuda only; only for launch-bound workloads whose optimizer is capturable, and not with float16,
+#   whose GradScaler reads the inf check back to the host every step.
+CUDA_BF16_MIN_CAPABILITY = (8, 0)
+CUDA_FP16_MIN_CAPABILITY = (7, 0)
+CUDA_TRITON_MIN_CAPABILITY = (7, 0)
+MPS_FP16_AUTOCAST_MIN_TORCH = (2, 5)
+MPS_BF16_AUTOCAST_MIN_TORCH = (2, 6)
+
+
+def _supported_dtypes(facts: BackendFacts) -> dict[str, str | None]:
+    """dtype -> None if usable, else why not."""
+    unsupported: dict[str, str | None] = {"float32": None}
+    if facts.device_type == "cuda":
+        cap = facts.cuda_capability or (0, 0)
+        unsupported["bfloat16"] = None if cap >= CUDA_BF16_MIN_CAPABILITY else \
+            f"bfloat16 needs compute capability >= 8.0 (this GPU: {cap[0]}.{cap[1]})"
+        unsupported["float16"] = None if cap >= CUDA_FP16_MIN_CAPABILITY else \
+            f"float16 is slow below compute capability 7.0 (this GPU: {cap[0]}.{cap[1]}, no tensor cores)"
+    elif facts.device_type == "mps":
+        version = ".".join(map(str, facts.torch_version))
+        unsupported["bfloat16"] = None if facts.torch_version >= MPS_BF16_AUTOCAST_MIN_TORCH else \
+            f"bfloat16 autocast on mps needs torch >= 2.6 (this: {version})"
+        unsupported["float16"] = None if facts.torch_version >= MPS_FP16_AUTOCAST_MIN_TORCH else \
+            f"autocast on mps needs torch >= 2.5 (this: {version})"
+    else:
+        unsupported["bfloat16"] = None
+        unsupported["float16"] = None
+    return unsupported
+
+
+def _auto_dtype(facts: BackendFacts, usable: dict[str, str | None]) -> tuple[str, str | None]:
+    if facts.device_type == "cpu":
+        return "float32", "cpu keeps float32 unless asked (--tuned-dtype bfloat16)"
+    for dtype in ("bfloat16", "float16"):
+        if usable[dtype] is None:
+            return dtype, None
+    return "float32", usable["bfloat16"] if facts.device_type == "mps" else usable["float16"]
+
+
+def _compile_blocker(facts: BackendFacts) -> str | None:
+    if facts.device_type == "cuda":
+        if not facts.has_triton:
+            return "torch.compile on cuda needs triton, which is not installed"
+        if (facts.cuda_capability or (0, 0)) < CUDA_TRITON_MIN_CAPABILITY:
+            return "torch.compile on cuda needs compute capability >= 7.0 (triton)"
+        return None
+    if facts.device_type == "cpu":
+        return None if facts.has_cxx_compiler else "torch.compile on cpu needs a C++ compiler on PATH"
+    return "torch.compile is not used on mps: not verified for these models by this project"
+
+
+def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOptions) -> TuningPlan:
+    notes: list[str] = []
+    usable = _supported_dtypes(facts)
+    if options.dtype == "auto":
+        dtype, why = _auto_dtype(facts, usable)
+        if why:
+            notes.append(f"float32: {why}")
+    else:
+        dtype = options.dtype
+        if usable[dtype] is not None:
+            raise UsageError(f"--tuned-dtype {dtype} on {facts.device_type}: {usable[dtype]}; "
+                             f"use --tuned-dtype auto or float32")
+        if dtype == "float32":
+            notes.append("float32: switched off by --tuned-dtype float32")
+
+    channels_last = options.channels_last and traits.has_convolutions
+    if not traits.has_convolutions:
+        notes.append("channels_last: no convolutions in this model")
+    elif not options.channels_last:
+        notes.append("channels_last: switched off by --no-channels-last")
+
+    compile_blocker = None if options.compile else "switched off by --no-compile"
+    compile_blocker = compile_blocker or _compile_blocker(facts)
+    if compile_blocker:
+        notes.append(f"compile: {compile_blocker}")
+
+    graphs_blocker = None
+    if facts.device_type != "cuda":
+        graphs_blocker = "CUDA graphs exist on cuda only"
+    elif not traits.launch_bound:
+        graphs_blocker = "not used: this workload is compute-bound, launch overhead is small"
+    elif not traits.graph_safe_optimizer:
+        graphs_blocker = "the optimizer reads values back to the host each step, which a graph cannot capture"
+    elif dtype == "float16":
+        graphs_blocker = "float16 needs a GradScaler, whose inf check syncs every step"
+    elif not options.cuda_graphs:
+        graphs_blocker = "switched off by --no-cuda-graphs"
+    if graphs_blocker:
+        notes.append(f"cuda_graphs: {graphs_blocker}")
+
+    return TuningPlan(dtype=dtype, channels_last=channels_last, compiled=compile_blocker is None,
+                      cuda_graphs=graphs_blocker is None, notes=tuple(notes))
+
+
+def backend_facts(device: torch.device) -> BackendFacts:
+    """Read the facts the capability table needs from this machine."""
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    try:
+        import triton  # noqa: F401
+
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    has_cxx = any(shutil.which(name) for name in ("c++", "g++", "clang++"))
+    return BackendFacts(device.type, (major, minor), capability, has_triton, has_cxx)

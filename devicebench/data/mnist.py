@@ -74,7 +74,7 @@ def synthetic_mnist(train_size: int = TRAIN_SIZE, valid_size: int = VALID_SIZE, 
     def split(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.randint(0, CLASSES, (size,), generator=generator)
         noise = torch.rand(size, FEATURES, generator=generator)
-        images = (0.5 * prototypes[labels] + 0.5 * noise).clamp_(0.0, 0.999)
+        images = (0.3 * prototypes[labels] + 0.7 * noise).clamp_(0.0, 0.999)
         return images, labels
 
     return MnistArrays(*split(train_size), *split(valid_size))
