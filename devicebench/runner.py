@@ -7,12 +7,15 @@ compilation) are run but not counted.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from types import ModuleType
 from typing import Callable
 
+import torch
+
 import devicebench
-from devicebench import devices
+from devicebench import devices, efficiency, stability
 from devicebench.errors import DeviceOutOfMemory
 from devicebench.workloads.base import RoundStats, RunConfig
 
@@ -25,6 +28,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``."""
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
+    flags = configure_backend(config.pipeline)
     devices.empty_cache(device)
     try:
         run = workload.build(config)
@@ -63,10 +67,41 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
+        **flags,
         **run.describe(),
     })
+    extra.setdefault("dtype", "float32")
+    flops = _flop_counts(workload)
+    extra["flops_per_sample"] = flops.train_per_sample
+    extra["flops_per_round"] = flops.per_round(scale.train_samples, scale.valid_samples)
+    peak_dtype = efficiency.compute_dtype(extra["dtype"], device.type, workload.HAS_CONVOLUTIONS,
+                                          flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
+    extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
+                                              device_name, peak_dtype))
+    reason = stability.assess(extra["round_seconds"])
+    extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     benchmark.extra_info.update(extra)
     return extra
+
+
+@functools.cache
+def _flop_counts(workload: ModuleType):
+    return workload.flop_counts()
+
+
+def configure_backend(pipeline: str) -> dict:
+    """Set the backend flags that change speed on purpose, here where a benchmark starts, and record them.
+
+    TF32 stays at torch's defaults (cuDNN convolutions may use it, matmuls may not); cuDNN autotuning is on
+    only for ``tuned``, since the posts do not enable it.
+    """
+    torch.backends.cudnn.benchmark = pipeline == "tuned"
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
 
 
 def describe_rounds(rounds: list[RoundStats], samples_per_round: int) -> dict:

@@ -15,7 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from devicebench import devices
-from devicebench.data.mnist import load_mnist
+from devicebench.data.mnist import load_mnist, synthetic_mnist
+from devicebench.parity import ParityCase
+from devicebench.flops import FlopCounts, count_flops
 from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
@@ -24,6 +26,7 @@ NAME = "mnist_mlp"
 VERSION = 1
 PIPELINES = ("seed", "resident", "tuned")
 LEARNING_RATE = 1e-3
+HAS_CONVOLUTIONS = False
 
 
 class Mnist_NN(nn.Module):  # noqa: N801 - the post's name
@@ -47,6 +50,17 @@ def make_model(seed: int) -> nn.Module:
 
 def make_optimizer(model: nn.Module, **kwargs) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, **kwargs)
+
+
+def flop_counts() -> FlopCounts:
+    return count_flops(make_model(0), torch.rand(8, 784), torch.randint(0, 10, (8,)), F.cross_entropy)
+
+
+def parity_case(steps: int = 5, seed: int = 0) -> ParityCase:
+    """A few of the post's training steps on fixed batches, for the cpu-vs-device check (parity.py)."""
+    data = synthetic_mnist(train_size=steps * 500, valid_size=1, seed=seed)
+    batches = list(zip(data.x_train.split(500), data.y_train.split(500)))
+    return ParityCase(make_model(seed), make_optimizer, batches, F.cross_entropy)
 
 
 def build(config: RunConfig) -> WorkloadRun:
@@ -167,7 +181,7 @@ class ResidentRun(_MnistRun):
         return total / len(self.x_valid_d)
 
 
-TRAITS = WorkloadTraits(has_convolutions=False, launch_bound=True, graph_safe_optimizer=True)
+TRAITS = WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=True, graph_safe_optimizer=True)
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.cuda.graphs' docs require
 
 

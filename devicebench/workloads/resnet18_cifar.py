@@ -26,8 +26,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from devicebench import devices, weights
-from devicebench.data.cifar10 import CifarImages, load_cifar
+from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
+from devicebench.flops import FlopCounts, count_flops
+from devicebench.parity import ParityCase
 from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
@@ -37,6 +39,7 @@ PIPELINES = ("seed", "resident", "tuned")
 OPTIMIZERS = ("ranger21", "sgd", "adam", "adamw")
 IMAGE_SIZE = 96
 LR, LR_MIN = 0.1, 1e-5
+HAS_CONVOLUTIONS = True
 
 
 def make_model(seed: int, weights_path=None) -> nn.Module:
@@ -75,6 +78,22 @@ def make_optimizer(name: str, net: nn.Module, num_epochs: int, num_batches_per_e
 
 def make_scheduler(optimizer) -> CyclicLR:
     return CyclicLR(optimizer, base_lr=LR_MIN, max_lr=LR)
+
+
+def flop_counts() -> FlopCounts:
+    """Per image at 96 px: the full forward, and a backward that only reaches ``fc`` (the rest is frozen)."""
+    return count_flops(make_model(0), torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randint(0, 10, (2,)),
+                       F.cross_entropy)
+
+
+def parity_case(steps: int = 4, seed: int = 0, batch_size: int = 32) -> ParityCase:
+    """A few training steps of the post's setup (Ranger21, BatchNorm in train mode) on fixed 96 px batches."""
+    data = synthetic_cifar(train_size=steps * batch_size, test_size=1, seed=seed)
+    images = to_model_input(torch.from_numpy(data.train_images).permute(0, 3, 1, 2))
+    labels = torch.from_numpy(data.train_labels)
+    batches = list(zip(images.split(batch_size), labels.split(batch_size)))
+    return ParityCase(make_model(seed), lambda net: make_optimizer("ranger21", net, 1, steps), batches,
+                      F.cross_entropy)
 
 
 def build(config: RunConfig) -> WorkloadRun:
@@ -257,7 +276,7 @@ class TunedRun(ResidentRun):
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        traits = WorkloadTraits(has_convolutions=True, launch_bound=False,
+        traits = WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=False,
                                 graph_safe_optimizer=config.optimizer != "ranger21")
         self.plan = plan_tuning(backend_facts(self.device), traits, config.tuning)
         if self.plan.channels_last:
