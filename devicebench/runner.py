@@ -8,6 +8,7 @@ compilation) are run but not counted.
 from __future__ import annotations
 
 import functools
+import gc
 import statistics
 from types import ModuleType
 from typing import Callable
@@ -42,7 +43,17 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
             if progress is not None:
                 progress(len(done), total, len(done) <= scale.warmup_rounds, stats, run.samples_per_round)
 
-        benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1)
+        # Python's periodic full collection walks every object torch, timm and the data put on the heap (~0.2 s)
+        # and lands in whichever round crosses its threshold (seen: the same round of every quick seed run, 1.8x
+        # the median). Freezing what exists before timing takes it out of those walks; the rounds' own garbage is
+        # still collected as usual. (A gc.collect() before every round was tried: it slowed rounds by evicting
+        # caches.)
+        gc.collect()
+        gc.freeze()
+        try:
+            benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1)
+        finally:
+            gc.unfreeze()
         val_loss, val_accuracy = run.final_evaluation()
     except Exception as error:
         if devices.is_out_of_memory(error):

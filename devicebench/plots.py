@@ -1,0 +1,58 @@
+"""Charts (matplotlib, no display needed): throughput bars for ``compare``, lines per torch version for ``history``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # write files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from devicebench.compare import Table  # noqa: E402
+from devicebench.history import Timeline  # noqa: E402
+
+
+def compare_chart(tables: list[Table], path: Path) -> None:
+    """One panel per workload and pipeline; a bar per run/device; throughput in samples/s (log scale)."""
+    fig, axes = plt.subplots(len(tables), 1, figsize=(9, 2.2 + 1.1 * len(tables) * 1.6), squeeze=False)
+    for axis, table in zip(axes[:, 0], tables):
+        labels, values = [], []
+        for series, row in zip(table.columns, table.cells):
+            if row is not None:
+                labels.append(series.label)
+                values.append(row.samples_per_s)
+        bars = axis.barh(range(len(values)), values, color="tab:blue")
+        axis.set_yticks(range(len(values)), labels, fontsize=7)
+        axis.invert_yaxis()
+        axis.set_xscale("log")
+        axis.set_title(f"{table.workload} · {table.pipeline} · {table.scale}", fontsize=9)
+        axis.bar_label(bars, labels=[f"{v:,.0f}/s" for v in values], fontsize=7, padding=2)
+    axes[-1, 0].set_xlabel("training samples per second (higher is better)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def history_chart(lines: list[Timeline], path: Path) -> None:
+    """One panel per machine and device; a line per workload/pipeline/scale across torch versions."""
+    fig, axes = plt.subplots(len(lines), 1, figsize=(9, 3.2 * len(lines)), squeeze=False)
+    for axis, timeline in zip(axes[:, 0], lines):
+        for key in timeline.keys():
+            points = [(i, row.samples_per_s) for i, row in enumerate(timeline.rows(key)) if row is not None]
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=" ".join(key))
+        axis.set_xticks(range(len(timeline.versions)), [f"torch {v}" for v in timeline.versions], fontsize=8)
+        axis.set_yscale("log")
+        axis.set_ylabel("samples/s")
+        axis.set_title(f"{timeline.machine_label} · {timeline.device_name}", fontsize=9)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".part")
+    fig.savefig(temp, format="png", dpi=110)  # written whole, then moved: no half-written chart left behind
+    plt.close(fig)
+    temp.replace(path)

@@ -1,0 +1,140 @@
+"""Reading saved runs: pytest-benchmark JSON files written with devicebench's machine_info and extra_info.
+
+Robust on purpose: a malformed file, a JSON file that is not a pytest-benchmark run, or a run without
+devicebench's fields is skipped with a warning naming it; a run written by a newer schema is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devicebench import RESULT_SCHEMA_VERSION
+from devicebench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row of one run: a workload on a device and pipeline, at a scale."""
+
+    test: str
+    workload: str
+    workload_version: int
+    pipeline: str
+    scale: str
+    device: str
+    device_name: str
+    round_seconds: tuple[float, ...]
+    samples_per_round: int
+    extra: dict = field(compare=False, hash=False)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.round_seconds)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples_per_round / self.median_seconds
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.workload, self.pipeline, self.scale
+
+
+@dataclass
+class Run:
+    path: Path
+    machine_info: dict
+    datetime: str
+    rows: list[Row]
+
+    @property
+    def torch_version(self) -> str:
+        return str(self.machine_info.get("torch_version", "?"))
+
+    @property
+    def machine_key(self) -> tuple:
+        """Identity of the machine: runs of different machines are never merged (pyperf's rule)."""
+        accelerators = tuple(a.get("name", "?") for a in self.machine_info.get("accelerators") or [])
+        return (self.machine_info.get("node", "?"), self.machine_info.get("cpu_name", "?"), accelerators)
+
+    @property
+    def machine_label(self) -> str:
+        names = [a.get("name", "?") for a in self.machine_info.get("accelerators") or []]
+        return f"{self.machine_info.get('node', '?')} ({', '.join([self.machine_info.get('cpu_name', '?'), *names])})"
+
+
+def warn(message: str) -> None:
+    print(f"devicebench: warning: {message}", file=sys.stderr)
+
+
+def load_run(path: Path) -> Run | None:
+    """Read one saved run; None (with a warning naming the file) when it is not a readable devicebench run."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        warn(f"skipping {path}: not readable JSON ({error})")
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
+            or not isinstance(data.get("machine_info"), dict):
+        warn(f"skipping {path}: not a pytest-benchmark result file")
+        return None
+    schema = data["machine_info"].get("devicebench_schema")
+    if schema is None:
+        warn(f"skipping {path}: no devicebench fields (a run of another suite?)")
+        return None
+    if not isinstance(schema, int) or schema > RESULT_SCHEMA_VERSION:
+        warn(f"skipping {path}: written with result schema {schema}, newer than this devicebench understands "
+             f"({RESULT_SCHEMA_VERSION}); upgrade devicebench to read it")
+        return None
+    rows = []
+    for bench in data["benchmarks"]:
+        row = _row(bench)
+        if row is None:
+            warn(f"{path}: skipping row {bench.get('name', '?')!r}: missing devicebench fields or round times")
+        else:
+            rows.append(row)
+    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows)
+
+
+def _row(bench: dict) -> Row | None:
+    extra = bench.get("extra_info") if isinstance(bench, dict) else None
+    if not isinstance(extra, dict):
+        return None
+    rounds = extra.get("round_seconds") or (bench.get("stats") or {}).get("data")
+    try:
+        return Row(test=str(bench["name"]), workload=extra["workload"], workload_version=int(extra["workload_version"]),
+                   pipeline=extra["pipeline"], scale=extra["scale"], device=extra["device"],
+                   device_name=str(extra.get("device_name") or extra["device"]),
+                   round_seconds=tuple(float(s) for s in rounds), samples_per_round=int(extra["samples_per_round"]),
+                   extra=extra)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
+    """Turn command-line RUN arguments into files: a JSON file, a folder (every run in it), or a run id
+    such as ``0003`` (pytest-benchmark's numbering) looked up under ``results_dir``."""
+    paths: list[Path] = []
+    for spec in specs:
+        candidate = Path(spec)
+        if candidate.is_file():
+            paths.append(candidate)
+        elif candidate.is_dir():
+            paths.extend(sorted(candidate.rglob("*.json")))
+        else:
+            matches = sorted(results_dir.rglob(f"{spec}*.json")) if results_dir.is_dir() else []
+            if not matches:
+                raise UsageError(f"{spec!r}: no such file or folder, and no saved run {spec}* under {results_dir}/")
+            paths.extend(matches)
+    return paths
+
+
+def load_runs(specs: list[str], results_dir: Path = Path("results")) -> list[Run]:
+    runs = [run for run in (load_run(path) for path in expand(specs, results_dir)) if run is not None]
+    if not runs:
+        raise UsageError(f"no readable devicebench runs in {', '.join(specs)}")
+    return runs
