@@ -20,8 +20,8 @@ from devicebench import devices, efficiency, stability
 from devicebench.errors import DeviceOutOfMemory
 from devicebench.workloads.base import RoundStats, RunConfig
 
-# Called after every round: (round number from 1, total rounds, is_warmup, stats, samples per round).
-ProgressCallback = Callable[[int, int, bool, RoundStats, int], None]
+# Called after every round: (round number from 1, total rounds incl. warm-up, warm-up rounds, stats, samples).
+ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
 
 
 def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
@@ -41,7 +41,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
             stats = run.run_round()
             done.append(stats)
             if progress is not None:
-                progress(len(done), total, len(done) <= scale.warmup_rounds, stats, run.samples_per_round)
+                progress(len(done), total, scale.warmup_rounds, stats, run.samples_per_round)
 
         # Python's periodic full collection walks every object torch, timm and the data put on the heap (~0.2 s)
         # and lands in whichever round crosses its threshold (seen: the same round of every quick seed run, 1.8x
