@@ -7,7 +7,6 @@ compilation) are run but not counted.
 
 from __future__ import annotations
 
-import functools
 import gc
 import statistics
 from types import ModuleType
@@ -95,9 +94,14 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     return extra
 
 
-@functools.cache
+_FLOP_COUNTS: dict = {}
+
+
 def _flop_counts(workload: ModuleType):
-    return workload.flop_counts()
+    """Counted once per workload and process (a forward and backward on the cpu)."""
+    if workload.NAME not in _FLOP_COUNTS:
+        _FLOP_COUNTS[workload.NAME] = workload.flop_counts()
+    return _FLOP_COUNTS[workload.NAME]
 
 
 def configure_backend(pipeline: str) -> dict:

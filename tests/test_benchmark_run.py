@@ -91,6 +91,24 @@ def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):
     assert rows["test_resnet18_cifar[cpu-seed]"]["workers"] == 0
 
 
+# The tuned pipeline must still train: its validation loss after the timed rounds stays within this of resident's.
+# On the cpu tuned keeps float32, so the two agree to ~1e-6; bf16 autocast on a GPU moves it by ~1e-3 relative.
+TUNED_VAL_LOSS_RTOL = 0.05
+
+
+def test_tuned_rows_record_their_choices_and_still_train(quick_run):
+    _, data = quick_run
+    rows = {bench["name"]: bench["extra_info"] for bench in data["benchmarks"]}
+    for workload in ("mnist_mlp", "resnet18_cifar"):
+        tuned, resident = rows[f"test_{workload}[cpu-tuned]"], rows[f"test_{workload}[cpu-resident]"]
+        for field in ("dtype", "channels_last", "compiled", "cuda_graphs", "compile_s", "tuning_notes"):
+            assert field in tuned, field
+        assert tuned["dtype"] == "float32" and tuned["cuda_graphs"] is False
+        assert tuned["val_loss"] == pytest.approx(resident["val_loss"], rel=TUNED_VAL_LOSS_RTOL)
+        assert tuned["flops_per_sample"] > 0 and tuned["achieved_tflops"] > 0
+        assert tuned["peak_tflops"] is None and tuned["utilization"] is None  # no published cpu peaks
+
+
 def test_absent_devices_are_skipped_with_their_reasons(quick_run):
     result, _ = quick_run
     assert "warm-up" not in result.stdout  # progress stays off when output is not a terminal

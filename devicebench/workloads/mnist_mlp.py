@@ -246,28 +246,29 @@ class TunedRun(ResidentRun):
             self.valid_loss_sum(self.x_valid_d[:valid_batch], self.y_valid_d[:valid_batch])
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        """Capture forward, backward and the Adam step of one batch as a CUDA graph (torch.cuda.graphs' recipe)."""
+        """Capture every full batch of a training epoch (gather, forward, backward, Adam step) as one CUDA graph.
+
+        torch.cuda.graphs' whole-network recipe, taken to a whole epoch: the shuffled order is written into a
+        static buffer before each replay, so one launch runs the epoch's ~100 steps; this MLP's kernels are so
+        small that launching them is most of an eager step's time.
+        """
         batch = self.config.scale.batch_size
-        self.static_x = self.x_train_d[:batch].clone()
-        self.static_y = self.y_train_d[:batch].clone()
+        self.full_batches = len(self.x_train_d) // batch
+        self.static_order = torch.arange(len(self.x_train_d), device=self.device)
         self.static_loss_sum = torch.zeros((), device=self.device)
         initial = [p.detach().clone() for p in self.model.parameters()]
         self.model.train()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_STEPS):
-                self.optimizer.zero_grad(set_to_none=True)
-                self.loss(self.static_x, self.static_y).backward()
-                self.optimizer.step()
+            for step in range(GRAPH_WARMUP_STEPS):
+                self._indexed_step(step % self.full_batches)
         torch.cuda.current_stream().wait_stream(side)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss = self.loss(self.static_x, self.static_y)
-            loss.backward()
-            self.optimizer.step()
-            self.static_loss_sum += loss.detach()
+            for step in range(self.full_batches):
+                self._indexed_step(step)
         # Undo the warm-up steps in place (the graph holds these very tensors): initial weights, fresh Adam.
         with torch.no_grad():
             for param, value in zip(self.model.parameters(), initial):
@@ -276,23 +277,32 @@ class TunedRun(ResidentRun):
                 for tensor in state.values():
                     if torch.is_tensor(tensor):
                         tensor.zero_()
+            self.static_loss_sum.zero_()
         return graph
+
+    def _indexed_step(self, step: int) -> None:
+        """One training step on the ``step``-th batch of ``static_order`` (graph-safe: no host reads)."""
+        batch = self.config.scale.batch_size
+        index = self.static_order[step * batch:(step + 1) * batch]
+        loss = self.loss(self.x_train_d.index_select(0, index), self.y_train_d.index_select(0, index))
+        loss.backward()
+        self.optimizer.step()
+        # Zeroed in place, not set to None: the captured backward of the next step accumulates into these
+        # very tensors (the first step of each replay writes them afresh).
+        self.optimizer.zero_grad(set_to_none=False)
+        self.static_loss_sum += loss.detach()
 
     def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
         if self.graph is None:
             return super().train_epoch(waits)
         self.model.train()
         batch = self.config.scale.batch_size
-        order = self.shuffled_order()
+        self.static_order.copy_(self.shuffled_order())
         self.static_loss_sum.zero_()
-        batches, eager_total = 0, torch.zeros((), device=self.device)
-        for start in waits.iterate(range(0, len(order), batch)):
-            index = order[start:start + batch]
-            if len(index) == batch:
-                torch.index_select(self.x_train_d, 0, index, out=self.static_x)
-                torch.index_select(self.y_train_d, 0, index, out=self.static_y)
-                self.graph.replay()
-            else:  # a last, smaller batch does not fit the captured shapes: run it eagerly
-                eager_total += self.train_step(self.x_train_d[index], self.y_train_d[index])
+        self.graph.replay()
+        remainder = self.static_order[self.full_batches * batch:]
+        batches, eager_total = self.full_batches, torch.zeros((), device=self.device)
+        if len(remainder):  # a last, smaller batch does not fit the captured shapes: run it eagerly
+            eager_total = self.train_step(self.x_train_d[remainder], self.y_train_d[remainder])
             batches += 1
         return (self.static_loss_sum + eager_total) / batches

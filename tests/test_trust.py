@@ -1,0 +1,97 @@
+"""Numbers you can trust: stability flags, the peak table and utilization, FLOP counts."""
+
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import torch
+
+from devicebench import efficiency, stability
+from devicebench.flops import FlopCounts
+from devicebench.runner import run_benchmark
+from devicebench.scales import Scale
+from devicebench.workloads import mnist_mlp, resnet18_cifar
+from devicebench.workloads.base import RunConfig, WorkloadRun
+from tests.test_benchmark_run import RecordingBenchmark
+
+
+def test_steady_rounds_are_not_flagged():
+    assert stability.assess([0.100, 0.102, 0.099, 0.101, 0.100]) is None
+
+
+def test_one_slow_round_is_flagged_with_the_figure():
+    reason = stability.assess([0.100, 0.101, 0.250, 0.099, 0.100])
+    assert "slowest round 2.50x the median" in reason and "coefficient of variation" in reason
+
+
+def test_rounds_too_short_to_time_are_flagged():
+    assert "too short" in stability.assess([0.0002] * 5)
+
+
+class SleepyRun(WorkloadRun):
+    """A stand-in workload whose rounds sleep for planned durations: a test can inject a noisy round."""
+
+    def __init__(self, config, sleeps):
+        super().__init__(config)
+        self.sleeps = iter(sleeps)
+
+    samples_per_round = 100
+
+    def train_epoch(self, waits):
+        time.sleep(next(self.sleeps))
+        return 0.0
+
+    def validate(self, waits):
+        return 0.0
+
+    def final_evaluation(self):
+        return 0.0, 1.0
+
+
+def sleepy_workload(sleeps):
+    return types.SimpleNamespace(NAME="sleepy", VERSION=1, HAS_CONVOLUTIONS=False,
+                                 build=lambda config: SleepyRun(config, sleeps),
+                                 flop_counts=lambda: FlopCounts(1e6, 5e5))
+
+
+@pytest.mark.parametrize("sleeps, unstable", [([0.02] * 6, False), ([0.02, 0.02, 0.02, 0.08, 0.02, 0.02], True)])
+def test_run_with_an_injected_slow_round_is_flagged_unstable(sleeps, unstable):
+    scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=1, rounds=5)
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
+    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps), config, "test cpu")
+    assert extra["unstable"] is unstable
+    assert (extra["unstable_reason"] is not None) is unstable
+
+
+def test_flop_counts_match_the_design_figures():
+    assert mnist_mlp.flop_counts().train_per_sample == 613_376  # 613 kFLOP per training sample
+    counts = resnet18_cifar.flop_counts()
+    assert counts.eval_per_sample == pytest.approx(0.666e9, rel=1e-3)  # 0.666 GFLOP forward at 96 px
+    # The frozen backbone has no backward: training costs barely more than the forward.
+    assert counts.eval_per_sample < counts.train_per_sample < 1.001 * counts.eval_per_sample
+
+
+def test_peak_lookup_by_device_name_and_dtype():
+    assert efficiency.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4
+    assert efficiency.peak_tflops("NVIDIA H100 PCIe", "float32") == 51.2
+    assert efficiency.peak_tflops("NVIDIA H200", "tf32") == 494.7
+    assert efficiency.peak_tflops("Apple M1 Pro GPU", "float32") == 5.2
+    assert efficiency.peak_tflops("Apple M1 GPU", "bfloat16") is None  # not published: null, not a guess
+    assert efficiency.peak_tflops("Apple M3 Max GPU", "float32") is None
+    assert efficiency.peak_tflops("AMD EPYC", "float32") is None
+
+
+def test_utilization_fields():
+    known = efficiency.efficiency_fields(2e12, 0.5, "NVIDIA GeForce GTX 1060 6GB", "float32")
+    assert known["achieved_tflops"] == 4.0 and known["utilization"] == pytest.approx(4.0 / 4.4)
+    unknown = efficiency.efficiency_fields(2e12, 0.5, "Some NPU", "float32")
+    assert unknown["peak_tflops"] is None and unknown["utilization"] is None
+
+
+def test_float32_convolutions_on_cuda_count_against_the_tf32_peak():
+    assert efficiency.compute_dtype("float32", "cuda", True, cudnn_tf32=True, matmul_tf32=False) == "tf32"
+    assert efficiency.compute_dtype("float32", "cuda", False, cudnn_tf32=True, matmul_tf32=False) == "float32"
+    assert efficiency.compute_dtype("float32", "mps", True, cudnn_tf32=True, matmul_tf32=False) == "float32"
+    assert efficiency.compute_dtype("bfloat16", "cuda", True, cudnn_tf32=True, matmul_tf32=False) == "bfloat16"

@@ -1,0 +1,76 @@
+"""The tuned pipeline's capability table, with faked machines, and its options."""
+
+import pytest
+
+from devicebench.errors import UsageError
+from devicebench.tuning import BackendFacts, TuningOptions, WorkloadTraits, plan_tuning
+
+MLP = WorkloadTraits(has_convolutions=False, launch_bound=True, graph_safe_optimizer=True)
+CNN_RANGER = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False)
+H100 = BackendFacts("cuda", (2, 11), cuda_capability=(9, 0), has_triton=True, has_cxx_compiler=True)
+V100 = BackendFacts("cuda", (2, 11), cuda_capability=(7, 0), has_triton=True, has_cxx_compiler=True)
+GTX1060 = BackendFacts("cuda", (2, 11), cuda_capability=(6, 1), has_triton=True, has_cxx_compiler=True)
+CPU = BackendFacts("cpu", (2, 14), has_cxx_compiler=True)
+
+
+def mps(version):
+    return BackendFacts("mps", version, has_cxx_compiler=True)
+
+
+def test_h100_gets_everything_for_the_mlp():
+    plan = plan_tuning(H100, MLP, TuningOptions())
+    assert (plan.dtype, plan.compiled, plan.cuda_graphs, plan.channels_last) == ("bfloat16", True, True, False)
+    assert plan.notes == ("channels_last: no convolutions in this model",)
+
+
+def test_h100_cnn_with_ranger21_gets_no_graphs_and_says_why():
+    plan = plan_tuning(H100, CNN_RANGER, TuningOptions())
+    assert (plan.dtype, plan.compiled, plan.channels_last, plan.cuda_graphs) == ("bfloat16", True, True, False)
+    assert any(note.startswith("cuda_graphs:") for note in plan.notes)
+
+
+def test_volta_uses_float16_with_a_scaler_and_therefore_no_graphs():
+    plan = plan_tuning(V100, MLP, TuningOptions())
+    assert plan.dtype == "float16" and plan.needs_grad_scaler and not plan.cuda_graphs
+    assert "GradScaler" in " ".join(plan.notes)
+
+
+def test_pascal_stays_float32_and_cannot_compile():
+    plan = plan_tuning(GTX1060, MLP, TuningOptions())
+    assert plan.dtype == "float32" and not plan.compiled and plan.cuda_graphs
+    assert any("compute capability >= 7.0" in note for note in plan.notes)
+
+
+def test_cpu_keeps_float32_unless_asked_and_compiles_with_a_compiler():
+    plan = plan_tuning(CPU, MLP, TuningOptions())
+    assert plan.dtype == "float32" and plan.compiled and not plan.cuda_graphs
+    assert plan_tuning(CPU, MLP, TuningOptions(dtype="bfloat16")).dtype == "bfloat16"
+    no_compiler = BackendFacts("cpu", (2, 14), has_cxx_compiler=False)
+    assert not plan_tuning(no_compiler, MLP, TuningOptions()).compiled
+
+
+@pytest.mark.parametrize("version, dtype", [((2, 4), "float32"), ((2, 5), "float16"), ((2, 6), "bfloat16"),
+                                            ((2, 11), "bfloat16")])
+def test_mps_autocast_by_torch_version(version, dtype):
+    plan = plan_tuning(mps(version), CNN_RANGER, TuningOptions())
+    assert plan.dtype == dtype
+    assert not plan.compiled and not plan.cuda_graphs and plan.channels_last
+
+
+def test_mps_bfloat16_on_old_torch_is_refused_with_the_reason():
+    with pytest.raises(UsageError, match="bfloat16 autocast on mps needs torch >= 2.6"):
+        plan_tuning(mps((2, 5)), MLP, TuningOptions(dtype="bfloat16"))
+
+
+def test_each_option_switches_its_feature_off():
+    assert plan_tuning(H100, MLP, TuningOptions(dtype="float32")).dtype == "float32"
+    assert not plan_tuning(H100, MLP, TuningOptions(compile=False)).compiled
+    assert not plan_tuning(H100, MLP, TuningOptions(cuda_graphs=False)).cuda_graphs
+    assert not plan_tuning(H100, CNN_RANGER, TuningOptions(channels_last=False)).channels_last
+    notes = plan_tuning(H100, MLP, TuningOptions(compile=False, cuda_graphs=False)).notes
+    assert "compile: switched off by --no-compile" in notes and "cuda_graphs: switched off by --no-cuda-graphs" in notes
+
+
+def test_unknown_dtype_is_a_usage_error():
+    with pytest.raises(UsageError, match="--tuned-dtype"):
+        TuningOptions(dtype="int8")
