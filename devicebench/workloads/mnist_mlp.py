@@ -195,13 +195,12 @@ class TunedRun(ResidentRun):
     def __init__(self, config: RunConfig):
         super().__init__(config)
         self.plan = plan_tuning(backend_facts(self.device), TRAITS, config.tuning)
-        # On cuda, Adam's fused kernel: one launch per step instead of a dozen, same update rule. It keeps its
-        # step count on the device, as graph capture needs; elsewhere a captured Adam must be "capturable".
+        # On cuda, Adam's fused kernel: one launch per step instead of a dozen, same update rule. A captured
+        # Adam must also be "capturable" (its step count lives on the device).
         self.fused_optimizer = self.device.type == "cuda"
-        if self.fused_optimizer:
-            self.optimizer = make_optimizer(self.model, fused=True)
-        elif self.plan.cuda_graphs:
-            self.optimizer = make_optimizer(self.model, capturable=True)
+        if self.fused_optimizer or self.plan.cuda_graphs:
+            self.optimizer = make_optimizer(self.model, fused=self.fused_optimizer or None,
+                                            capturable=self.plan.cuda_graphs)
         # The loss is compiled with the model, so cross-entropy fuses with the last layer.
         mean_loss = lambda x, y: F.cross_entropy(self.model(x), y)  # noqa: E731
         sum_loss = lambda x, y: F.cross_entropy(self.model(x), y, reduction="sum")  # noqa: E731
