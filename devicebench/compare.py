@@ -75,7 +75,7 @@ def series_of(runs: list[Run]) -> list[Series]:
     for series in found:
         counts[series.label] = counts.get(series.label, 0) + 1
     # Same label twice (two runs of one machine and torch): tell them apart by file.
-    return [Series(s.run, s.device, f"{s.label} · {s.run.path.stem[:24]}") if counts[s.label] > 1 else s
+    return [Series(s.run, s.device, f"{s.label} · {s.run.path.stem[:40]}") if counts[s.label] > 1 else s
             for s in found]
 
 
@@ -134,7 +134,9 @@ def _fmt_bytes(value) -> str:
 
 
 def _fmt_fraction(value) -> str:
-    return f"{value:.0%}" if isinstance(value, (int, float)) else "n/a"
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.2%}"
 
 
 def _cell_lines(row: Row | None, verdict: Verdict | None) -> dict[str, str]:
@@ -150,6 +152,9 @@ def _cell_lines(row: Row | None, verdict: Verdict | None) -> dict[str, str]:
         "utilization": _fmt_fraction(extra.get("utilization")),
         "data": str(extra.get("data_source", "?")),
     }
+    for field in ("workers", "dtype", "pretrained", "optimizer"):  # the configuration, where it varies
+        if extra.get(field) is not None:
+            lines[field] = str(extra[field])
     if extra.get("unstable"):
         lines["unstable"] = str(extra.get("unstable_reason"))
     return lines

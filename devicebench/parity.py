@@ -7,9 +7,12 @@ the loss at every step and every parameter and buffer at the end.
 Tolerances (float32, TF32 switched off for the comparison): a healthy device differs from the cpu only by the
 order of floating-point reductions, ~1e-7 relative per operation, growing slowly over a few steps. Adam and
 Ranger21 normalise each update, which can amplify a tiny gradient difference where a gradient is near zero, so
-parameters are compared by the relative norm of the difference per tensor rather than element by element. The
-thresholds (1e-4 relative on losses and per-tensor parameter norms) leave two orders of magnitude over what an
-H200 showed (see README) and are far below what the known mps bugs produce (wrong by 1e-2 and more).
+parameters are compared by the relative norm of the difference per tensor rather than element by element.
+
+Measured on an NVIDIA H200 (torch 2.11): largest relative differences 1.1e-7 (loss) and 5.4e-7 (parameters) for
+mnist_mlp, 2.3e-5 and 2.0e-5 for resnet18_cifar (BatchNorm statistics and 96 px convolutions reduce in another
+order). The thresholds, 1e-3 relative on each loss and on each tensor's norm, sit ~40x above that and ~10x below
+what the known mps bugs produce (results wrong by 1e-2 and more).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from torch import nn
 
 from devicebench import devices
 
-LOSS_RTOL = 1e-4
+LOSS_RTOL = 1e-3
 LOSS_ATOL = 1e-6
-PARAM_RTOL = 1e-4  # ||device - cpu|| / ||cpu||, per tensor
+PARAM_RTOL = 1e-3  # ||device - cpu|| / ||cpu||, per tensor
 PARAM_ATOL = 1e-6  # for tensors whose norm is ~0
 
 
