@@ -9,6 +9,7 @@ switched off by an option (``--tuned-dtype float32``, ``--no-channels-last``, ``
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from dataclasses import dataclass, field
 
@@ -188,11 +189,6 @@ def backend_facts(device: torch.device) -> BackendFacts:
     """Read the facts the capability table needs from this machine."""
     major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    try:
-        import triton  # noqa: F401
-
-        has_triton = True
-    except ImportError:
-        has_triton = False
+    has_triton = importlib.util.find_spec("triton") is not None
     has_cxx = any(shutil.which(name) for name in ("c++", "g++", "clang++"))
     return BackendFacts(device.type, (major, minor), capability, has_triton, has_cxx)

@@ -16,6 +16,7 @@ from devicebench.runner import run_benchmark
 from devicebench.scales import scale_for
 from devicebench.workloads import mnist_mlp
 from devicebench.workloads.base import RunConfig
+from fixtures.fakes import RecordingBenchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,22 +25,6 @@ MACHINE_FIELDS = ("torch_version", "torch_git_version", "torchvision_version", "
 ROW_FIELDS = ("workload", "workload_version", "device", "device_name", "pipeline", "scale", "data_source",
               "samples_per_round", "samples_per_s", "batch_size", "val_loss", "val_accuracy", "peak_memory_bytes",
               "round_seconds", "loader_wait_fraction", "schema_version")
-
-
-class RecordingBenchmark:
-    """Stands in for pytest-benchmark's fixture: records where its clock starts and stops."""
-
-    def __init__(self, events: list[str]):
-        self.events, self.extra_info, self.group = events, {}, None
-
-    def pedantic(self, target, rounds, warmup_rounds, iterations, setup=None):
-        assert iterations == 1
-        for _ in range(warmup_rounds + rounds):
-            if setup is not None:
-                setup()
-            self.events.append("clock start")
-            target()
-            self.events.append("clock stop")
 
 
 def test_sync_happens_inside_every_timed_round(monkeypatch):

@@ -14,7 +14,7 @@ from devicebench.runner import run_benchmark
 from devicebench.scales import Scale
 from devicebench.workloads import mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import RunConfig, WorkloadRun
-from tests.test_benchmark_run import RecordingBenchmark
+from fixtures.fakes import RecordingBenchmark
 
 
 def test_steady_rounds_are_not_flagged():

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 import torch
 
 from devicebench import devices
+from devicebench.errors import UsageError
 from devicebench.scales import Scale
 from devicebench.tuning import TuningOptions
 
@@ -123,3 +124,10 @@ class WorkloadRun(ABC):
         seconds = time.perf_counter() - start
         self.rounds_done += 1
         return RoundStats(seconds, waits.seconds, float(train_loss), float(val_loss))
+
+
+def build_run(workload: str, runs: dict[str, type[WorkloadRun]], config: RunConfig) -> WorkloadRun:
+    """Build the run class of ``config.pipeline`` from a workload's pipeline table."""
+    if config.pipeline not in runs:
+        raise UsageError(f"{workload} has no pipeline {config.pipeline!r}; it has {', '.join(runs)}")
+    return runs[config.pipeline](config)

@@ -19,7 +19,7 @@ from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
-from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "mnist_mlp"
 # Bump when the work a round does changes (model, data sizes, loop): results of different versions never compare.
@@ -64,13 +64,7 @@ def parity_case(steps: int = 5, seed: int = 0) -> ParityCase:
 
 
 def build(config: RunConfig) -> WorkloadRun:
-    if config.pipeline == "seed":
-        return SeedRun(config)
-    if config.pipeline == "resident":
-        return ResidentRun(config)
-    if config.pipeline == "tuned":
-        return TunedRun(config)
-    raise ValueError(f"mnist_mlp has no pipeline {config.pipeline!r}; it has {', '.join(PIPELINES)}")
+    return build_run(NAME, {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}, config)
 
 
 class _MnistRun(WorkloadRun):

@@ -31,7 +31,7 @@ from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
 from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
-from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "resnet18_cifar"
 VERSION = 1
@@ -97,13 +97,7 @@ def parity_case(steps: int = 4, seed: int = 0, batch_size: int = 32) -> ParityCa
 
 
 def build(config: RunConfig) -> WorkloadRun:
-    if config.pipeline == "seed":
-        return SeedRun(config)
-    if config.pipeline == "resident":
-        return ResidentRun(config)
-    if config.pipeline == "tuned":
-        return TunedRun(config)
-    raise ValueError(f"resnet18_cifar has no pipeline {config.pipeline!r}; it has {', '.join(PIPELINES)}")
+    return build_run(NAME, {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}, config)
 
 
 def batches_per_epoch(samples: int, batch_size: int) -> int:
