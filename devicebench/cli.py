@@ -31,7 +31,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     runs = results.load_runs(args.runs, Path(args.results_dir))
-    tables = compare.build_tables(runs, args.threshold)
+    tables = [table for table in compare.build_tables(runs, args.threshold)
+              if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
     print(compare.render(tables, markdown=args.markdown))
     if args.png:
         from devicebench import plots
@@ -84,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
                             help="a saved JSON file, a folder of them, or a run id such as 0003 under results/")
     comparison.add_argument("--threshold", type=_threshold, default=compare.DEFAULT_THRESHOLD,
                             help="smallest change worth reporting (default 0.05 = 5%%)")
+    comparison.add_argument("--workload", help="only this workload (e.g. mnist_mlp)")
+    comparison.add_argument("--pipeline", help="only this pipeline (seed, resident or tuned)")
     comparison.add_argument("--markdown", action="store_true", help="print Markdown tables to paste into an issue")
     comparison.add_argument("--png", metavar="PATH", help="also write a throughput bar chart")
     comparison.add_argument("--fail-on-regression", action="store_true",
