@@ -17,13 +17,11 @@ import io
 import time
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import CyclicLR
 from torch.utils.data import DataLoader
-from torchvision import transforms
 
 from devicebench import devices, weights
 from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
@@ -44,6 +42,8 @@ HAS_CONVOLUTIONS = True
 
 def make_model(seed: int, weights_path=None) -> nn.Module:
     """timm's resnet18 with a 10-class head, backbone frozen, ``fc`` trainable (the post's ``get_net``)."""
+    import timm  # imported here, with torchvision, so that mnist_mlp runs on a torch without them
+
     torch.manual_seed(seed)  # the new head's initial weights, equal on every device
     net = timm.create_model("resnet18", pretrained=False, num_classes=10)
     if weights_path is not None:
@@ -160,6 +160,8 @@ class SeedRun(_CifarRun):
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
+        from torchvision import transforms
+
         transform = transforms.Compose([transforms.Resize(IMAGE_SIZE), transforms.ToTensor()])
         generator = torch.Generator().manual_seed(config.seed)
         self.train_dataloader = DataLoader(CifarImages(self.train_images, self.train_labels, transform),
