@@ -1,7 +1,8 @@
 """``devicebench history``: throughput per torch version for each machine and device, with regressions marked.
 
-Runs are grouped by machine and device (never merged across machines), ordered by torch version then date; for
-each torch version the latest run counts. Each step between consecutive torch versions is judged like
+Runs are grouped by machine and device (never merged across machines) and ordered by torch version; for each
+torch version and row (workload, pipeline, scale and configuration such as ``--workers``) the latest run that has
+that row counts. Each step between consecutive torch versions is judged like
 ``compare``: marked when significantly slower by more than the threshold.
 """
 
@@ -15,21 +16,35 @@ from devicebench.compare import DEFAULT_THRESHOLD, Verdict, judge, plain_table
 from devicebench.results import Row, Run
 
 
+def history_key(row: Row) -> tuple[str, ...]:
+    """What makes two rows the same experiment over time: the work, and the options that change it."""
+    variant = f"workers={row.extra['workers']}" if row.extra.get("workers") else ""
+    if row.extra.get("optimizer") not in (None, "ranger21"):
+        variant = f"{variant} optimizer={row.extra['optimizer']}".strip()
+    return (*row.key, variant) if variant else row.key
+
+
 @dataclass
 class Timeline:
-    """One machine and device: the latest run per torch version, oldest torch first."""
+    """One machine and device: its runs per torch version (oldest torch first, each version's runs by date)."""
 
     machine_label: str
     device: str
     device_name: str
     versions: list[str]
-    runs: list[Run]
+    runs: list[list[Run]]
 
     def rows(self, key) -> list[Row | None]:
-        return [next((r for r in run.rows if r.device == self.device and r.key == key), None) for run in self.runs]
+        """Per torch version, the row of the latest run that has it."""
+        found = []
+        for version_runs in self.runs:
+            rows = [r for run in version_runs for r in run.rows if r.device == self.device and history_key(r) == key]
+            found.append(rows[-1] if rows else None)
+        return found
 
-    def keys(self) -> list[tuple[str, str, str]]:
-        return list(dict.fromkeys(r.key for run in self.runs for r in run.rows if r.device == self.device))
+    def keys(self) -> list[tuple[str, ...]]:
+        return list(dict.fromkeys(history_key(r) for runs in self.runs for run in runs for r in run.rows
+                                  if r.device == self.device))
 
 
 def _version_key(text: str):
@@ -46,12 +61,12 @@ def timelines(runs: list[Run]) -> list[Timeline]:
             groups.setdefault((run.machine_key, device), []).append(run)
     result = []
     for (_, device), group in groups.items():
-        latest: dict[str, Run] = {}
+        by_version: dict[str, list[Run]] = {}
         for run in sorted(group, key=lambda r: r.datetime):
-            latest[run.torch_version] = run  # later runs of one torch version replace earlier ones
-        versions = sorted(latest, key=_version_key)
+            by_version.setdefault(run.torch_version, []).append(run)
+        versions = sorted(by_version, key=_version_key)
         name = next(row.device_name for row in group[0].rows if row.device == device)
-        result.append(Timeline(group[0].machine_label, device, name, versions, [latest[v] for v in versions]))
+        result.append(Timeline(group[0].machine_label, device, name, versions, [by_version[v] for v in versions]))
     return result
 
 
@@ -73,7 +88,7 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
     out, found = [], []
     for timeline in lines_of:
         title = f"{timeline.machine_label} · {timeline.device} ({timeline.device_name})"
-        headers = [f"torch {v} ({run.datetime[:10]})" for v, run in zip(timeline.versions, timeline.runs)]
+        headers = [f"torch {v} ({runs[-1].datetime[:10]})" for v, runs in zip(timeline.versions, timeline.runs)]
         body = []
         for key in timeline.keys():
             cells, previous_version = [], None
