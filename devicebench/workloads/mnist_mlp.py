@@ -18,7 +18,7 @@ from devicebench import devices
 from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
-from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
+from devicebench.tuning import WorkloadTraits, backend_facts, compile_static, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "mnist_mlp"
@@ -198,8 +198,8 @@ class TunedRun(ResidentRun):
         # The loss is compiled with the model, so cross-entropy fuses with the last layer.
         mean_loss = lambda x, y: F.cross_entropy(self.model(x), y)  # noqa: E731
         sum_loss = lambda x, y: F.cross_entropy(self.model(x), y, reduction="sum")  # noqa: E731
-        self.mean_loss = torch.compile(mean_loss) if self.plan.compiled else mean_loss
-        self.sum_loss = torch.compile(sum_loss) if self.plan.compiled else sum_loss
+        self.mean_loss = compile_static(mean_loss) if self.plan.compiled else mean_loss
+        self.sum_loss = compile_static(sum_loss) if self.plan.compiled else sum_loss
         self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.needs_grad_scaler else None
         start = time.perf_counter()
         self.graph = self._capture() if self.plan.cuda_graphs else None

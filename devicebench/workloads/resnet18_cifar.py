@@ -28,7 +28,7 @@ from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
-from devicebench.tuning import WorkloadTraits, backend_facts, plan_tuning
+from devicebench.tuning import WorkloadTraits, backend_facts, compile_static, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "resnet18_cifar"
@@ -291,7 +291,7 @@ class TunedRun(ResidentRun):
             self.net = self.net.to(memory_format=torch.channels_last)
         # The uint8 -> float -> resize -> layout conversion is part of the compiled function, so it fuses.
         prepared = PreparedNet(self.net, self.plan.channels_last)
-        self.forward = torch.compile(prepared) if self.plan.compiled else prepared
+        self.forward = compile_static(prepared) if self.plan.compiled else prepared
         self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.needs_grad_scaler else None
         start = time.perf_counter()
         self._warm_compiled_code()
