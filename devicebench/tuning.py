@@ -203,3 +203,15 @@ def compile_static(fn):
     the shapes alone.
     """
     return torch.compile(fn, dynamic=False)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and optimizer step, through the GradScaler when float16 needs one."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

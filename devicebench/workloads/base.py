@@ -85,7 +85,7 @@ class WorkloadRun(ABC):
     def __init__(self, config: RunConfig):
         self.config = config
         self.device = config.device
-        self.rounds_done = 0
+        self.data_source = "unknown"  # "real" or "synthetic", set by the workload when it loads its data
 
     # --- what each workload provides ---------------------------------------------------------------------------
     @property
@@ -106,8 +106,9 @@ class WorkloadRun(ABC):
         """Untimed (val_loss, val_accuracy) of the current model on the validation split."""
 
     def describe(self) -> dict:
-        """Fields this run adds to every result row (data source, batch size, options...)."""
-        return {}
+        """Fields this run adds to every result row; workloads add their options to these."""
+        return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
+                "valid_batch_size": self.config.scale.valid_batch_size}
 
     # --- shared by every workload ------------------------------------------------------------------------------
     def run_round(self) -> RoundStats:
@@ -122,7 +123,6 @@ class WorkloadRun(ABC):
         val_loss = self.validate(waits)
         devices.sync(self.device)
         seconds = time.perf_counter() - start
-        self.rounds_done += 1
         return RoundStats(seconds, waits.seconds, float(train_loss), float(val_loss))
 
 

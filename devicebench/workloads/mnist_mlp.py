@@ -18,7 +18,7 @@ from devicebench import devices
 from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
-from devicebench.tuning import WorkloadTraits, backend_facts, compile_static, plan_tuning
+from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "mnist_mlp"
@@ -80,10 +80,6 @@ class _MnistRun(WorkloadRun):
     @property
     def samples_per_round(self) -> int:
         return len(self.x_train)
-
-    def describe(self) -> dict:
-        return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
-                "valid_batch_size": self.config.scale.valid_batch_size}
 
     @torch.no_grad()
     def final_evaluation(self) -> tuple[float, float]:
@@ -222,13 +218,7 @@ class TunedRun(ResidentRun):
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         loss = self.loss(xb, yb)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.scaler)
         self.optimizer.zero_grad()
         return loss.detach()
 

@@ -28,7 +28,7 @@ from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
-from devicebench.tuning import WorkloadTraits, backend_facts, compile_static, plan_tuning
+from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
 
 NAME = "resnet18_cifar"
@@ -126,9 +126,8 @@ class _CifarRun(WorkloadRun):
         return len(self.train_images)
 
     def describe(self) -> dict:
-        return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
-                "valid_batch_size": self.config.scale.valid_batch_size, "pretrained": self.pretrained,
-                "optimizer": self.config.optimizer, "image_size": IMAGE_SIZE}
+        return {**super().describe(), "pretrained": self.pretrained, "optimizer": self.config.optimizer,
+                "image_size": IMAGE_SIZE}
 
     def resident_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NCHW images on the device: a quarter of the bytes of float32, converted per batch."""
@@ -313,13 +312,7 @@ class TunedRun(ResidentRun):
             output = self.forward(x)
             loss = self.loss(output, y)
         self.optimizer.zero_grad()
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        backward_and_step(loss, self.optimizer, self.scaler)
         return loss.detach(), (output.argmax(1) == y).sum()
 
     def valid_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
