@@ -86,6 +86,7 @@ class WorkloadRun(ABC):
         self.config = config
         self.device = config.device
         self.data_source = "unknown"  # "real" or "synthetic", set by the workload when it loads its data
+        self.order_generator = torch.Generator().manual_seed(config.seed)
 
     # --- what each workload provides ---------------------------------------------------------------------------
     @property
@@ -111,6 +112,14 @@ class WorkloadRun(ABC):
                 "valid_batch_size": self.config.scale.valid_batch_size}
 
     # --- shared by every workload ------------------------------------------------------------------------------
+    def shuffled_order(self, size: int) -> torch.Tensor:
+        """An epoch's sample order for data held on the device.
+
+        Drawn on the cpu from a seeded generator, so every device trains on the same order, then one small copy
+        (50k int64 indices per epoch); the samples themselves are gathered on the device.
+        """
+        return torch.randperm(size, generator=self.order_generator).to(self.device, non_blocking=True)
+
     def run_round(self) -> RoundStats:
         """One timed round: a training epoch and a validation pass, then wait for the device to finish.
 

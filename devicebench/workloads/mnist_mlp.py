@@ -124,30 +124,24 @@ class SeedRun(_MnistRun):
 
 
 class ResidentRun(_MnistRun):
-    """The same math with the data on the device: shuffled there, losses summed there, one read per round."""
+    """The same math with the data on the device: gathered in shuffled order there, losses summed there."""
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
         self.x_train_d, self.y_train_d = self.x_train.to(self.device), self.y_train.to(self.device)
         self.x_valid_d, self.y_valid_d = self.x_valid.to(self.device), self.y_valid.to(self.device)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
     def batches(self, x, y, batch_size, waits: Stopwatch, order=None):
         for start in waits.iterate(range(0, len(x), batch_size)):
             index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
             yield x[index], y[index]
 
-    def shuffled_order(self) -> torch.Tensor:
-        # Drawn on the cpu from a seeded generator (so every device sees the same order), then one small copy:
-        # 50k int64 indices per epoch.
-        return torch.randperm(len(self.x_train_d), generator=self.generator).to(self.device, non_blocking=True)
-
     def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
         self.model.train()
         total = torch.zeros((), device=self.device)
         batches = 0
         for xb, yb in self.batches(self.x_train_d, self.y_train_d, self.config.scale.batch_size, waits,
-                                   self.shuffled_order()):
+                                   self.shuffled_order(len(self.x_train_d))):
             total += self.train_step(xb, yb)
             batches += 1
         return total / batches
@@ -291,7 +285,7 @@ class TunedRun(ResidentRun):
             return super().train_epoch(waits)
         self.model.train()
         batch = self.config.scale.batch_size
-        self.static_order.copy_(self.shuffled_order())
+        self.static_order.copy_(self.shuffled_order(len(self.x_train_d)))
         self.static_loss_sum.zero_()
         self.graph.replay()
         remainder = self.static_order[self.full_batches * batch:]

@@ -218,7 +218,6 @@ class ResidentRun(_CifarRun):
         self.train_y = torch.from_numpy(self.train_labels).to(self.device)
         self.valid_x = self.resident_images(self.valid_images)
         self.valid_y = torch.from_numpy(self.valid_labels).to(self.device)
-        self.generator = torch.Generator().manual_seed(config.seed)
         self.forward = self.net
 
     def model_input(self, uint8_images: torch.Tensor) -> torch.Tensor:
@@ -238,7 +237,7 @@ class ResidentRun(_CifarRun):
     def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
         self.net.train()
         batch_size = self.config.scale.batch_size
-        order = torch.randperm(len(self.train_x), generator=self.generator).to(self.device)
+        order = self.shuffled_order(len(self.train_x))
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for start in waits.iterate(range(0, len(order), batch_size)):
             index = order[start:start + batch_size]
