@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 
@@ -72,24 +73,41 @@ def _probe_cuda() -> DeviceStatus:
     return DeviceStatus("cuda", True, name=name)
 
 
+def _arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """Whether one ``torch.cuda.get_arch_list()`` entry can run on a GPU of ``capability``.
+
+    - ``sm_XY`` (a cubin) runs on every GPU of the same major version with minor >= Y: sm_60 serves a GTX 1060
+      (6.1), sm_86 an RTX 4090 (8.9). ``sm_XYf`` (family) follows the same rule.
+    - ``sm_XYa`` (architecture-specific features, e.g. sm_90a) runs on exactly X.Y.
+    - ``compute_XY`` (PTX) is compiled by the driver for any GPU of X.Y or newer.
+    torch's own incompatible-device check (``torch.cuda._check_capability``) applies the same rules.
+    """
+    match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)
+    if match is None:
+        return False
+    kind, major, minor, suffix = match[1], int(match[2]), int(match[3]), match[4]
+    if kind == "compute":
+        return capability >= (major, minor)
+    if suffix == "a":
+        return capability == (major, minor)
+    return capability[0] == major and capability[1] >= minor
+
+
 def _missing_cuda_kernels(capability: tuple[int, int], arch_list: list[str]) -> str | None:
     """Say why a GPU cannot run this build's kernels, or None when it can.
 
     Recent torch wheels dropped older architectures (a GTX 1060 is sm_61, Pascal); the cu126 wheels still ship
-    them. A build with PTX (``compute_XY``) for an older architecture can JIT-compile for a newer GPU.
+    sm_60, which runs on it.
     """
     if not arch_list:  # a build that does not report its architectures: let it try
         return None
-    major, minor = capability
-    ours = major * 10 + minor
-    sass = {int(a[3:]) for a in arch_list if a.startswith("sm_") and a[3:].isdigit()}
-    ptx = {int(a[8:]) for a in arch_list if a.startswith("compute_") and a[8:].isdigit()}
-    if ours in sass or any(p <= ours for p in ptx):
+    if any(_arch_runs_on(arch, capability) for arch in arch_list):
         return None
+    ours = f"{capability[0]}{capability[1]}"
     return (
-        f"is sm_{ours}, but this torch build ships kernels for {', '.join(sorted(arch_list))} only "
-        f"(torch.cuda.get_arch_list()); install a torch wheel built for sm_{ours} "
-        f"(for Pascal GPUs such as the GTX 1060, the cu126 wheels)"
+        f"is sm_{ours}, but this torch build ships kernels for {', '.join(arch_list)} only "
+        f"(torch.cuda.get_arch_list()), none of which runs on it; install a torch wheel built for sm_{ours} "
+        f"(for Pascal GPUs such as the GTX 1060, the cu126 wheels: torch 2.14 is the last release with them)"
     )
 
 
@@ -141,9 +159,14 @@ def empty_cache(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+# torch.OutOfMemoryError is torch 2.5's name; older releases have only torch.cuda.OutOfMemoryError (its base).
+OUT_OF_MEMORY_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                              torch.cuda.OutOfMemoryError})
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for the out-of-memory errors of every backend (cuda raises its own type; mps a RuntimeError)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, OUT_OF_MEMORY_ERRORS):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
