@@ -50,6 +50,7 @@ class Run:
     machine_info: dict
     datetime: str
     rows: list[Row]
+    interrupted: bool = False  # stopped early (Ctrl-C): it holds the rows that finished
 
     @property
     def torch_version(self) -> str:
@@ -97,7 +98,8 @@ def load_run(path: Path) -> Run | None:
             warn(f"{path}: skipping row {bench.get('name', '?')!r}: missing devicebench fields or round times")
         else:
             rows.append(row)
-    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows)
+    interrupted = bool((data.get("devicebench_run") or {}).get("interrupted"))
+    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows, interrupted)
 
 
 def _row(bench: dict) -> Row | None:

@@ -32,6 +32,11 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     devices.empty_cache(device)
     try:
         run = workload.build(config)
+        if getattr(benchmark, "disabled", False):
+            # --benchmark-disable, pytest-benchmark's "run the benchmarks as plain tests": one round as a smoke
+            # test that the row builds and trains; nothing is timed or saved.
+            stats = run.run_round()
+            return {"smoke_run": True, "train_loss": stats.train_loss, "val_loss": stats.val_loss}
         devices.reset_peak_memory(device)
         done: list[RoundStats] = []
         total = scale.warmup_rounds + scale.rounds
@@ -49,6 +54,9 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         # caches.)
         gc.collect()
         gc.freeze()
+        # Until the row is complete it is marked failed, so a run interrupted in its rounds (Ctrl-C) never saves
+        # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
+        benchmark.has_error = True
         try:
             benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1)
         finally:
@@ -91,6 +99,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     benchmark.extra_info.update(extra)
+    benchmark.has_error = False
     return extra
 
 
@@ -120,13 +129,19 @@ def configure_backend(pipeline: str) -> dict:
 
 
 def describe_rounds(rounds: list[RoundStats], samples_per_round: int) -> dict:
-    """Throughput and where the time went, from the timed rounds (raw values kept for significance tests)."""
+    """Throughput and where the time went, from the timed rounds (raw values kept for significance tests).
+
+    ``samples_per_s`` is training throughput: training samples over the median training-epoch time (validation
+    is timed apart, in ``val_seconds``). ``round_seconds`` is the whole round, what pytest-benchmark's table shows.
+    """
     seconds = [r.seconds for r in rounds]
-    median = statistics.median(seconds)
+    train_seconds = [r.train_seconds for r in rounds]
     return {
         "samples_per_round": samples_per_round,
-        "samples_per_s": samples_per_round / median,
+        "samples_per_s": samples_per_round / statistics.median(train_seconds),
         "round_seconds": seconds,
+        "train_seconds": train_seconds,
+        "val_seconds": [r.val_seconds for r in rounds],
         "loader_wait_fraction": sum(r.loader_wait_seconds for r in rounds) / sum(seconds),
         "loader_wait_fraction_per_round": [r.loader_wait_fraction for r in rounds],
         "train_loss_per_round": [r.train_loss for r in rounds],

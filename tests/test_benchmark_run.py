@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ def test_sync_happens_inside_every_timed_round(monkeypatch):
                        scale=scale_for("mnist_mlp", "quick"))
     extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu")
     rounds = config.scale.warmup_rounds + config.scale.rounds
-    assert events == ["clock start", "sync", "clock stop"] * rounds
+    assert events == ["clock start", "sync", "sync", "clock stop"] * rounds  # after training, after validation
     assert len(extra["round_seconds"]) == config.scale.rounds  # warm-up rounds are not counted
 
 
@@ -135,3 +137,86 @@ def cli_main(argv: list[str]) -> int:
     from devicebench import cli
 
     return cli.main(argv)
+
+
+# ------------------------------------------------------------------------------ in a user's hands (issue 10)
+QUICK_MNIST = [str(REPO / "benchmarks"), "-k", "mnist", "--device", "cpu", "--scale", "quick", "--data",
+               "synthetic"]
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path):
+    # mnist quick: 1 warm-up + 10 timed rounds a row, seed first: round 14 is the resident row's third.
+    out = tmp_path / "out.json"
+    result = run_pytest(*QUICK_MNIST, "--pipeline", "seed,resident", "-p", "fixtures.interrupt",
+                        "--interrupt-in-round", "14", "--benchmark-json", str(out), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]  # pytest's "interrupted"
+    data = json.loads(out.read_text())
+    assert [bench["name"] for bench in data["benchmarks"]] == ["test_mnist_mlp[cpu-seed]"]
+    assert data["benchmarks"][0]["stats"]["rounds"] == 10
+    assert data["devicebench_run"] == {"interrupted": True, "rows": 1}
+    assert "1 row(s) finished before the interrupt" in result.stdout
+    from devicebench import results
+
+    assert results.load_run(out).interrupted
+
+
+def test_benchmark_disable_is_a_one_round_smoke_run_that_saves_nothing(tmp_path):
+    out = tmp_path / "out.json"
+    result = run_pytest(*QUICK_MNIST, "--benchmark-disable", "--benchmark-max-time", "3",
+                        "--benchmark-json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "3 passed" in result.stdout and not out.exists()
+    assert "--benchmark-max-time does not apply to devicebench's rows" in result.stdout
+
+
+def test_benchmark_disable_runs_one_round(monkeypatch):
+    class DisabledBenchmark:
+        disabled, extra_info, group = True, {}, None
+
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
+                       scale=scale_for("mnist_mlp", "quick"))
+    extra = run_benchmark(DisabledBenchmark(), mnist_mlp, config, "test cpu")
+    assert extra["smoke_run"] is True and extra["val_loss"] > 0
+
+
+class FakeConfig:
+    def __init__(self, args=(), **options):
+        self.options = {"numprocesses": None, "dist": "no", "benchmark_disable": False,
+                        "benchmark_min_rounds": 5, **options}
+        self.invocation_params = types.SimpleNamespace(args=tuple(args))
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+def test_parallel_rows_under_xdist_are_refused_with_the_reason():
+    from fixtures import plugin
+
+    with pytest.raises(pytest.UsageError, match="must not run in parallel.*corrupt each other's timings"):
+        plugin.refuse_parallel_rows(FakeConfig(numprocesses=2))
+    with pytest.raises(pytest.UsageError):
+        plugin.refuse_parallel_rows(FakeConfig(dist="load"))
+    plugin.refuse_parallel_rows(FakeConfig())  # no xdist: fine
+    plugin.refuse_parallel_rows(FakeConfig(numprocesses=2, benchmark_disable=True))  # smoke runs time nothing
+
+
+def test_min_rounds_can_only_ask_for_more_rounds_than_the_scale():
+    from fixtures import plugin
+
+    assert plugin.timed_rounds(FakeConfig(), 10) == 10  # pytest-benchmark's default of 5 is not a request
+    assert plugin.timed_rounds(FakeConfig(["--benchmark-min-rounds", "25"], benchmark_min_rounds=25), 10) == 25
+    assert plugin.timed_rounds(FakeConfig(["--benchmark-min-rounds=3"], benchmark_min_rounds=3), 10) == 10
+
+
+def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_dump(tmp_path):
+    storage = tmp_path / "results"
+    saved_dir = storage / "Linux-CPython-3.11-64bit"
+    saved_dir.mkdir(parents=True)
+    shutil.copy(REPO / "results" / "reference" / "h200" / "h200-host-cpu-standard.json", saved_dir / "0001_h200.json")
+    result = run_pytest(*QUICK_MNIST, "--pipeline", "seed", f"--benchmark-storage=file://{storage}",
+                        "--benchmark-compare=0001", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = result.stdout + result.stderr
+    assert "Benchmark machine_info is different" not in text and "'flags'" not in text
+    assert "devicebench: differs: torch_version: 2.11.0+cu130 (saved)" in text
+    assert "devicebench: differs: accelerators: cuda: NVIDIA H200 (saved)" in text

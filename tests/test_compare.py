@@ -131,12 +131,12 @@ def test_benchmark_compare_hook_pairs_mps_rows_with_local_cuda_rows():
     saved = json.loads((RUNS / "m1_mps.json").read_text())
     local = copy.deepcopy(json.loads((RUNS / "gtx1060_cuda.json").read_text())["machine_info"])
     session = FakeSession()
-    compare_hooks.pytest_benchmark_compare_machine_info(None, session, local, saved)
+    compare_hooks.report_and_pair(session.logger, local, saved)
     names = [bench["name"] for bench in saved["benchmarks"]]
     assert names == ["test_mnist_mlp[cuda-seed]", "test_resnet18_cifar[cuda-resident]", "test_mnist_mlp[cpu-seed]"]
     assert saved["benchmarks"][0]["fullname"].endswith("::test_mnist_mlp[cuda-seed]")
     text = "\n".join(session.logger.lines)
-    assert "torch 2.6.0 (saved) vs 2.5.1 (this run)" in text
+    assert "torch_version: 2.6.0 (saved) vs 2.5.1 (this run)" in text
     assert "Apple M1 GPU (mps) row shown as test_mnist_mlp[cuda-seed]" in text
     assert "macbook" in text and "gamer" in text
 
@@ -144,5 +144,5 @@ def test_benchmark_compare_hook_pairs_mps_rows_with_local_cuda_rows():
 def test_benchmark_compare_hook_leaves_rows_alone_on_a_cpu_only_machine():
     saved = json.loads((RUNS / "m1_mps.json").read_text())
     local = json.loads((RUNS / "aa_first.json").read_text())["machine_info"]
-    compare_hooks.pytest_benchmark_compare_machine_info(None, FakeSession(), local, saved)
+    compare_hooks.report_and_pair(FakeLogger(), local, saved)
     assert saved["benchmarks"][0]["name"] == "test_mnist_mlp[mps-seed]"

@@ -13,7 +13,7 @@ from devicebench.flops import FlopCounts
 from devicebench.runner import run_benchmark
 from devicebench.scales import Scale
 from devicebench.workloads import mnist_mlp, resnet18_cifar
-from devicebench.workloads.base import RunConfig, WorkloadRun
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 from fixtures.fakes import RecordingBenchmark
 
 
@@ -33,9 +33,10 @@ def test_rounds_too_short_to_time_are_flagged():
 class SleepyRun(WorkloadRun):
     """A stand-in workload whose rounds sleep for planned durations: a test can inject a noisy round."""
 
-    def __init__(self, config, sleeps):
+    def __init__(self, config, sleeps, validation_sleep=0.0):
         super().__init__(config)
         self.sleeps = iter(sleeps)
+        self.validation_sleep = validation_sleep
 
     samples_per_round = 100
 
@@ -44,15 +45,16 @@ class SleepyRun(WorkloadRun):
         return 0.0
 
     def validate(self, waits):
+        time.sleep(self.validation_sleep)
         return 0.0
 
     def final_evaluation(self):
         return 0.0, 1.0
 
 
-def sleepy_workload(sleeps):
+def sleepy_workload(sleeps, validation_sleep=0.0):
     return types.SimpleNamespace(NAME="sleepy", VERSION=1, HAS_CONVOLUTIONS=False,
-                                 build=lambda config: SleepyRun(config, sleeps),
+                                 build=lambda config: SleepyRun(config, sleeps, validation_sleep),
                                  flop_counts=lambda: FlopCounts(1e6, 5e5))
 
 
@@ -95,3 +97,29 @@ def test_float32_convolutions_on_cuda_count_against_the_tf32_peak():
     assert efficiency.compute_dtype("float32", "cuda", False, cudnn_tf32=True, matmul_tf32=False) == "float32"
     assert efficiency.compute_dtype("float32", "mps", True, cudnn_tf32=True, matmul_tf32=False) == "float32"
     assert efficiency.compute_dtype("bfloat16", "cuda", True, cudnn_tf32=True, matmul_tf32=False) == "bfloat16"
+
+
+def test_training_throughput_comes_from_training_time_alone():
+    # 20 ms of training and 30 ms of validation a round: 100 samples / 0.02 s, not / 0.05 s.
+    scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=0, rounds=3)
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
+    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu")
+    assert extra["samples_per_s"] == pytest.approx(100 / 0.02, rel=0.15)
+    assert all(0.045 < r < 0.07 for r in extra["round_seconds"])
+    assert all(0.028 < v < 0.045 for v in extra["val_seconds"])
+    assert all(t + v <= r + 1e-6 for t, v, r in zip(extra["train_seconds"], extra["val_seconds"],
+                                                    extra["round_seconds"]))
+
+
+class SlowStart:
+    """An iterable whose iter() takes 50 ms, as a DataLoader starting its worker processes does."""
+
+    def __iter__(self):
+        time.sleep(0.05)
+        return iter([1, 2])
+
+
+def test_loader_wait_includes_the_start_of_the_iterator():
+    waits = Stopwatch()
+    assert list(waits.iterate(SlowStart())) == [1, 2]
+    assert waits.seconds >= 0.05

@@ -48,10 +48,12 @@ class RunConfig:
 
 @dataclass
 class RoundStats:
-    """What one timed round did. ``seconds`` is measured from the start until the device has finished."""
+    """What one timed round did. Times run from the start until the device has finished that part's work."""
 
-    seconds: float
-    loader_wait_seconds: float
+    seconds: float  # the whole round: training epoch + validation pass (pytest-benchmark's round time)
+    train_seconds: float  # the training epoch alone: training throughput is computed from this
+    val_seconds: float  # the validation pass alone
+    loader_wait_seconds: float  # blocked waiting for the next batch, in training and validation
     train_loss: float
     val_loss: float
 
@@ -67,7 +69,10 @@ class Stopwatch:
         self.seconds = 0.0
 
     def iterate(self, iterable: Iterable) -> Iterator:
-        iterator = iter(iterable)  # DataLoader worker start-up happens here: it is waiting too
+        # iter() is timed too: a DataLoader starts its worker processes there, and the epoch waits for them.
+        start = time.perf_counter()
+        iterator = iter(iterable)
+        self.seconds += time.perf_counter() - start
         while True:
             start = time.perf_counter()
             try:
@@ -121,18 +126,22 @@ class WorkloadRun(ABC):
         return torch.randperm(size, generator=self.order_generator).to(self.device, non_blocking=True)
 
     def run_round(self) -> RoundStats:
-        """One timed round: a training epoch and a validation pass, then wait for the device to finish.
+        """One timed round: a training epoch and a validation pass, each ended by waiting for the device.
 
-        The sync is inside the round, so the time a benchmark measures around this call is the device's work,
-        not just the time it took to queue it (what a cuda-only sync gets wrong on mps).
+        The syncs are inside the round, so the times are the device's work, not just the time it took to queue it
+        (what a cuda-only sync gets wrong on mps). The sync between the two parts lets training throughput be
+        computed from training time alone; it costs one wait that the epoch's last loss read does anyway.
         """
         waits = Stopwatch()
         start = time.perf_counter()
         train_loss = self.train_epoch(waits)
+        devices.sync(self.device)
+        trained = time.perf_counter()
         val_loss = self.validate(waits)
         devices.sync(self.device)
-        seconds = time.perf_counter() - start
-        return RoundStats(seconds, waits.seconds, float(train_loss), float(val_loss))
+        end = time.perf_counter()
+        return RoundStats(end - start, trained - start, end - trained, waits.seconds, float(train_loss),
+                          float(val_loss))
 
 
 def build_run(workload: str, runs: dict[str, type[WorkloadRun]], config: RunConfig) -> WorkloadRun:
