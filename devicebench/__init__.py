@@ -8,5 +8,5 @@ and a pipeline and time rounds.
 __version__ = "0.1.0"
 
 # Version of the fields devicebench writes into each result row (``extra_info``) and into ``machine_info``.
-# Bump it when a field changes meaning; readers refuse versions they do not know (see results.py).
-RESULT_SCHEMA_VERSION = 1
+# Bump it when a field changes meaning; readers refuse versions they do not know (schema.py has the history).
+RESULT_SCHEMA_VERSION = 2

@@ -1,4 +1,5 @@
-"""The ``devicebench`` command: ``info``, ``compare`` and ``history``. Benchmarks themselves run under pytest.
+"""The ``devicebench`` command: ``info``, ``run``, ``compare`` and ``history``. Benchmarks run under pytest;
+``run`` starts several pytest processes and merges them.
 
 Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error (the message
 says what to fix).
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from devicebench import compare, environment, history, results
-from devicebench.errors import DevicebenchError
+from devicebench import compare, environment, history, processes, results, significance
+from devicebench.errors import DevicebenchError, UsageError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -31,23 +33,39 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     runs = results.load_runs(args.runs, Path(args.results_dir))
-    tables = [table for table in compare.build_tables(runs, args.threshold)
+    if args.fail_on_regression and args.view == "devices":
+        raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
+    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device)
+    tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
-    print(compare.render(tables, markdown=args.markdown))
+    print(compare.render(view, tables, markdown=args.markdown))
     if args.png:
         from devicebench import plots
 
         plots.compare_chart(tables, Path(args.png))
         print(f"chart written to {args.png}")
+    if view != "change":
+        if args.fail_on_regression:
+            print("no row appears in more than one run (each is a different experiment): nothing to gate on")
+        return 0
+    for line in compare.inconclusive(tables):
+        print(f"inconclusive at {args.threshold:.0%}: {line}")
     found = compare.regressions(tables)
     if found:
         print(f"{len(found)} significant regression(s) beyond {args.threshold:.0%}:")
         for line in found:
             print(f"  {line}")
-        if args.fail_on_regression:
-            return 1
-    elif args.fail_on_regression:
+        return 1 if args.fail_on_regression else 0
+    if args.fail_on_regression:
         print(f"no significant regression beyond {args.threshold:.0%}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    environments = [processes.parse_environment(text) for text in args.env] or \
+        [processes.Environment("current", processes.default_python())]
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    processes.run_interleaved(environments, args.processes, pytest_args, Path(args.output_dir), args.name)
     return 0
 
 
@@ -67,9 +85,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _threshold(text: str) -> float:
-    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    if not 0 <= value < 10:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a fraction like 0.05 or a percentage like 5%")
+    """``5%`` or ``0.05``; a bare number above 1 is refused rather than read as a multiple (``5`` = 500%)."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1 or (not text.endswith("%") and value >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage like 5% or a fraction like 0.05")
     return value
 
 
@@ -83,21 +105,44 @@ def parser() -> argparse.ArgumentParser:
     comparison = commands.add_parser("compare", help="compare saved runs (files, folders or run ids)")
     comparison.add_argument("runs", nargs="+", metavar="RUN",
                             help="a saved JSON file, a folder of them, or a run id such as 0003 under results/")
-    comparison.add_argument("--threshold", type=_threshold, default=compare.DEFAULT_THRESHOLD,
-                            help="smallest change worth reporting (default 0.05 = 5%%)")
+    comparison.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD,
+                            help="smallest change worth reporting: 5%% or 0.05 (the default)")
+    comparison.add_argument("--view", choices=compare.VIEWS, default="auto",
+                            help="change: the same rows across runs (a torch upgrade); devices: one device against "
+                                 "another; auto (default): change when some row is in several runs")
+    comparison.add_argument("--baseline-device", choices=("cpu", "mps", "cuda"),
+                            help="devices view: the device the others are compared with (default: the first)")
     comparison.add_argument("--workload", help="only this workload (e.g. mnist_mlp)")
     comparison.add_argument("--pipeline", help="only this pipeline (seed, resident or tuned)")
     comparison.add_argument("--markdown", action="store_true", help="print Markdown tables to paste into an issue")
     comparison.add_argument("--png", metavar="PATH", help="also write a throughput bar chart")
     comparison.add_argument("--fail-on-regression", action="store_true",
-                            help="exit 1 when any row is significantly slower than the first run by more than the "
-                                 "threshold (a CI gate)")
+                            help="exit 1 when any row is significantly slower than that row in the first run by "
+                                 "more than the threshold (a CI gate; change view only)")
     comparison.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
     comparison.set_defaults(handler=cmd_compare)
 
+    run = commands.add_parser(
+        "run", help="run the benchmarks in several fresh processes (alternating environments) and merge them",
+        description="Runs `pytest benchmarks PYTEST_ARGS` --processes times per environment, alternating the "
+                    "environments (A B A B ...), and writes one run per environment with every process's rounds. "
+                    "Cost: --processes times one pytest run per environment.")
+    run.add_argument("--processes", type=int, default=5,
+                     help="processes per environment (default 5: the fewest for which a 5%% change on the 2-core "
+                          "VM's spread is detectable; 5x the time of one run)")
+    run.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON",
+                     help="an environment's Python, e.g. --env old=/venvs/torch2.13/bin/python; repeat to "
+                          "interleave (the same Python twice is an A/A check). Default: this Python")
+    run.add_argument("--name", default=time.strftime("run-%Y%m%d-%H%M%S"),
+                     help="file name prefix: writes OUTPUT_DIR/NAME-LABEL.json (default run-DATE-TIME)")
+    run.add_argument("--output-dir", default="results/processes", help="where the runs go (default %(default)s)")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                     help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+    run.set_defaults(handler=cmd_run)
+
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")
-    past.add_argument("--threshold", type=_threshold, default=compare.DEFAULT_THRESHOLD)
+    past.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
     past.add_argument("--png", metavar="PATH", help="also write a line chart")
     past.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a step regressed")
     past.set_defaults(handler=cmd_history)

@@ -1,131 +1,172 @@
-"""Compare saved runs: is B faster than A, is the difference real, and is it big enough to matter?
+"""Compare saved runs. Two questions, two views, one rule for what counts as a change (significance.py).
 
-A change is reported only when it is *significant* (two-sided Mann-Whitney U test on the raw round times,
-p < 0.05: no assumption that round times are normal) *and* larger than a threshold (default 5%); otherwise
-"no significant change". This is asv's rule (ratio above ``--factor`` and Mann-Whitney agreement) and pyperf's
-habit of saying "Not significant!" rather than printing a noisy ratio as news.
+- **change**: the same experiment (``RowIdentity``: work, device, options) in two or more runs, e.g. before and
+  after a torch upgrade. Each row's baseline is that row in the first run given (the baseline run). Rows whose
+  identity differs (another device, ``--workers 8`` instead of 0, another workload version) are never reported as
+  a change; a note says what differs. Only this view feeds the regression gate.
+- **devices**: one device against another for the same configuration (an M1's mps against a GTX 1060's cuda, the
+  cpu against the cuda of one machine): ratios against a baseline device the user names (``--baseline-device``),
+  else the first column's. No regression gate: a slower device is not a regression.
+
+``auto`` picks change when some row's identity appears in more than one run, else devices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scipy.stats import mannwhitneyu
+from devicebench import schema
+from devicebench.errors import UsageError
+from devicebench.results import Row, RowIdentity, Run
+from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
 
-from devicebench.results import Row, Run
-
-ALPHA = 0.05
-DEFAULT_THRESHOLD = 0.05
+VIEWS = ("auto", "change", "devices")
 
 
 @dataclass(frozen=True)
-class Series:
-    """One column of a comparison: the rows of one run on one device."""
+class Column:
+    """The rows of one run on one device."""
 
     run: Run
     device: str
     label: str
 
 
-@dataclass(frozen=True)
-class Verdict:
-    ratio: float  # candidate median time / baseline median time: > 1 is slower
-    p_value: float | None
-    significant: bool
-    beyond_threshold: bool
+@dataclass
+class Table:
+    title: str
+    columns: list[Column]
+    cells: list[Row]
+    baseline: int | None  # index of the baseline column; None: nothing to compare against
+    verdicts: list[Verdict | None]
+    notes: list[str]
 
     @property
-    def is_change(self) -> bool:
-        return self.significant and self.beyond_threshold
+    def workload(self) -> str:
+        return self.cells[0].workload
 
     @property
-    def is_regression(self) -> bool:
-        return self.is_change and self.ratio > 1
-
-    def describe(self) -> str:
-        if not self.is_change:
-            reason = "not significant" if not self.significant else "below threshold"
-            return f"no significant change ({reason}; {_speed(self.ratio)})"
-        return f"{_speed(self.ratio)} (p={self.p_value:.3g})"
+    def pipeline(self) -> str:
+        return self.cells[0].pipeline
 
 
-def _speed(ratio: float) -> str:
-    return f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
-
-
-def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
-    ratio = candidate.median_seconds / baseline.median_seconds
-    p_value = None
-    significant = False
-    if len(baseline.round_seconds) >= 2 and len(candidate.round_seconds) >= 2:
-        p_value = float(mannwhitneyu(baseline.round_seconds, candidate.round_seconds,
-                                     alternative="two-sided").pvalue)
-        significant = p_value < ALPHA
-    return Verdict(ratio, p_value, significant, abs(ratio - 1) >= threshold)
-
-
-def series_of(runs: list[Run]) -> list[Series]:
+def columns_of(runs: list[Run]) -> list[Column]:
     """Every (run, device) pair with rows, labelled by device name + torch version + device type."""
     found = []
     for run in runs:
         for device in dict.fromkeys(row.device for row in run.rows):
             name = next(row.device_name for row in run.rows if row.device == device)
-            found.append(Series(run, device, f"{name} · torch {run.torch_version} · {device}"))
+            found.append(Column(run, device, f"{name} · torch {run.torch_version} · {device}"))
     counts: dict[str, int] = {}
-    for series in found:
-        counts[series.label] = counts.get(series.label, 0) + 1
+    for column in found:
+        counts[column.label] = counts.get(column.label, 0) + 1
     # Same label twice (two runs of one machine and torch): tell them apart by file.
-    return [Series(s.run, s.device, f"{s.label} · {s.run.path.stem[:40]}") if counts[s.label] > 1 else s
-            for s in found]
+    return [Column(c.run, c.device, f"{c.label} · {c.run.path.stem[:40]}") if counts[c.label] > 1 else c
+            for c in found]
 
 
-def rows_by_key(series: Series) -> dict[tuple[str, str, str], Row]:
-    return {row.key: row for row in series.run.rows if row.device == series.device}
+def choose_view(runs: list[Run], view: str) -> str:
+    if view not in VIEWS:
+        raise UsageError(f"--view {view!r}: choose one of {', '.join(VIEWS)}")
+    if view != "auto":
+        return view
+    seen: dict[RowIdentity, set[int]] = {}
+    for index, run in enumerate(runs):
+        for row in run.rows:
+            seen.setdefault(row.identity, set()).add(index)
+    return "change" if any(len(indices) > 1 for indices in seen.values()) else "devices"
 
 
-@dataclass
-class Table:
-    workload: str
-    pipeline: str
-    scale: str
-    columns: list[Series]
-    cells: list[Row | None]
-    verdicts: list[Verdict | None]  # against the first column that has this row
-    notes: list[str]
+def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, view: str = "auto",
+                 baseline_device: str | None = None) -> tuple[str, list[Table]]:
+    """The chosen view's name and its tables (one per identity, or per configuration in the devices view)."""
+    view = choose_view(runs, view)
+    if view == "change":
+        if baseline_device is not None:
+            raise UsageError("--baseline-device belongs to --view devices; the change view's baseline is the "
+                             "first run given")
+        return view, change_tables(runs, threshold)
+    return view, device_tables(runs, threshold, baseline_device)
 
 
-def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD) -> list[Table]:
-    columns = series_of(runs)
-    indexed = [rows_by_key(series) for series in columns]
-    keys = list(dict.fromkeys(key for rows in indexed for key in rows))
+def change_tables(runs: list[Run], threshold: float) -> list[Table]:
+    columns = columns_of(runs)
+    baseline_run = runs[0]
+    groups: dict[RowIdentity, list[tuple[Column, Row]]] = {}
+    for column in columns:
+        for row in column.run.rows:
+            if row.device == column.device:
+                groups.setdefault(row.identity, []).append((column, row))
+    baseline_rows = [row for row in baseline_run.rows]
     tables = []
-    for workload, pipeline, scale in keys:
-        cells = [rows.get((workload, pipeline, scale)) for rows in indexed]
-        present = [(series, cell) for series, cell in zip(columns, cells) if cell is not None]
-        baseline = present[0][1]
-        notes, verdicts = [], []
-        for series, cell in zip(columns, cells):
-            if cell is None or cell is baseline:
-                verdicts.append(None)
-            elif cell.workload_version != baseline.workload_version:
-                verdicts.append(None)
-                notes.append(f"not compared: {series.label} ran {workload} version {cell.workload_version}, "
-                             f"the baseline version {baseline.workload_version} (the work differs)")
-            else:
-                verdicts.append(judge(baseline, cell, threshold))
-        tables.append(Table(workload, pipeline, scale, columns, cells, verdicts, notes))
+    for identity, members in groups.items():
+        cells = [row for _, row in members]
+        baseline = next((i for i, (column, _) in enumerate(members) if column.run is baseline_run), None)
+        verdicts = [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
+                    for i, row in enumerate(cells)]
+        notes = []
+        if baseline is None:
+            notes.append(f"not compared: {why_not_comparable(identity, baseline_rows)}")
+        elif len(cells) == 1:
+            notes.append("only in the baseline run: nothing to compare")
+        title = f"{identity.config_label()} · {identity.device_name} ({identity.device})"
+        tables.append(Table(title, [column for column, _ in members], cells, baseline, verdicts, notes))
+    return tables
+
+
+def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row]) -> str:
+    """Name the fields in which this row differs from the baseline run's closest row."""
+    fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, *schema.DEVICE_FIELDS)
+
+    def values(ident: RowIdentity) -> dict:
+        return {**dict(zip(schema.WORK_FIELDS, ident.work)), **dict(ident.options), "device": ident.device,
+                "device_name": ident.device_name}
+
+    ours = values(identity)
+    candidates = [values(row.identity) for row in baseline_rows]
+    if not candidates:
+        return "the baseline run has no rows"
+    closest = min(candidates, key=lambda theirs: sum(ours.get(f) != theirs.get(f) for f in fields))
+    differences = [f"{f} {closest.get(f)} -> {ours.get(f)}" for f in fields if ours.get(f) != closest.get(f)]
+    return ("the baseline run has no row of this identity; its closest row differs in " + ", ".join(differences)
+            + " (a different experiment, not a change)")
+
+
+def device_tables(runs: list[Run], threshold: float, baseline_device: str | None) -> list[Table]:
+    columns = columns_of(runs)
+    if baseline_device is not None and baseline_device not in {c.device for c in columns}:
+        raise UsageError(f"--baseline-device {baseline_device}: no run has {baseline_device} rows; they have "
+                         f"{', '.join(sorted({c.device for c in columns}))}")
+    groups: dict[tuple, list[tuple[Column, Row]]] = {}
+    for column in columns:
+        for row in column.run.rows:
+            if row.device == column.device:
+                groups.setdefault(row.identity.without_device(), []).append((column, row))
+    tables = []
+    for members in groups.values():
+        cells = [row for _, row in members]
+        baseline = 0
+        if baseline_device is not None:
+            baseline = next((i for i, (column, _) in enumerate(members) if column.device == baseline_device), None)
+        verdicts = [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
+                    for i, row in enumerate(cells)]
+        notes = [] if baseline is not None else [f"no {baseline_device} row for this configuration: ratios omitted"]
+        tables.append(Table(cells[0].identity.config_label(), [column for column, _ in members], cells, baseline,
+                            verdicts, notes))
     return tables
 
 
 def regressions(tables: list[Table]) -> list[str]:
-    """Rows significantly slower than their baseline by more than the threshold, as lines to print."""
-    found = []
-    for table in tables:
-        for series, verdict in zip(table.columns, table.verdicts):
-            if verdict is not None and verdict.is_regression:
-                found.append(f"{table.workload} [{table.pipeline}, {table.scale}] on {series.label}: "
-                             f"{verdict.describe()}")
-    return found
+    """Change-view rows significantly slower than their baseline by more than the threshold, as lines to print."""
+    return [f"{table.title} on {column.label}: {verdict.describe()}"
+            for table in tables for column, verdict in zip(table.columns, table.verdicts)
+            if verdict is not None and verdict.is_regression]
+
+
+def inconclusive(tables: list[Table]) -> list[str]:
+    return [f"{table.title} on {column.label}: {verdict.noise()}"
+            for table in tables for column, verdict in zip(table.columns, table.verdicts)
+            if verdict is not None and verdict.inconclusive]
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -139,20 +180,22 @@ def _fmt_fraction(value) -> str:
     return f"{value:.0%}" if value >= 0.01 or value == 0 else f"{value:.2%}"
 
 
-def _cell_lines(row: Row | None, verdict: Verdict | None) -> dict[str, str]:
-    if row is None:
-        return {}
+def _cell_lines(row: Row, verdict: Verdict | None, is_baseline: bool) -> dict[str, str]:
     extra = row.extra
+    rounds = sum(len(process) for process in row.processes)
+    timed = "training epoch" if row.measures_training_alone else "round (training + validation, schema 1)"
     lines = {
-        "median round": f"{row.median_seconds:.4g} s ({len(row.round_seconds)} rounds)",
+        f"median {timed}": f"{row.median_seconds:.4g} s",
+        "processes × rounds": f"{len(row.processes)} ({rounds} rounds)",
         "samples/s": f"{row.samples_per_s:,.0f}",
-        "vs first": "baseline" if verdict is None else verdict.describe(),
+        "vs baseline": "baseline" if is_baseline else ("n/a" if verdict is None else verdict.describe()),
+        "noise": "" if verdict is None else verdict.noise(),
         "loader wait": _fmt_fraction(extra.get("loader_wait_fraction")),
         "peak memory": _fmt_bytes(extra.get("peak_memory_bytes")),
         "utilization": _fmt_fraction(extra.get("utilization")),
         "data": str(extra.get("data_source", "?")),
     }
-    for field in ("workers", "dtype", "pretrained", "optimizer"):  # the configuration, where it varies
+    for field in ("workers", "dtype", "pretrained", "optimizer", "compile_cache"):  # configuration, where set
         if extra.get(field) is not None:
             lines[field] = str(extra[field])
     if extra.get("unstable"):
@@ -160,19 +203,29 @@ def _cell_lines(row: Row | None, verdict: Verdict | None) -> dict[str, str]:
     return lines
 
 
-def render(tables: list[Table], markdown: bool = False) -> str:
-    out = []
+def render(view: str, tables: list[Table], markdown: bool = False) -> str:
+    out = [_view_header(view, tables), ""]
     for table in tables:
-        title = f"{table.workload} · {table.pipeline} · scale {table.scale}"
-        present = [i for i, cell in enumerate(table.cells) if cell is not None]
-        headers = [table.columns[i].label for i in present]
-        per_column = [_cell_lines(table.cells[i], table.verdicts[i]) for i in present]
-        metrics = list(dict.fromkeys(metric for column in per_column for metric in column))
+        headers = [column.label + (" (interrupted run)" if column.run.interrupted else "")
+                   for column in table.columns]
+        per_column = [_cell_lines(cell, verdict, index == table.baseline)
+                      for index, (cell, verdict) in enumerate(zip(table.cells, table.verdicts))]
+        metrics = [m for m in dict.fromkeys(m for column in per_column for m in column)
+                   if any(column.get(m) for column in per_column)]
         body = [[metric] + [column.get(metric, "") for column in per_column] for metric in metrics]
-        out.append(_markdown(title, headers, body) if markdown else plain_table(title, headers, body))
+        out.append(_markdown(table.title, headers, body) if markdown else plain_table(table.title, headers, body))
         out.extend(f"  note: {note}" for note in table.notes)
         out.append("")
     return "\n".join(out)
+
+
+def _view_header(view: str, tables: list[Table]) -> str:
+    if view == "change":
+        return ("view: change - the same experiment across runs; each row against that row in the first run given "
+                "(the baseline run)")
+    baselines = {table.columns[table.baseline].label for table in tables if table.baseline is not None}
+    return (f"view: devices - one device against another for the same configuration; baseline: "
+            f"{', '.join(sorted(baselines)) or 'none'} (choose with --baseline-device); no regression gate")
 
 
 def plain_table(title: str, headers: list[str], body: list[list[str]], corner: str = "") -> str:

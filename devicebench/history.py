@@ -1,9 +1,9 @@
 """``devicebench history``: throughput per torch version for each machine and device, with regressions marked.
 
 Runs are grouped by machine and device (never merged across machines) and ordered by torch version; for each
-torch version and row (workload, pipeline, scale and configuration such as ``--workers``) the latest run that has
-that row counts. Each step between consecutive torch versions is judged like
-``compare``: marked when significantly slower by more than the threshold.
+torch version and row identity (results.RowIdentity: the work, the device and every option that changes it) the
+latest run that has that row counts. Each step between consecutive torch versions is judged like ``compare``'s
+change view (significance.py): marked when significantly slower by more than the threshold.
 """
 
 from __future__ import annotations
@@ -12,16 +12,9 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
-from devicebench.compare import DEFAULT_THRESHOLD, Verdict, judge, plain_table
-from devicebench.results import Row, Run
-
-
-def history_key(row: Row) -> tuple[str, ...]:
-    """What makes two rows the same experiment over time: the work, and the options that change it."""
-    variant = f"workers={row.extra['workers']}" if row.extra.get("workers") else ""
-    if row.extra.get("optimizer") not in (None, "ranger21"):
-        variant = f"{variant} optimizer={row.extra['optimizer']}".strip()
-    return (*row.key, variant) if variant else row.key
+from devicebench.compare import plain_table
+from devicebench.results import Row, RowIdentity, Run
+from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
 
 
 @dataclass
@@ -34,16 +27,16 @@ class Timeline:
     versions: list[str]
     runs: list[list[Run]]
 
-    def rows(self, key) -> list[Row | None]:
+    def rows(self, key: RowIdentity) -> list[Row | None]:
         """Per torch version, the row of the latest run that has it."""
         found = []
         for version_runs in self.runs:
-            rows = [r for run in version_runs for r in run.rows if r.device == self.device and history_key(r) == key]
+            rows = [r for run in version_runs for r in run.rows if r.identity == key]
             found.append(rows[-1] if rows else None)
         return found
 
-    def keys(self) -> list[tuple[str, ...]]:
-        return list(dict.fromkeys(history_key(r) for runs in self.runs for run in runs for r in run.rows
+    def keys(self) -> list[RowIdentity]:
+        return list(dict.fromkeys(r.identity for runs in self.runs for run in runs for r in run.rows
                                   if r.device == self.device))
 
 
@@ -77,8 +70,7 @@ def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list
         if row is None:
             verdicts.append(None)
             continue
-        comparable = previous is not None and previous.workload_version == row.workload_version
-        verdicts.append(judge(previous, row, threshold) if comparable else None)
+        verdicts.append(judge(previous, row, threshold) if previous is not None else None)
         previous = row
     return verdicts
 
@@ -99,12 +91,12 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
                 text = f"{row.samples_per_s:,.0f}"
                 if verdict is not None and verdict.is_regression:
                     text += f" REGRESSION {verdict.describe()}"
-                    found.append(f"{title}: {' '.join(key)}: torch {previous_version} -> {version}: "
+                    found.append(f"{title}: {key.config_label()}: torch {previous_version} -> {version}: "
                                  f"{verdict.describe()}")
                 elif verdict is not None and verdict.is_change:
                     text += f" ({verdict.describe()})"
                 cells.append(text)
                 previous_version = version
-            body.append([" ".join(key)] + cells)
+            body.append([key.config_label()] + cells)
         out += [plain_table(title, headers, body, corner="samples/s"), ""]
     return "\n".join(out), found

@@ -18,15 +18,14 @@ def compare_chart(tables: list[Table], path: Path) -> None:
     fig, axes = plt.subplots(len(tables), 1, figsize=(9, 2.2 + 1.1 * len(tables) * 1.6), squeeze=False)
     for axis, table in zip(axes[:, 0], tables):
         labels, values = [], []
-        for series, row in zip(table.columns, table.cells):
-            if row is not None:
-                labels.append(series.label)
-                values.append(row.samples_per_s)
+        for column, row in zip(table.columns, table.cells):
+            labels.append(column.label)
+            values.append(row.samples_per_s)
         bars = axis.barh(range(len(values)), values, color="tab:blue")
         axis.set_yticks(range(len(values)), labels, fontsize=7)
         axis.invert_yaxis()
         axis.set_xscale("log")
-        axis.set_title(f"{table.workload} · {table.pipeline} · {table.scale}", fontsize=9)
+        axis.set_title(table.title, fontsize=9)
         axis.bar_label(bars, labels=[f"{v:,.0f}/s" for v in values], fontsize=7, padding=2)
     axes[-1, 0].set_xlabel("training samples per second (higher is better)")
     fig.tight_layout()
@@ -39,7 +38,7 @@ def history_chart(lines: list[Timeline], path: Path) -> None:
     for axis, timeline in zip(axes[:, 0], lines):
         for key in timeline.keys():
             points = [(i, row.samples_per_s) for i, row in enumerate(timeline.rows(key)) if row is not None]
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=" ".join(key))
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key.config_label())
         axis.set_xticks(range(len(timeline.versions)), [f"torch {v}" for v in timeline.versions], fontsize=8)
         axis.set_yscale("log")
         axis.set_ylabel("samples/s")

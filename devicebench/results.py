@@ -12,36 +12,112 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devicebench import RESULT_SCHEMA_VERSION
+from devicebench import RESULT_SCHEMA_VERSION, schema
 from devicebench.errors import UsageError
 
 
 @dataclass(frozen=True)
-class Row:
-    """One benchmark row of one run: a workload on a device and pipeline, at a scale."""
+class RowIdentity:
+    """What makes two rows the same experiment (schema.py lists the fields and says why)."""
 
-    test: str
-    workload: str
-    workload_version: int
-    pipeline: str
-    scale: str
+    work: tuple  # values of schema.WORK_FIELDS
+    options: tuple  # (name, value) of the schema.OPTION_FIELDS the row has
     device: str
     device_name: str
-    round_seconds: tuple[float, ...]
-    samples_per_round: int
+
+    @property
+    def workload(self) -> str:
+        return self.work[0]
+
+    @property
+    def pipeline(self) -> str:
+        return self.work[2]
+
+    @property
+    def scale(self) -> str:
+        return self.work[3]
+
+    def without_device(self) -> tuple:
+        """The configuration alone: the key of the devices view (one device against another)."""
+        return self.work, self.options
+
+    def config_label(self) -> str:
+        """workload · pipeline · scale, then the options that are not the post's defaults."""
+        shown = [f"{name}={value}" for name, value in self.options
+                 if (name, value) not in (("workers", 0), ("optimizer", "ranger21"))]
+        return " · ".join([self.workload, self.pipeline, f"scale {self.scale}", *shown])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row of one run: a workload on a device and pipeline, at a scale.
+
+    ``processes`` holds each process's timed rounds: one entry for a plain pytest run, N for
+    ``devicebench run --processes N``.
+    """
+
+    test: str
     extra: dict = field(compare=False, hash=False)
 
     @property
+    def identity(self) -> RowIdentity:
+        extra = self.extra
+        return RowIdentity(work=tuple(extra.get(name) for name in schema.WORK_FIELDS),
+                           options=tuple((name, extra[name]) for name in schema.OPTION_FIELDS if name in extra),
+                           device=extra["device"], device_name=str(extra.get("device_name") or extra["device"]))
+
+    @property
+    def workload(self) -> str:
+        return self.extra["workload"]
+
+    @property
+    def workload_version(self) -> int:
+        return int(self.extra["workload_version"])
+
+    @property
+    def pipeline(self) -> str:
+        return self.extra["pipeline"]
+
+    @property
+    def device(self) -> str:
+        return self.extra["device"]
+
+    @property
+    def device_name(self) -> str:
+        return self.identity.device_name
+
+    @property
+    def measures_training_alone(self) -> bool:
+        """Schema 1 rows timed training and validation together; their throughput is per round."""
+        return "train_seconds" in self.extra
+
+    @property
+    def processes(self) -> list[list[float]]:
+        """Per process, the times throughput is computed from: training epochs (schema 2) or whole rounds (1)."""
+        key = "train_seconds" if self.measures_training_alone else "round_seconds"
+        per_process = self.extra.get("processes") or [self.extra]
+        return [[float(s) for s in process[key]] for process in per_process]
+
+    @property
+    def all_seconds(self) -> list[float]:
+        return [s for process in self.processes for s in process]
+
+    @property
+    def process_medians(self) -> list[float]:
+        return [statistics.median(process) for process in self.processes]
+
+    @property
     def median_seconds(self) -> float:
-        return statistics.median(self.round_seconds)
+        """The median process's median: one process is one sample (the rounds inside it move together)."""
+        return statistics.median(self.process_medians)
 
     @property
     def samples_per_s(self) -> float:
-        return self.samples_per_round / self.median_seconds
+        return int(self.extra["samples_per_round"]) / self.median_seconds
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.workload, self.pipeline, self.scale
+    def round_seconds(self) -> list[float]:
+        return [float(s) for s in self.extra["round_seconds"]]
 
 
 @dataclass
@@ -106,15 +182,12 @@ def _row(bench: dict) -> Row | None:
     extra = bench.get("extra_info") if isinstance(bench, dict) else None
     if not isinstance(extra, dict):
         return None
-    rounds = extra.get("round_seconds") or (bench.get("stats") or {}).get("data")
-    try:
-        return Row(test=str(bench["name"]), workload=extra["workload"], workload_version=int(extra["workload_version"]),
-                   pipeline=extra["pipeline"], scale=extra["scale"], device=extra["device"],
-                   device_name=str(extra.get("device_name") or extra["device"]),
-                   round_seconds=tuple(float(s) for s in rounds), samples_per_round=int(extra["samples_per_round"]),
-                   extra=extra)
-    except (KeyError, TypeError, ValueError):
+    row = Row(test=str(bench.get("name", "?")), extra=extra)
+    try:  # every field compare and history will read, read once here so that a bad row is skipped by name
+        row.identity, row.workload_version, row.samples_per_s  # noqa: B018
+    except (KeyError, TypeError, ValueError, statistics.StatisticsError, ZeroDivisionError):
         return None
+    return row
 
 
 def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 import devicebench
-from devicebench import devices, efficiency, stability
+from devicebench import devices, efficiency, schema, stability
 from devicebench.errors import DeviceOutOfMemory
 from devicebench.workloads.base import RoundStats, RunConfig
 
@@ -81,7 +81,9 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "device_name": device_name,
         "pipeline": config.pipeline,
         "scale": scale.name,
+        "valid_samples": scale.valid_samples,
         "warmup_rounds": scale.warmup_rounds,
+        "compile_cache": config.compile_cache,
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
@@ -98,6 +100,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                                               device_name, peak_dtype))
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
+    schema.check_row(extra)
     benchmark.extra_info.update(extra)
     benchmark.has_error = False
     return extra

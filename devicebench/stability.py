@@ -30,3 +30,17 @@ def assess(round_seconds: list[float]) -> str | None:
     if slowest >= MAX_SLOWEST_OVER_MEDIAN * median:
         reasons.append(f"slowest round {slowest / median:.2f}x the median (>= {MAX_SLOWEST_OVER_MEDIAN}x)")
     return "; ".join(reasons) or None
+
+
+MAX_PROCESS_SPREAD = 1.10
+
+
+def assess_processes(process_medians: list[float]) -> str | None:
+    """None when the processes agree, else how far apart the slowest and fastest process's medians are."""
+    if len(process_medians) < 2:
+        return None
+    spread = max(process_medians) / min(process_medians)
+    if spread >= MAX_PROCESS_SPREAD:
+        return (f"processes differ: the slowest process's median is {spread:.2f}x the fastest's "
+                f"(>= {MAX_PROCESS_SPREAD}x)")
+    return None

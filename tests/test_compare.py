@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import cli, compare, history, results
+from scipy.stats import mannwhitneyu
+
+from devicebench import cli, compare, history, results, significance
 from devicebench.errors import UsageError
 from fixtures import compare_hooks
 
@@ -21,14 +23,28 @@ def load(*names: str) -> list[results.Run]:
     return [results.load_run(RUNS / name) for name in names]
 
 
-def test_mps_machine_against_cuda_machine_shows_both_devices_and_ratios(capsys):
+def test_mps_machine_against_cuda_machine_is_the_devices_view_with_ratios(capsys):
     assert cli.main(["compare", str(RUNS / "m1_mps.json"), str(RUNS / "gtx1060_cuda.json")]) == 0
     out = capsys.readouterr().out
+    assert "view: devices" in out
     assert "Apple M1 GPU · torch 2.6.0 · mps" in out and "NVIDIA GeForce GTX 1060 · torch 2.5.1 · cuda" in out
-    tables = compare.build_tables(load("m1_mps.json", "gtx1060_cuda.json"))
+    view, tables = compare.build_tables(load("m1_mps.json", "gtx1060_cuda.json"))
+    assert view == "devices"
     resident = next(t for t in tables if t.workload == "resnet18_cifar")
-    verdict = resident.verdicts[resident.columns.index(next(c for c in resident.columns if c.device == "cuda"))]
+    verdict = resident.verdicts[[c.device for c in resident.columns].index("cuda")]
     assert verdict.is_change and verdict.describe().startswith("1.50x faster")
+    assert "[single process]" in verdict.describe()  # old single-process files still load, and say so
+
+
+def test_devices_view_takes_the_baseline_device_the_user_names(capsys):
+    assert cli.main(["compare", str(RUNS / "m1_mps.json"), str(RUNS / "gtx1060_cuda.json"),
+                     "--view", "devices", "--baseline-device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline: NVIDIA GeForce GTX 1060 · torch 2.5.1 · cuda" in out and "1.50x slower" in out
+    assert cli.main(["compare", str(RUNS / "m1_mps.json"), "--view", "devices", "--baseline-device", "cuda"]) == 2
+    assert "no run has cuda rows" in capsys.readouterr().err
+    assert cli.main(["compare", str(RUNS / "m1_mps.json"), str(RUNS / "gtx1060_cuda.json"), "--view", "devices",
+                     "--fail-on-regression"]) == 2  # a slower device is not a regression
 
 
 def test_planted_ten_percent_slowdown_is_flagged_and_the_gate_fails(capsys):
@@ -36,6 +52,7 @@ def test_planted_ten_percent_slowdown_is_flagged_and_the_gate_fails(capsys):
                      "--fail-on-regression"])
     out = capsys.readouterr().out
     assert code == 1
+    assert "view: change" in out
     assert "1.10x slower (p=" in out and "1 significant regression(s) beyond 5%" in out
     assert "torch 2.13.0" in out and "torch 2.14.1" in out
 
@@ -55,15 +72,17 @@ def test_a_a_pair_is_no_significant_change(capsys):
 
 
 def test_different_workload_versions_are_not_compared(capsys):
-    cli.main(["compare", str(RUNS / "old_workload.json"), str(RUNS / "aa_first.json")])
+    assert cli.main(["compare", str(RUNS / "old_workload.json"), str(RUNS / "aa_first.json"), "--view", "change",
+                     "--fail-on-regression"]) == 0
     out = capsys.readouterr().out
-    assert "not compared" in out and "version 1, the baseline version 0" in out
+    assert "not compared" in out and "workload_version 0 -> 1" in out
 
 
 def test_markdown_output(capsys):
     cli.main(["compare", str(RUNS / "m1_mps.json"), str(RUNS / "gtx1060_cuda.json"), "--markdown"])
     out = capsys.readouterr().out
     assert "| | Apple M1 GPU · torch 2.6.0 · mps |" in out and "|---|---|" in out
+    assert "**mnist_mlp · seed · scale standard" in out
 
 
 def test_bad_files_in_a_folder_are_skipped_with_a_warning_naming_them(tmp_path, capsys):
@@ -146,3 +165,62 @@ def test_benchmark_compare_hook_leaves_rows_alone_on_a_cpu_only_machine():
     local = json.loads((RUNS / "aa_first.json").read_text())["machine_info"]
     compare_hooks.report_and_pair(FakeLogger(), local, saved)
     assert saved["benchmarks"][0]["name"] == "test_mnist_mlp[mps-seed]"
+
+
+# ------------------------------------------------------------------------------- verdicts you can trust (9)
+def test_two_device_pair_where_only_cuda_slowed_gates_on_the_cuda_rows_alone(capsys):
+    code = cli.main(["compare", str(RUNS / "devices_before.json"), str(RUNS / "devices_after.json"),
+                     "--fail-on-regression"])
+    out = capsys.readouterr().out
+    assert code == 1
+    gate = out[out.index("2 significant regression(s) beyond 5%"):]
+    assert gate.count("NVIDIA H100 (cuda)") == 2 and "Intel Xeon (cpu)" not in gate
+    _, tables = compare.build_tables(load("devices_before.json", "devices_after.json"))
+    for table in tables:
+        verdict = table.verdicts[1]
+        assert verdict.process_level and verdict.processes == (5, 5)
+        assert verdict.is_regression is (table.columns[1].device == "cuda"), table.title
+
+
+def test_a_configuration_change_is_never_a_regression(capsys):
+    for first, second in (("workers0.json", "workers8.json"), ("workers8.json", "workers0.json")):
+        code = cli.main(["compare", str(RUNS / first), str(RUNS / second), "--view", "change",
+                         "--fail-on-regression"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "not compared" in out and "workers" in out and "a different experiment, not a change" in out
+        assert "faster" not in out and "slower" not in out
+
+
+def test_a_a_pair_with_process_level_spread_is_no_significant_change(capsys):
+    first, second = load("aa_processes_first.json", "aa_processes_second.json")
+    # Rounds taken as independent samples would call these identical setups different:
+    pooled = mannwhitneyu(first.rows[0].all_seconds, second.rows[0].all_seconds).pvalue
+    assert pooled < 0.001
+    code = cli.main(["compare", str(first.path), str(second.path), "--fail-on-regression"])
+    out = capsys.readouterr().out
+    assert code == 0 and "no significant change (not significant" in out, out
+    assert "5 vs 5 processes, spread" in out and "smallest detectable change" in out
+
+
+def test_too_few_processes_for_the_spread_is_inconclusive_not_a_verdict(capsys):
+    first, second = load("aa_noisy_first.json", "aa_noisy_second.json")
+    verdict = significance.judge(first.rows[0], second.rows[0])
+    assert verdict.inconclusive and not verdict.is_change and verdict.detectable > 0.05
+    assert verdict.describe().startswith("no significant change, inconclusive: processes spread too much to "
+                                         "detect a 5% change")
+    assert cli.main(["compare", str(first.path), str(second.path), "--fail-on-regression"]) == 0
+    assert "inconclusive at 5%: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), ("12.5%", 0.125), ("0", 0.0)])
+def test_threshold_takes_a_percentage_or_a_fraction(text, value):
+    assert cli._threshold(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["5", "1", "150%", "abc", "-1%"])
+def test_threshold_as_a_bare_number_above_one_is_a_usage_error_naming_both_forms(text, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", str(RUNS / "aa_first.json"), f"--threshold={text}"])
+    assert exit_info.value.code == 2
+    assert "give a percentage like 5% or a fraction like 0.05" in capsys.readouterr().err

@@ -44,6 +44,7 @@ class RunConfig:
     weights_file: Path | None = None
     tuning: TuningOptions = field(default_factory=TuningOptions)
     seed: int = 0
+    compile_cache: str = "shared"  # "fresh": this process compiles from an empty torch.compile cache (plugin.py)
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""The fields of a result row (pytest-benchmark's ``extra_info``), defined once: what each means, and which of
+them make up the row's identity.
+
+The runner checks every row it writes against this table (an unknown or missing field is a bug, caught by the
+tests); ``results.Row`` reads rows back through it; the README's field table describes it. Bump
+``RESULT_SCHEMA_VERSION`` (in ``devicebench/__init__.py``) when a field changes meaning; readers accept every
+version up to theirs and refuse newer ones.
+
+Schema history: 1 = first release. 2 = ``train_seconds``/``val_seconds`` (training throughput from training time;
+version 1's ``samples_per_s`` divided by the whole round), ``valid_samples``, ``compile_cache``, and runs made of
+several processes (``processes``).
+"""
+
+from __future__ import annotations
+
+# Identity: two rows are the same experiment exactly when these agree. The work (workload + version, pipeline,
+# the scale's sizes), the device, and every option that changes the work. A ratio between rows of different
+# identity is never reported as a change (compare.py's "devices" view compares across the device fields only).
+WORK_FIELDS = ("workload", "workload_version", "pipeline", "scale", "samples_per_round", "valid_samples",
+               "batch_size", "valid_batch_size")
+OPTION_FIELDS = ("workers", "optimizer", "pretrained", "data_source", "dtype", "channels_last", "compiled",
+                 "cuda_graphs")
+DEVICE_FIELDS = ("device", "device_name")
+
+# name -> meaning. Every row has these (options a pipeline does not have are absent, e.g. ``workers``).
+FIELDS: dict[str, str] = {
+    "schema_version": "version of these fields",
+    "workload": "workload name (mnist_mlp, resnet18_cifar, ...)",
+    "workload_version": "bumped when the work a round does changes: rows of different versions never compare",
+    "pipeline": "seed (the post as written), resident (data on the device), tuned (what the device supports)",
+    "scale": "scale profile name (quick, standard, full)",
+    "samples_per_round": "training samples per round",
+    "valid_samples": "validation samples per round",
+    "batch_size": "training batch size",
+    "valid_batch_size": "validation batch size",
+    "device": "device type: cpu, mps or cuda",
+    "device_name": "the device's model name",
+    "warmup_rounds": "rounds run before timing, not counted",
+    "samples_per_s": "training samples per second: samples_per_round / median of train_seconds",
+    "round_seconds": "every timed round: training epoch + validation pass (pytest-benchmark's round time)",
+    "train_seconds": "every timed round's training epoch",
+    "val_seconds": "every timed round's validation pass",
+    "loader_wait_fraction": "share of the rounds spent blocked waiting for the next batch",
+    "loader_wait_fraction_per_round": "the same, per round",
+    "train_loss_per_round": "mean (or last-batch, as the post) training loss per round",
+    "val_loss_per_round": "validation loss per round",
+    "val_loss": "untimed evaluation after the timed rounds",
+    "val_accuracy": "untimed evaluation after the timed rounds",
+    "peak_memory_bytes": "cuda max_memory_allocated; null on mps and cpu",
+    "data_source": "real or synthetic",
+    "flops_per_sample": "training FLOPs per sample (torch.utils.flop_counter)",
+    "flops_per_round": "FLOPs of a round, training and validation",
+    "achieved_tflops": "flops_per_round / median round",
+    "peak_tflops": "published dense peak of the device for peak_dtype; null where none is published",
+    "peak_dtype": "the dtype the peak is for",
+    "utilization": "achieved_tflops / peak_tflops",
+    "unstable": "rounds vary (CV >= 10% or slowest >= 1.5x median) or are under 1 ms",
+    "unstable_reason": "why, with the figure",
+    "cudnn_benchmark": "torch.backends.cudnn.benchmark, set where the benchmark starts",
+    "cudnn_allow_tf32": "torch.backends.cudnn.allow_tf32",
+    "matmul_allow_tf32": "torch.backends.cuda.matmul.allow_tf32",
+    "float32_matmul_precision": "torch.get_float32_matmul_precision()",
+    "compile_cache": "fresh (this process compiled from an empty torch.compile cache) or shared",
+    # workload and pipeline options
+    "workers": "DataLoader workers (resnet18_cifar seed)",
+    "optimizer": "resnet18_cifar optimizer",
+    "pretrained": "which ResNet18 weights: hub:..., file:NAME, none",
+    "image_size": "resnet18_cifar input size",
+    "dtype": "autocast dtype that ran (float32 = none)",
+    "channels_last": "tuned: channels_last layout",
+    "compiled": "tuned: torch.compile",
+    "cuda_graphs": "tuned: CUDA graph capture",
+    "fused_optimizer": "tuned mnist_mlp: Adam's fused kernel",
+    "compile_s": "tuned: compile and capture time (warm-up, not timed)",
+    "tuning_notes": "tuned: what it could not use, and why",
+    # runs of several processes (devicebench run --processes N)
+    "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s",
+}
+REQUIRED = ("schema_version", *WORK_FIELDS[:4], "samples_per_round", *DEVICE_FIELDS, "round_seconds")
+
+
+def check_row(extra: dict) -> None:
+    """Raise ValueError naming any field this table does not define, or a required field that is missing."""
+    unknown = sorted(set(extra) - set(FIELDS))
+    missing = [name for name in REQUIRED if name not in extra]
+    if unknown or missing:
+        raise ValueError(f"result row does not match devicebench/schema.py: unknown {unknown}, missing {missing}")

@@ -1,0 +1,123 @@
+"""Is B faster than A, is the difference real, and could this data have seen a change of the size that matters?
+
+**The unit is the process.** Rounds inside one process move together (memory layout, compile caches, the kernels
+autotuning chose, the host's state that minute): on the machines this project runs on, separate processes of the
+same code differed by 5-35% while their rounds differed by 1-2%. Treating rounds as independent samples calls that
+process-to-process difference "significant" every time. So, as pyperf does with its worker processes, each
+process contributes one value, the median of its rounds, and the test is on those values.
+
+**Which test.** Welch's t-test on the logarithms of the per-process medians. The log makes the effect a ratio
+(what "1.10x slower" means) and the spread of timings closer to symmetric; Welch does not assume both sides equally
+noisy. It was chosen over Mann-Whitney U on the process medians because with the few processes a GPU session can
+afford (3 a side) Mann-Whitney cannot reach p < 0.05 at all (its smallest two-sided p for 3 vs 3 is 0.1), and over
+a hierarchical bootstrap because a bootstrap of 3-5 values is no more trustworthy and harder to explain.
+
+**How much it can see.** From the pooled spread of the process medians, the smallest change this data could detect
+(two-sided 5% test, 80% power) is reported with every row. A row whose data cannot see a change of the threshold's
+size and shows no significant change says so ("inconclusive") instead of claiming there was none: run more
+processes.
+
+**Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread: their verdict uses
+Mann-Whitney U on the rounds, as before, and says that the variation between processes was not measured.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy import stats
+
+from devicebench.results import Row
+
+ALPHA = 0.05
+POWER = 0.80
+DEFAULT_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ratio: float  # candidate time / baseline time: > 1 is slower
+    p_value: float | None
+    threshold: float
+    processes: tuple[int, int]  # (baseline, candidate)
+    spread: float | None = None  # pooled standard deviation between processes, as a fraction
+    detectable: float | None = None  # smallest change this data could detect, as a fraction
+
+    @property
+    def process_level(self) -> bool:
+        return min(self.processes) >= 2
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+    @property
+    def beyond_threshold(self) -> bool:
+        return abs(math.log(self.ratio)) >= math.log1p(self.threshold)
+
+    @property
+    def is_change(self) -> bool:
+        return self.significant and self.beyond_threshold
+
+    @property
+    def is_regression(self) -> bool:
+        return self.is_change and self.ratio > 1
+
+    @property
+    def inconclusive(self) -> bool:
+        """No change found, but the processes spread too much to have seen one of the threshold's size."""
+        return not self.is_change and self.detectable is not None and self.detectable > self.threshold
+
+    def noise(self) -> str:
+        if not self.process_level:
+            return "single process: process-to-process variation not measured"
+        return (f"{self.processes[0]} vs {self.processes[1]} processes, spread {self.spread:.1%}, "
+                f"smallest detectable change {self.detectable:.1%}")
+
+    def describe(self) -> str:
+        p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
+        if self.is_change:
+            text = f"{speed(self.ratio)} (p={p})"
+        elif self.inconclusive:
+            text = (f"no significant change, inconclusive: processes spread too much to detect a "
+                    f"{self.threshold:.0%} change ({speed(self.ratio)}, p={p})")
+        else:
+            reason = "below threshold" if self.significant else "not significant"
+            text = f"no significant change ({reason}; {speed(self.ratio)}, p={p})"
+        return text if self.process_level else f"{text} [single process]"
+
+
+def speed(ratio: float) -> str:
+    return f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
+
+
+def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
+    """Compare two rows of the same identity (or, in the devices view, the same configuration)."""
+    base, cand = baseline.process_medians, candidate.process_medians
+    counts = (len(base), len(cand))
+    if min(counts) >= 2:
+        return _process_level(base, cand, threshold)
+    ratio = candidate.median_seconds / baseline.median_seconds
+    a, b = baseline.all_seconds, candidate.all_seconds
+    p_value = None
+    if len(a) >= 2 and len(b) >= 2:
+        p_value = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return Verdict(ratio, p_value, threshold, counts)
+
+
+def _process_level(base: list[float], cand: list[float], threshold: float) -> Verdict:
+    log_a, log_b = [math.log(v) for v in base], [math.log(v) for v in cand]
+    ratio = math.exp(statistics.fmean(log_b) - statistics.fmean(log_a))
+    var_a, var_b = statistics.variance(log_a), statistics.variance(log_b)
+    if var_a == 0 and var_b == 0:  # identical values on each side (planted data): equal means nothing varies
+        p_value = 1.0 if ratio == 1 else 0.0
+    else:
+        p_value = float(stats.ttest_ind(log_b, log_a, equal_var=False).pvalue)
+    n_a, n_b = len(log_a), len(log_b)
+    pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
+    df = n_a + n_b - 2
+    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
+    return Verdict(ratio, p_value, threshold, (n_a, n_b), spread=math.expm1(pooled),
+                   detectable=math.expm1(detectable_log))
