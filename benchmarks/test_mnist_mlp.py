@@ -2,8 +2,8 @@
 
 from devicebench.workloads import mnist_mlp
 
-PIPELINES = mnist_mlp.PIPELINES
+WORKLOAD = mnist_mlp  # the plugin parametrizes `pipeline` with the pipelines it offers
 
 
 def test_mnist_mlp(run_workload, device, pipeline):
-    run_workload(mnist_mlp, device, pipeline)
+    run_workload(WORKLOAD, device, pipeline)

@@ -6,7 +6,9 @@ test_parity[<device>-<workload>]: skipped for the cpu itself (it is the referenc
 import pytest
 
 from devicebench import parity
-from devicebench.workloads import WORKLOADS
+from devicebench.workloads import all_workloads
+
+WORKLOADS = all_workloads()
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS.values()), ids=list(WORKLOADS))

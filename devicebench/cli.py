@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from devicebench import compare, environment, history, processes, results, significance
+from devicebench import compare, environment, history, processes, results, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 
 
@@ -61,11 +61,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    environments = [processes.parse_environment(text) for text in args.env]
+    output_dir = Path(args.output_dir) / args.name
+    runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
+                                    Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
+                                    pip_args=args.pip_args.split(), environments=environments)
+    for skip in skipped:
+        print(f"skipped torch {skip.version}: {skip.reason}")
+    measured = [run for run in runs if run.exists()]
+    if measured:
+        print(f"\nhistory of {output_dir} (each step judged across processes):\n")
+        return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=args.threshold, png=args.png,
+                                              fail_on_regression=False))
+    return 1 if skipped else 0
+
+
+def _pytest_args(args: argparse.Namespace) -> list[str]:
+    return args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
         [processes.Environment("current", processes.default_python())]
-    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-    processes.run_interleaved(environments, args.processes, pytest_args, Path(args.output_dir), args.name)
+    processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name)
     return 0
 
 
@@ -77,11 +96,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.png:
         from devicebench import plots
 
-        plots.history_chart(lines, Path(args.png))
+        plots.history_chart(lines, Path(args.png), args.threshold)
         print(f"chart written to {args.png}")
     for line in found:
-        print(f"regression: {line}")
-    return 1 if found and args.fail_on_regression else 0
+        print(line)
+    regressed = any(line.startswith("regression") for line in found)
+    return 1 if regressed and args.fail_on_regression else 0
 
 
 def _threshold(text: str) -> float:
@@ -139,6 +159,30 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("pytest_args", nargs=argparse.REMAINDER,
                      help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
     run.set_defaults(handler=cmd_run)
+
+    sweeping = commands.add_parser(
+        "sweep", help="the suite on several torch releases (an environment each), then their history",
+        description="Builds or reuses a virtual environment per torch version (with its torchvision and this "
+                    "checkout), runs `pytest benchmarks PYTEST_ARGS` in each as --processes processes, alternating "
+                    "the versions, saves one run per version and prints `devicebench history` of them.")
+    sweeping.add_argument("--torch", nargs="*", default=[], metavar="VERSION",
+                          help="torch versions, e.g. --torch 2.11.0 2.12.1 2.13.0 2.14.1")
+    sweeping.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON",
+                          help="an existing environment to include as it is (no build)")
+    sweeping.add_argument("--processes", type=int, default=3,
+                          help="processes per version (default 3; the sweep costs versions x processes runs)")
+    sweeping.add_argument("--name", default="sweep", help="the sweep's folder under --output-dir (default sweep)")
+    sweeping.add_argument("--output-dir", default="results/sweeps", help="default %(default)s")
+    sweeping.add_argument("--envs-dir", default="~/.cache/devicebench/envs",
+                          help="where the environments live; delete it to reclaim the space (default %(default)s)")
+    sweeping.add_argument("--rerun", action="store_true", help="measure versions already measured again")
+    sweeping.add_argument("--pip-args", default="", help="extra pip install arguments, written with =, e.g. "
+                          "--pip-args='--index-url URL'")
+    sweeping.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
+    sweeping.add_argument("--png", metavar="PATH", help="also write the history chart")
+    sweeping.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                          help="after --: options for pytest benchmarks, e.g. -- --device cpu -k mnist")
+    sweeping.set_defaults(handler=cmd_sweep)
 
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")

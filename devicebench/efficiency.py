@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-_PEAKS = Path(__file__).with_name("peaks.toml")
+from devicebench.tables import load_table
 
 
-@functools.cache
 def _devices() -> list[dict]:
-    with open(_PEAKS, "rb") as file:
-        return tomllib.load(file)["device"]
+    return load_table("peaks")["device"]
 
 
 def peak_tflops(device_name: str | None, compute_dtype: str) -> float | None:

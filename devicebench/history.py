@@ -42,9 +42,9 @@ class Timeline:
 
 def _version_key(text: str):
     try:
-        return (0, Version(text))
+        return (0, Version(text), "")
     except InvalidVersion:
-        return (1, text)
+        return (1, Version("0"), text)
 
 
 def timelines(runs: list[Run]) -> list[Timeline]:
@@ -55,9 +55,11 @@ def timelines(runs: list[Run]) -> list[Timeline]:
     result = []
     for (_, device), group in groups.items():
         by_version: dict[str, list[Run]] = {}
+        order: dict[str, tuple] = {}
         for run in sorted(group, key=lambda r: r.datetime):
-            by_version.setdefault(run.torch_version, []).append(run)
-        versions = sorted(by_version, key=_version_key)
+            by_version.setdefault(run.version_label, []).append(run)
+            order[run.version_label] = (_version_key(run.torch_version), run.sweep_position or 0)
+        versions = sorted(by_version, key=order.__getitem__)
         name = next(row.device_name for row in group[0].rows if row.device == device)
         result.append(Timeline(group[0].machine_label, device, name, versions, [by_version[v] for v in versions]))
     return result
@@ -76,7 +78,7 @@ def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list
 
 
 def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tuple[str, list[str]]:
-    """The history tables, and the regression lines found."""
+    """The history tables, and one line per step found (slower steps start with "regression")."""
     out, found = [], []
     for timeline in lines_of:
         title = f"{timeline.machine_label} · {timeline.device} ({timeline.device_name})"
@@ -89,12 +91,13 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
                     cells.append("-")
                     continue
                 text = f"{row.samples_per_s:,.0f}"
-                if verdict is not None and verdict.is_regression:
-                    text += f" REGRESSION {verdict.describe()}"
-                    found.append(f"{title}: {key.config_label()}: torch {previous_version} -> {version}: "
-                                 f"{verdict.describe()}")
-                elif verdict is not None and verdict.is_change:
-                    text += f" ({verdict.describe()})"
+                if verdict is not None and verdict.is_change:
+                    kind = "REGRESSION" if verdict.is_regression else "STEP"
+                    text += f" {kind} {verdict.describe()}"
+                    found.append(f"{'regression' if verdict.is_regression else 'step'}: {title}: "
+                                 f"{key.config_label()}: torch {previous_version} -> {version}: {verdict.describe()}")
+                elif verdict is not None and verdict.inconclusive:
+                    text += " (inconclusive)"
                 cells.append(text)
                 previous_version = version
             body.append([key.config_label()] + cells)

@@ -10,7 +10,8 @@ matplotlib.use("Agg")  # write files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from devicebench.compare import Table  # noqa: E402
-from devicebench.history import Timeline  # noqa: E402
+from devicebench.history import Timeline, steps  # noqa: E402
+from devicebench.significance import DEFAULT_THRESHOLD, speed  # noqa: E402
 
 
 def compare_chart(tables: list[Table], path: Path) -> None:
@@ -32,18 +33,27 @@ def compare_chart(tables: list[Table], path: Path) -> None:
     _save(fig, path)
 
 
-def history_chart(lines: list[Timeline], path: Path) -> None:
-    """One panel per machine and device; a line per workload/pipeline/scale across torch versions."""
+def history_chart(lines: list[Timeline], path: Path, threshold: float = DEFAULT_THRESHOLD) -> None:
+    """One panel per machine and device; a line per row identity across torch versions, steps circled."""
     fig, axes = plt.subplots(len(lines), 1, figsize=(9, 3.2 * len(lines)), squeeze=False)
     for axis, timeline in zip(axes[:, 0], lines):
         for key in timeline.keys():
-            points = [(i, row.samples_per_s) for i, row in enumerate(timeline.rows(key)) if row is not None]
+            rows, verdicts = timeline.rows(key), steps(timeline, key, threshold)
+            points = [(i, row.samples_per_s) for i, row in enumerate(rows) if row is not None]
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key.config_label())
+            # The versions where the row stepped (significant and beyond the threshold): red slower, green faster.
+            for index, (row, verdict) in enumerate(zip(rows, verdicts)):
+                if row is not None and verdict is not None and verdict.is_change:
+                    color = "tab:red" if verdict.is_regression else "tab:green"
+                    axis.plot(index, row.samples_per_s, marker="o", markersize=13, markerfacecolor="none",
+                              markeredgewidth=2, color=color)
+                    axis.annotate(speed(verdict.ratio), (index, row.samples_per_s), textcoords="offset points",
+                                  xytext=(7, 7), fontsize=7, color=color)
         axis.set_xticks(range(len(timeline.versions)), [f"torch {v}" for v in timeline.versions], fontsize=8)
         axis.set_yscale("log")
         axis.set_ylabel("samples/s")
         axis.set_title(f"{timeline.machine_label} · {timeline.device_name}", fontsize=9)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=6)
     fig.tight_layout()
     _save(fig, path)
 

@@ -54,8 +54,13 @@ def parse_environment(text: str) -> Environment:
 
 
 def run_interleaved(environments: list[Environment], processes: int, pytest_args: list[str], output_dir: Path,
-                    name: str, echo: Callable[[str], None] = print) -> list[Path]:
-    """Run ``processes`` processes per environment, alternating; write one merged run per environment."""
+                    name: str, echo: Callable[[str], None] = print,
+                    sweep_positions: dict[str, int] | None = None) -> list[Path]:
+    """Run ``processes`` processes per environment, alternating; write one merged run per environment.
+
+    ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
+    ``history`` can order environments that share a torch version.
+    """
     if processes < 1:
         raise UsageError(f"--processes {processes}: give 1 or more")
     labels = [env.label for env in environments]
@@ -79,6 +84,8 @@ def run_interleaved(environments: list[Environment], processes: int, pytest_args
     for env in environments:
         files = [staging / f"{env.label}-{index:03d}.json" for index in range(1, processes + 1)]
         merged = merge_processes([json.loads(path.read_text()) for path in files], env)
+        if sweep_positions is not None:
+            merged["devicebench_run"]["sweep_position"] = sweep_positions[env.label]
         written.append(_write_atomically(Path(output_dir) / f"{name}-{env.label}.json", merged))
     shutil.rmtree(staging)
     echo(f"{total} processes in {_elapsed(started)}; runs written: {', '.join(map(str, written))}")

@@ -127,6 +127,15 @@ class Run:
     datetime: str
     rows: list[Row]
     interrupted: bool = False  # stopped early (Ctrl-C): it holds the rows that finished
+    environment: str | None = None  # devicebench run/sweep: the environment's label (e.g. torch-2.13.0)
+    sweep_position: int | None = None  # devicebench sweep: its place in the sweep's order
+
+    @property
+    def version_label(self) -> str:
+        """What ``history`` calls this run's step: the torch version, and the environment where a sweep set one."""
+        if self.sweep_position is None or self.environment in (None, f"torch-{self.torch_version}"):
+            return self.torch_version
+        return f"{self.torch_version} [{self.environment}]"
 
     @property
     def torch_version(self) -> str:
@@ -174,8 +183,10 @@ def load_run(path: Path) -> Run | None:
             warn(f"{path}: skipping row {bench.get('name', '?')!r}: missing devicebench fields or round times")
         else:
             rows.append(row)
-    interrupted = bool((data.get("devicebench_run") or {}).get("interrupted"))
-    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows, interrupted)
+    about = data.get("devicebench_run") or {}
+    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows,
+               interrupted=bool(about.get("interrupted")), environment=about.get("environment"),
+               sweep_position=about.get("sweep_position"))
 
 
 def _row(bench: dict) -> Row | None:

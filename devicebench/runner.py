@@ -17,7 +17,7 @@ import torch
 import devicebench
 from devicebench import devices, efficiency, schema, stability
 from devicebench.errors import DeviceOutOfMemory
-from devicebench.workloads.base import RoundStats, RunConfig
+from devicebench.workloads.base import RoundStats, RunConfig, build
 
 # Called after every round: (round number from 1, total rounds incl. warm-up, warm-up rounds, stats, samples).
 ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
@@ -31,7 +31,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     flags = configure_backend(config.pipeline)
     devices.empty_cache(device)
     try:
-        run = workload.build(config)
+        run = build(workload, config)
         if getattr(benchmark, "disabled", False):
             # --benchmark-disable, pytest-benchmark's "run the benchmarks as plain tests": one round as a smoke
             # test that the row builds and trains; nothing is timed or saved.

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 from devicebench.errors import UsageError
+from devicebench.tables import load_table
 
 SCALES = ("quick", "standard", "full")
 DEFAULT_SCALE = "standard"
-_PROFILES = Path(__file__).with_name("scales.toml")
 
 
 @dataclass(frozen=True)
@@ -30,15 +22,17 @@ class Scale:
     rounds: int
 
 
-@functools.cache
-def _table() -> dict:
-    with open(_PROFILES, "rb") as file:
-        return tomllib.load(file)
-
-
 def scale_for(workload: str, name: str) -> Scale:
     if name not in SCALES:
         raise UsageError(f"--scale {name!r}: choose one of {', '.join(SCALES)}")
-    entry = dict(_table()[workload][name])
+    profiles = load_table("scales").get(workload)
+    if profiles is None:  # a workload registered from outside: its module carries its scales (base.WorkloadModule)
+        from devicebench.workloads import get_workload
+
+        profiles = getattr(get_workload(workload), "SCALES", None)
+        if profiles is None:
+            raise UsageError(f"workload {workload!r} has no scales: add them to devicebench/scales.toml or give "
+                             f"its module a SCALES table")
+    entry = dict(profiles[name])
     entry.setdefault("valid_batch_size", entry["batch_size"])
     return Scale(name=name, **entry)

@@ -9,7 +9,7 @@ from devicebench import weights
 from devicebench.errors import DataError, UsageError
 from devicebench.scales import Scale, scale_for
 from devicebench.workloads import get_workload, mnist_mlp, resnet18_cifar
-from devicebench.workloads.base import RunConfig
+from devicebench.workloads.base import RunConfig, build
 from fixtures.datafiles import populate_cifar, tiny_cifar_archive
 
 CPU = torch.device("cpu")
@@ -28,7 +28,7 @@ def toy_scale(batch_size: int = 8, train: int = 16, valid: int = 8) -> Scale:
 def test_one_mnist_epoch_lowers_the_validation_loss(pipeline):
     scale = Scale("toy", train_samples=2000, valid_samples=500, batch_size=100, valid_batch_size=500,
                   warmup_rounds=0, rounds=1)
-    run = mnist_mlp.build(RunConfig(device=CPU, pipeline=pipeline, scale=scale, data_mode="synthetic"))
+    run = build(mnist_mlp, RunConfig(device=CPU, pipeline=pipeline, scale=scale, data_mode="synthetic"))
     before, _ = run.final_evaluation()
     stats = run.run_round()
     after, accuracy = run.final_evaluation()
@@ -40,8 +40,8 @@ def test_mnist_pipelines_do_the_same_math():
     """seed and resident start from equal weights; with the same batches they would agree (parity tests that);
     here: both report a validation loss of the same model the same way."""
     scale = toy_scale(batch_size=500, train=1000, valid=1000)
-    seed = mnist_mlp.build(RunConfig(device=CPU, pipeline="seed", scale=scale, data_mode="synthetic"))
-    resident = mnist_mlp.build(RunConfig(device=CPU, pipeline="resident", scale=scale, data_mode="synthetic"))
+    seed = build(mnist_mlp, RunConfig(device=CPU, pipeline="seed", scale=scale, data_mode="synthetic"))
+    resident = build(mnist_mlp, RunConfig(device=CPU, pipeline="resident", scale=scale, data_mode="synthetic"))
     assert seed.validate(_NoWait()) == pytest.approx(float(resident.validate(_NoWait())), rel=1e-5)
 
 
@@ -51,7 +51,7 @@ class _NoWait:
 
 
 def test_frozen_backbone_stays_unchanged_while_fc_trains():
-    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+    run = build(resnet18_cifar, RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
                                          pretrained="no", optimizer="sgd"))
     before = {name: p.detach().clone() for name, p in run.net.named_parameters()}
     run.run_round()
@@ -61,7 +61,7 @@ def test_frozen_backbone_stays_unchanged_while_fc_trains():
 
 
 def test_batchnorm_statistics_update_in_train_mode():
-    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+    run = build(resnet18_cifar, RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
                                          pretrained="no"))
     running_mean = run.net.bn1.running_mean.clone()
     run.run_round()
@@ -70,7 +70,7 @@ def test_batchnorm_statistics_update_in_train_mode():
 
 @pytest.mark.parametrize("optimizer", resnet18_cifar.OPTIMIZERS)
 def test_each_optimizer_constructs_and_steps(optimizer, capsys):
-    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
+    run = build(resnet18_cifar, RunConfig(device=CPU, pipeline="resident", scale=toy_scale(), data_mode="synthetic",
                                          pretrained="no", optimizer=optimizer))
     fc_before = run.net.fc.weight.detach().clone()
     stats = run.run_round()
@@ -88,14 +88,14 @@ def test_both_cifar_pipelines_load_the_real_format(http_server, tmp_path):
     for pipeline, workers in [("seed", 0), ("seed", 1), ("resident", 0)]:
         config = RunConfig(device=CPU, pipeline=pipeline, scale=toy_scale(), data_mode="real",
                            data_dir=tmp_path / "data", pretrained="no", workers=workers)
-        run = resnet18_cifar.build(config)
+        run = build(resnet18_cifar, config)
         stats = run.run_round()
         assert run.data_source == "real" and stats.seconds > 0
         assert run.describe()["pretrained"] == "none"
 
 
 def test_seed_pipeline_images_go_through_pil_resize_to_96():
-    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
+    run = build(resnet18_cifar, RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
                                          pretrained="no"))
     images, labels = next(iter(run.train_dataloader))
     assert images.shape == (8, 3, 96, 96) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
@@ -103,7 +103,7 @@ def test_seed_pipeline_images_go_through_pil_resize_to_96():
 
 def test_resident_resize_matches_the_pil_pipeline_closely():
     """The on-device resize stands in for PIL's: same size and range, nearly the same pixels."""
-    run = resnet18_cifar.build(RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
+    run = build(resnet18_cifar, RunConfig(device=CPU, pipeline="seed", scale=toy_scale(), data_mode="synthetic",
                                          pretrained="no"))
     pil_image, _ = run.train_dataloader.dataset[0]
     uint8 = torch.from_numpy(run.train_images[:1]).permute(0, 3, 1, 2)
@@ -169,3 +169,50 @@ def test_registry_and_scales():
     assert scale_for("mnist_mlp", "full").rounds == 20
     with pytest.raises(UsageError):
         scale_for("mnist_mlp", "huge")
+
+
+# ------------------------------------------------------------------------------ the workload contract (12)
+def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compare(tmp_path):
+    """tests/tiny_workload.py is registered by naming it; no other file knows it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from devicebench import cli
+
+    repo = Path(__file__).resolve().parents[1]
+    outputs = []
+    for index in (1, 2):
+        out = tmp_path / f"tiny{index}.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "-k", "tiny_linear", "--device", "cpu",
+             "--scale", "quick", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q"],
+            cwd=repo, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload"})
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        outputs.append(out)
+    rows = {bench["name"]: bench["extra_info"] for bench in json.loads(outputs[0].read_text())["benchmarks"]}
+    assert sorted(rows) == ["test_workload[tiny_linear-resident-cpu]", "test_workload[tiny_linear-seed-cpu]"]
+    for extra in rows.values():
+        assert extra["workload"] == "tiny_linear" and extra["samples_per_round"] == 4096
+        assert extra["samples_per_s"] > 0 and len(extra["train_seconds"]) == 5
+    assert cli.main(["compare", str(outputs[0]), str(outputs[1])]) == 0
+
+
+def test_a_module_lacking_part_of_the_contract_fails_naming_the_missing_parts(monkeypatch):
+    import types
+
+    from devicebench.workloads import registered_workloads
+    from devicebench.workloads.base import check_workload
+
+    broken = types.ModuleType("broken_workload")
+    broken.NAME, broken.VERSION, broken.RUNS = "broken", "1", {"fast": object}
+    with pytest.raises(UsageError, match="VERSION should be a int; HAS_CONVOLUTIONS is missing; flop_counts is "
+                                         "missing; parity_case is missing") as error:
+        check_workload(broken)
+    assert "RUNS names pipelines ['fast']" in str(error.value) and "not a WorkloadRun subclass" in str(error.value)
+    monkeypatch.setenv("DEVICEBENCH_WORKLOADS", "tests.no_such_module")
+    with pytest.raises(UsageError, match="DEVICEBENCH_WORKLOADS names 'tests.no_such_module', which does not import"):
+        registered_workloads()

@@ -1,17 +1,42 @@
-"""The workloads, by name. Adding one: write a module with NAME, VERSION, PIPELINES and build(), list it here."""
+"""The workloads, by name, each checked against the workload contract (base.WorkloadModule) when registered.
+
+A workload is one module. The built-in ones are listed here; any other is registered without touching this file
+by naming its module in ``DEVICEBENCH_WORKLOADS`` (comma-separated, e.g. ``DEVICEBENCH_WORKLOADS=mypkg.tiny``),
+and runs as ``benchmarks/test_registered_workloads.py::test_workload[<name>-<pipeline>-<device>]``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 from types import ModuleType
 
 from devicebench.errors import UsageError
 from devicebench.workloads import mnist_mlp, resnet18_cifar
+from devicebench.workloads.base import check_workload
 
-WORKLOADS: dict[str, ModuleType] = {module.NAME: module for module in (mnist_mlp, resnet18_cifar)}
+BUILT_IN: dict[str, ModuleType] = {module.NAME: check_workload(module) for module in (mnist_mlp, resnet18_cifar)}
+
+
+def registered_workloads() -> dict[str, ModuleType]:
+    """Workloads named in ``DEVICEBENCH_WORKLOADS``, imported and checked."""
+    found = {}
+    for dotted in filter(None, (part.strip() for part in os.environ.get("DEVICEBENCH_WORKLOADS", "").split(","))):
+        try:
+            module = importlib.import_module(dotted)
+        except ImportError as error:
+            raise UsageError(f"DEVICEBENCH_WORKLOADS names {dotted!r}, which does not import: {error}") from None
+        found[check_workload(module).NAME] = module
+    return found
+
+
+def all_workloads() -> dict[str, ModuleType]:
+    return {**BUILT_IN, **registered_workloads()}
 
 
 def get_workload(name: str) -> ModuleType:
+    workloads = all_workloads()
     try:
-        return WORKLOADS[name]
+        return workloads[name]
     except KeyError:
-        raise UsageError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}") from None
+        raise UsageError(f"unknown workload {name!r}; known: {', '.join(workloads)}") from None

@@ -1,9 +1,8 @@
-"""The one protocol every workload follows.
+"""The one protocol every workload follows: ``WorkloadModule`` below, checked by ``check_workload`` when a
+workload is registered (workloads/__init__.py), so a module that lacks a part fails at once, naming it.
 
-A workload module defines ``NAME``, ``VERSION``, ``PIPELINES`` and ``build(config) -> WorkloadRun``. A
-``WorkloadRun`` is the workload built for one device and pipeline (model, optimizer, data); the benchmark calls
-``run_round()`` once per round and ``final_evaluation()`` once at the end. A third workload is one new module
-registered in ``devicebench/workloads/__init__.py``.
+A ``WorkloadRun`` is the workload built for one device and pipeline (model, optimizer, data); the benchmark calls
+``run_round()`` once per round and ``final_evaluation()`` once at the end.
 
 Pipelines:
 - ``seed``: the blog post's code as written, plus ``.to(device)``: a CPU DataLoader, per-batch host syncs.
@@ -17,7 +16,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from types import ModuleType
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
@@ -26,7 +26,7 @@ from devicebench.errors import UsageError
 from devicebench.scales import Scale
 from devicebench.tuning import TuningOptions
 
-PIPELINES = ("seed", "resident", "tuned")
+PIPELINES = ("seed", "resident", "tuned")  # every pipeline any workload may offer, in display order
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,60 @@ class WorkloadRun(ABC):
                           float(val_loss))
 
 
-def build_run(workload: str, runs: dict[str, type[WorkloadRun]], config: RunConfig) -> WorkloadRun:
-    """Build the run class of ``config.pipeline`` from a workload's pipeline table."""
-    if config.pipeline not in runs:
-        raise UsageError(f"{workload} has no pipeline {config.pipeline!r}; it has {', '.join(runs)}")
-    return runs[config.pipeline](config)
+class WorkloadModule(Protocol):
+    """What a workload module defines (a third workload is one module with these; README "Layout" cites this).
+
+    - ``NAME``: its name in results and test ids; ``VERSION``: bumped when the work a round does changes.
+    - ``HAS_CONVOLUTIONS``: channels_last applies, and float32 work counts against the TF32 peak on cuda.
+    - ``RUNS``: pipeline name -> ``WorkloadRun`` subclass: the pipelines it offers (a subset of ``PIPELINES``).
+    - ``flop_counts()``: FLOPs per sample (flops.py); ``parity_case()``: a few steps for the cpu-vs-device check.
+    - ``SCALES`` (optional): scale name -> sizes, for a workload that has no entry in ``scales.toml``.
+    """
+
+    NAME: str
+    VERSION: int
+    HAS_CONVOLUTIONS: bool
+    RUNS: dict[str, type[WorkloadRun]]
+    flop_counts: Callable
+    parity_case: Callable
+
+
+CONTRACT = {"NAME": str, "VERSION": int, "HAS_CONVOLUTIONS": bool, "RUNS": dict, "flop_counts": Callable,
+            "parity_case": Callable}
+
+
+def check_workload(module: ModuleType) -> ModuleType:
+    """Return ``module`` if it follows ``WorkloadModule``; else raise naming every part it lacks or gets wrong."""
+    problems = []
+    for name, kind in CONTRACT.items():
+        if not hasattr(module, name):
+            problems.append(f"{name} is missing")
+        elif kind is Callable and not callable(getattr(module, name)):
+            problems.append(f"{name} is not a function")
+        elif kind is not Callable and not isinstance(getattr(module, name), kind):
+            problems.append(f"{name} should be a {kind.__name__}")
+    runs = getattr(module, "RUNS", None)
+    if isinstance(runs, dict):
+        unknown = [name for name in runs if name not in PIPELINES]
+        not_runs = [name for name, cls in runs.items() if not (isinstance(cls, type) and issubclass(cls, WorkloadRun))]
+        if unknown or not runs:
+            problems.append(f"RUNS names pipelines {unknown or '(none)'}; pipelines are {', '.join(PIPELINES)}")
+        if not_runs:
+            problems.append(f"RUNS[{', '.join(not_runs)}] is not a WorkloadRun subclass")
+    if problems:
+        raise UsageError(f"workload module {module.__name__} does not follow the workload contract "
+                         f"(devicebench/workloads/base.py, WorkloadModule): {'; '.join(problems)}")
+    return module
+
+
+def pipelines(workload: WorkloadModule) -> tuple[str, ...]:
+    """The pipelines ``workload`` offers, in display order."""
+    return tuple(name for name in PIPELINES if name in workload.RUNS)
+
+
+def build(workload: WorkloadModule, config: RunConfig) -> WorkloadRun:
+    """Build ``workload`` for one device and pipeline."""
+    if config.pipeline not in workload.RUNS:
+        raise UsageError(f"{workload.NAME} has no pipeline {config.pipeline!r}; it has "
+                         f"{', '.join(pipelines(workload))}")
+    return workload.RUNS[config.pipeline](config)

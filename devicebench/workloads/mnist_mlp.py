@@ -19,12 +19,11 @@ from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
-from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
 NAME = "mnist_mlp"
 # Bump when the work a round does changes (model, data sizes, loop): results of different versions never compare.
 VERSION = 1
-PIPELINES = ("seed", "resident", "tuned")
 LEARNING_RATE = 1e-3
 HAS_CONVOLUTIONS = False
 
@@ -62,9 +61,6 @@ def parity_case(steps: int = 5, seed: int = 0) -> ParityCase:
     batches = list(zip(data.x_train.split(500), data.y_train.split(500)))
     return ParityCase(make_model(seed), make_optimizer, batches, F.cross_entropy)
 
-
-def build(config: RunConfig) -> WorkloadRun:
-    return build_run(NAME, {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}, config)
 
 
 class _MnistRun(WorkloadRun):
@@ -294,3 +290,7 @@ class TunedRun(ResidentRun):
             eager_total = self.train_step(self.x_train_d[remainder], self.y_train_d[remainder])
             batches += 1
         return (self.static_loss_sum + eager_total) / batches
+
+
+# The pipelines this workload offers (base.WorkloadModule).
+RUNS = {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}

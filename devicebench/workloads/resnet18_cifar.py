@@ -29,11 +29,10 @@ from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
 from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
-from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, build_run
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
 NAME = "resnet18_cifar"
 VERSION = 1
-PIPELINES = ("seed", "resident", "tuned")
 OPTIMIZERS = ("ranger21", "sgd", "adam", "adamw")
 IMAGE_SIZE = 96
 LR, LR_MIN = 0.1, 1e-5
@@ -95,9 +94,6 @@ def parity_case(steps: int = 4, seed: int = 0, batch_size: int = 32) -> ParityCa
     return ParityCase(make_model(seed), lambda net: make_optimizer("ranger21", net, 1, steps), batches,
                       F.cross_entropy)
 
-
-def build(config: RunConfig) -> WorkloadRun:
-    return build_run(NAME, {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}, config)
 
 
 def batches_per_epoch(samples: int, batch_size: int) -> int:
@@ -335,3 +331,7 @@ class TunedRun(ResidentRun):
         with torch.no_grad():
             for name, value in self.net.named_buffers():
                 value.copy_(buffers[name])
+
+
+# The pipelines this workload offers (base.WorkloadModule).
+RUNS = {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}
