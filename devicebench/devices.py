@@ -30,16 +30,20 @@ class DeviceStatus:
     skip_reason: str | None = None
 
 
-def parse_device_list(text: str) -> list[str]:
-    """Turn ``"cpu,cuda"`` into ``["cpu", "cuda"]``, refusing names that are not devices."""
+def parse_choices(option: str, text: str, valid: tuple[str, ...], noun: str) -> list[str]:
+    """Turn ``"cpu,cuda"`` into ``["cpu", "cuda"]`` (order kept, repeats dropped), refusing unknown names."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in KNOWN_DEVICES]
+    unknown = [name for name in names if name not in valid]
     if unknown or not names:
         raise UsageError(
-            f"--device {text!r}: unknown device {', '.join(map(repr, unknown)) or '(empty)'}; "
-            f"valid devices are {', '.join(KNOWN_DEVICES)} (comma-separated, e.g. --device cpu,cuda)"
+            f"--{option} {text!r}: unknown {noun} {', '.join(map(repr, unknown)) or '(empty)'}; "
+            f"valid {noun}s are {', '.join(valid)} (comma-separated, e.g. --{option} {valid[0]},{valid[-1]})"
         )
-    return list(dict.fromkeys(names))  # keep order, drop repeats
+    return list(dict.fromkeys(names))
+
+
+def parse_device_list(text: str) -> list[str]:
+    return parse_choices("device", text, KNOWN_DEVICES, "device")
 
 
 def probe(device_type: str) -> DeviceStatus:

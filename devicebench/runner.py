@@ -17,6 +17,7 @@ import torch
 import devicebench
 from devicebench import devices, efficiency, schema, stability
 from devicebench.errors import DeviceOutOfMemory
+from devicebench.tuning import apply_backend_flags
 from devicebench.workloads.base import RoundStats, RunConfig, build
 
 # Called after every round: (round number from 1, total rounds incl. warm-up, warm-up rounds, stats, samples).
@@ -28,7 +29,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``."""
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
-    flags = configure_backend(config.pipeline)
+    apply_backend_flags(None)  # torch's defaults; a tuned run sets its plan's flags when it is built
     devices.empty_cache(device)
     try:
         run = build(workload, config)
@@ -71,6 +72,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                 f"smaller --scale. ({str(error).splitlines()[0]})"
             ) from error
         raise
+    flags = backend_flags()
     timed = done[scale.warmup_rounds:]
     extra = describe_rounds(timed, run.samples_per_round)
     extra.update({
@@ -116,13 +118,12 @@ def _flop_counts(workload: ModuleType):
     return _FLOP_COUNTS[workload.NAME]
 
 
-def configure_backend(pipeline: str) -> dict:
-    """Set the backend flags that change speed on purpose, here where a benchmark starts, and record them.
+def backend_flags() -> dict:
+    """The backend flags that change speed, as they were while the rounds ran (recorded with every row).
 
-    TF32 stays at torch's defaults (cuDNN convolutions may use it, matmuls may not); cuDNN autotuning is on
-    only for ``tuned``, since the posts do not enable it.
+    TF32 stays at torch's defaults (cuDNN convolutions may use it, matmuls may not); cuDNN autotuning is set by the
+    pipeline (tuning.apply_backend_flags: on only where the tuned plan uses it).
     """
-    torch.backends.cudnn.benchmark = pipeline == "tuned"
     return {
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,

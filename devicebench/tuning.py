@@ -29,6 +29,7 @@ class TuningOptions:
     channels_last: bool = True
     compile: bool = True
     cuda_graphs: bool = True
+    cudnn_benchmark: bool = True
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -61,6 +62,7 @@ class TuningPlan:
     channels_last: bool
     compiled: bool
     cuda_graphs: bool
+    cudnn_benchmark: bool = False  # cuDNN autotunes each convolution's algorithm on first use
     notes: tuple[str, ...] = field(default_factory=tuple)  # why each feature that is off is off
 
     @property
@@ -101,23 +103,23 @@ MPS_BF16_AUTOCAST_MIN_TORCH = (2, 6)
 
 def _supported_dtypes(facts: BackendFacts) -> dict[str, str | None]:
     """dtype -> None if usable, else why not."""
-    unsupported: dict[str, str | None] = {"float32": None}
+    blockers: dict[str, str | None] = {"float32": None}
     if facts.device_type == "cuda":
         cap = facts.cuda_capability or (0, 0)
-        unsupported["bfloat16"] = None if cap >= CUDA_BF16_MIN_CAPABILITY else \
+        blockers["bfloat16"] = None if cap >= CUDA_BF16_MIN_CAPABILITY else \
             f"bfloat16 needs compute capability >= 8.0 (this GPU: {cap[0]}.{cap[1]})"
-        unsupported["float16"] = None if cap >= CUDA_FP16_MIN_CAPABILITY else \
+        blockers["float16"] = None if cap >= CUDA_FP16_MIN_CAPABILITY else \
             f"float16 is slow below compute capability 7.0 (this GPU: {cap[0]}.{cap[1]}, no tensor cores)"
     elif facts.device_type == "mps":
         version = ".".join(map(str, facts.torch_version))
-        unsupported["bfloat16"] = None if facts.torch_version >= MPS_BF16_AUTOCAST_MIN_TORCH else \
+        blockers["bfloat16"] = None if facts.torch_version >= MPS_BF16_AUTOCAST_MIN_TORCH else \
             f"bfloat16 autocast on mps needs torch >= 2.6 (this: {version})"
-        unsupported["float16"] = None if facts.torch_version >= MPS_FP16_AUTOCAST_MIN_TORCH else \
+        blockers["float16"] = None if facts.torch_version >= MPS_FP16_AUTOCAST_MIN_TORCH else \
             f"autocast on mps needs torch >= 2.5 (this: {version})"
     else:
-        unsupported["bfloat16"] = None
-        unsupported["float16"] = None
-    return unsupported
+        blockers["bfloat16"] = None
+        blockers["float16"] = None
+    return blockers
 
 
 def _auto_dtype(facts: BackendFacts, usable: dict[str, str | None]) -> tuple[str, str | None]:
@@ -181,8 +183,24 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
     if graphs_blocker:
         notes.append(f"cuda_graphs: {graphs_blocker}")
 
+    cudnn_blocker = None
+    if facts.device_type != "cuda":
+        cudnn_blocker = "cuDNN autotuning exists on cuda only"
+    elif not traits.has_convolutions:
+        cudnn_blocker = "no convolutions in this model"
+    elif not options.cudnn_benchmark:
+        cudnn_blocker = "switched off by --no-cudnn-benchmark"
+    if cudnn_blocker:
+        notes.append(f"cudnn_benchmark: {cudnn_blocker}")
+
     return TuningPlan(dtype=dtype, channels_last=channels_last, compiled=compile_blocker is None,
-                      cuda_graphs=graphs_blocker is None, notes=tuple(notes))
+                      cuda_graphs=graphs_blocker is None, cudnn_benchmark=cudnn_blocker is None, notes=tuple(notes))
+
+
+def apply_backend_flags(plan: TuningPlan | None) -> None:
+    """Set the backend flags a pipeline runs with: the tuned plan's, or torch's defaults for seed and resident
+    (the posts enable no cuDNN autotuning). Called where each benchmark starts, before anything is built."""
+    torch.backends.cudnn.benchmark = plan is not None and plan.cudnn_benchmark
 
 
 def backend_facts(device: torch.device) -> BackendFacts:

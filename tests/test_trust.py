@@ -54,7 +54,7 @@ class SleepyRun(WorkloadRun):
 
 def sleepy_workload(sleeps, validation_sleep=0.0):
     return types.SimpleNamespace(NAME="sleepy", VERSION=1, HAS_CONVOLUTIONS=False,
-                                 build=lambda config: SleepyRun(config, sleeps, validation_sleep),
+                                 RUNS={"resident": lambda config: SleepyRun(config, sleeps, validation_sleep)},
                                  flop_counts=lambda: FlopCounts(1e6, 5e5))
 
 

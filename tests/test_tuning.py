@@ -20,7 +20,14 @@ def mps(version):
 def test_h100_gets_everything_for_the_mlp():
     plan = plan_tuning(H100, MLP, TuningOptions())
     assert (plan.dtype, plan.compiled, plan.cuda_graphs, plan.channels_last) == ("bfloat16", True, True, False)
-    assert plan.notes == ("channels_last: no convolutions in this model",)
+    assert plan.notes == ("channels_last: no convolutions in this model",
+                          "cudnn_benchmark: no convolutions in this model")
+
+
+def test_cudnn_autotuning_belongs_to_the_plan_and_can_be_switched_off():
+    assert plan_tuning(H100, CNN_RANGER, TuningOptions()).cudnn_benchmark is True
+    off = plan_tuning(H100, CNN_RANGER, TuningOptions(cudnn_benchmark=False))
+    assert off.cudnn_benchmark is False and "cudnn_benchmark: switched off by --no-cudnn-benchmark" in off.notes
 
 
 def test_h100_cnn_with_ranger21_gets_no_graphs_and_says_why():

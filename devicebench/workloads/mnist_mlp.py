@@ -18,7 +18,8 @@ from devicebench import devices
 from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
-from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
+from devicebench.tuning import (WorkloadTraits, apply_backend_flags, backend_facts, backward_and_step,
+                                compile_static, plan_tuning)
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
 NAME = "mnist_mlp"
@@ -168,13 +169,14 @@ GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.
 class TunedRun(ResidentRun):
     """``resident`` made fast: autocast, torch.compile, fused Adam and, on cuda, a whole epoch as one CUDA graph.
 
-    Compilation and capture happen here, on real shapes, before any round (recorded as ``compile_seconds``);
+    Compilation and capture happen here, on real shapes, before any round (recorded as ``compile_s``);
     the steps they need are undone afterwards, so the timed rounds start from the same weights as ``resident``.
     """
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
         self.plan = plan_tuning(backend_facts(self.device), TRAITS, config.tuning)
+        apply_backend_flags(self.plan)
         # On cuda, Adam's fused kernel: one launch per step instead of a dozen, same update rule. A captured
         # Adam must also be "capturable" (its step count lives on the device).
         self.fused_optimizer = self.device.type == "cuda"

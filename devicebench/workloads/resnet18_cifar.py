@@ -28,7 +28,8 @@ from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
-from devicebench.tuning import WorkloadTraits, backend_facts, backward_and_step, compile_static, plan_tuning
+from devicebench.tuning import (WorkloadTraits, apply_backend_flags, backend_facts, backward_and_step,
+                                compile_static, plan_tuning)
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 
 NAME = "resnet18_cifar"
@@ -185,7 +186,6 @@ class SeedRun(_CifarRun):
             num_correct = (pred == targets).sum().item()
             train_acc += num_correct / batch_size
         self.scheduler.step()
-        self.train_accuracy = train_acc / len(self.train_dataloader)
         return Loss.item()  # the post reports the last batch's loss
 
     def validate(self, waits: Stopwatch) -> float:
@@ -234,13 +234,13 @@ class ResidentRun(_CifarRun):
         self.net.train()
         batch_size = self.config.scale.batch_size
         order = self.shuffled_order(len(self.train_x))
+        # The post's per-batch accuracy, kept on the device so the work is the same without a host read.
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for start in waits.iterate(range(0, len(order), batch_size)):
             index = order[start:start + batch_size]
             loss, batch_correct = self.step(self.model_input(self.train_x[index]), self.train_y[index])
             correct += batch_correct
         self.scheduler.step()
-        self.train_correct = correct
         return loss  # the last batch's loss, as the post reports
 
     @torch.no_grad()
@@ -273,7 +273,7 @@ class TunedRun(ResidentRun):
 
     No CUDA graphs: the step is compute-bound (1024 images through a ResNet18 at 96 px), and Ranger21 reads
     values back to the host twice per step, which a graph cannot capture. Compilation happens here, on real
-    shapes, before any round (``compile_seconds``), without changing any weight or BatchNorm statistic.
+    shapes, before any round (``compile_s``), without changing any weight or BatchNorm statistic.
     """
 
     def __init__(self, config: RunConfig):
@@ -281,6 +281,7 @@ class TunedRun(ResidentRun):
         traits = WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=False,
                                 graph_safe_optimizer=config.optimizer != "ranger21")
         self.plan = plan_tuning(backend_facts(self.device), traits, config.tuning)
+        apply_backend_flags(self.plan)
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # The uint8 -> float -> resize -> layout conversion is part of the compiled function, so it fuses.
