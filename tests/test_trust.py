@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 import types
 
@@ -104,11 +105,12 @@ def test_training_throughput_comes_from_training_time_alone():
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=0, rounds=3)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
     extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu")
-    assert extra["samples_per_s"] == pytest.approx(100 / 0.02, rel=0.15)
-    assert all(0.045 < r < 0.07 for r in extra["round_seconds"])
-    assert all(0.028 < v < 0.045 for v in extra["val_seconds"])
+    # Deterministic relations only (sleeps stretch on a loaded machine): throughput is from training time alone.
+    assert extra["samples_per_s"] == pytest.approx(100 / statistics.median(extra["train_seconds"]))
+    assert all(t >= 0.02 for t in extra["train_seconds"]) and all(v >= 0.03 for v in extra["val_seconds"])
     assert all(t + v <= r + 1e-6 for t, v, r in zip(extra["train_seconds"], extra["val_seconds"],
                                                     extra["round_seconds"]))
+    assert extra["samples_per_s"] > 100 / statistics.median(extra["round_seconds"])
 
 
 class SlowStart:
