@@ -72,16 +72,24 @@ def run_interleaved(environments: list[Environment], processes: int, pytest_args
     for index in range(1, processes + 1):
         for env in environments:
             done = (index - 1) * len(environments) + environments.index(env)
-            target = staging / f"{env.label}-{index:03d}.json"
-            if target.exists():
-                echo(f"[{done + 1}/{total}] {env.label} process {index}/{processes}: already measured, kept")
+            target, no_rows = staging / f"{env.label}-{index:03d}.json", staging / f"{env.label}.no-rows"
+            where = f"[{done + 1}/{total}] {env.label} process {index}/{processes}"
+            if no_rows.exists():
                 continue
-            echo(f"[{done + 1}/{total}] {env.label} process {index}/{processes}: running "
-                 f"({_elapsed(started)} so far)")
-            _run_one(env, pytest_args, target)
-            echo("    " + _summary(json.loads(target.read_text())))
+            if target.exists():
+                echo(f"{where}: already measured, kept")
+                continue
+            echo(f"{where}: running ({_elapsed(started)} so far)")
+            skipped = _run_one(env, pytest_args, target)
+            if skipped is not None:  # every row skipped itself (e.g. no torchvision for this torch): say why
+                no_rows.write_text(skipped)
+                echo(f"    no row ran in {env.label}, so it gets no more processes and no run:\n{skipped}")
+            else:
+                echo("    " + _summary(json.loads(target.read_text())))
     written = []
     for env in environments:
+        if (staging / f"{env.label}.no-rows").exists():
+            continue
         files = [staging / f"{env.label}-{index:03d}.json" for index in range(1, processes + 1)]
         merged = merge_processes([json.loads(path.read_text()) for path in files], env)
         if sweep_positions is not None:
@@ -105,11 +113,15 @@ def _claim_staging(staging: Path, plan: dict) -> None:
     plan_file.write_text(json.dumps(plan))
 
 
-def _run_one(env: Environment, pytest_args: list[str], target: Path) -> None:
+def _run_one(env: Environment, pytest_args: list[str], target: Path) -> str | None:
+    """One pytest process into ``target``; returns its skip reasons instead when no row ran at all."""
     partial = target.with_suffix(".part")
     command = [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, f"--benchmark-json={partial}",
-               "-p", "no:cacheprovider", "-q"]
+               "-p", "no:cacheprovider", "-q", "-rs"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 0 and not partial.exists():  # pytest-benchmark writes no file when no row ran
+        reasons = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+        return "\n".join(f"    {line}" for line in reasons) or "    (pytest reported no skip reasons)"
     if result.returncode != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
@@ -117,6 +129,7 @@ def _run_one(env: Environment, pytest_args: list[str], target: Path) -> None:
                                f"finished so far are kept and the same command resumes after them. Its output "
                                f"ended:\n{tail}")
     partial.replace(target)
+    return None
 
 
 def merge_processes(process_runs: list[dict], env: Environment) -> dict:

@@ -107,3 +107,12 @@ def test_environment_arguments_are_checked(tmp_path):
     with pytest.raises(DevicebenchError, match="is not an executable Python"):
         processes.parse_environment(f"A={tmp_path / 'missing'}")
     assert processes.parse_environment(f"A={sys.executable}").label == "A"
+
+
+def test_an_environment_where_every_row_skips_gets_no_run_and_says_why(tmp_path):
+    lines: list[str] = []
+    written = processes.run_interleaved([processes.Environment("A", sys.executable)], 2,
+                                        ["-k", "mnist", "--device", "mps"], tmp_path, "none", lines.append)
+    assert written == [] and not list(tmp_path.glob("*.json"))
+    assert any("no row ran in A" in line and "mps" in line for line in lines), lines
+    assert not any("process 2/2" in line for line in lines)  # no second process for an environment with no rows
