@@ -3,7 +3,14 @@
 Runs are grouped by machine and device (never merged across machines) and ordered by torch version; for each
 torch version and row identity (results.RowIdentity: the work, the device and every option that changes it) the
 latest run that has that row counts. Each step between consecutive torch versions is judged like ``compare``'s
-change view (significance.py): marked when significantly slower by more than the threshold.
+change view (significance.py): a step is marked where a version is significantly slower (REGRESSION) or faster
+(STEP) than the one before by more than the threshold.
+
+Why not a change-point library (ruptures, or asv's own step detection): those look for where a long series of
+single values shifts, and need many points to do it; a sweep has a handful of torch versions, each with several
+processes. A two-sample test between consecutive versions on their per-process values uses exactly what we
+have, is the same rule as ``compare`` (so history and compare never disagree about a pair), and says
+"inconclusive" where the processes spread too much to tell.
 """
 
 from __future__ import annotations

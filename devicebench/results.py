@@ -133,7 +133,8 @@ class Run:
     @property
     def version_label(self) -> str:
         """What ``history`` calls this run's step: the torch version, and the environment where a sweep set one."""
-        if self.sweep_position is None or self.environment in (None, f"torch-{self.torch_version}"):
+        release = self.torch_version.split("+")[0]  # 2.14.1+cu130 was built as environment torch-2.14.1
+        if self.sweep_position is None or self.environment in (None, f"torch-{release}"):
             return self.torch_version
         return f"{self.torch_version} [{self.environment}]"
 
