@@ -55,11 +55,12 @@ def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_inter
                                      f"{timeline.runs[0][0].torch_version} [slowed]"]
     key, = timeline.keys()
     # The planted slowdown (5 ms in each of the MLP's 4 module forwards, 42 batches a round: ~6x slower) is a step
-    # at the default 5% threshold. The same code against itself is not one at 30%: on the shared 2-core VMs this
-    # runs on, A/A processes differed by up to 1.3x (README), and a test must not fail on the machine's noise.
+    # at the default 5% threshold. The same code against itself is not one at 50%: on the shared 2-core VMs this
+    # runs on, single A/A processes differed by 1.2x-1.8x (README); the means of three stay well inside 1.5x, and a
+    # test must not fail on the machine's noise.
     _, _, slowed_step = history.steps(timeline, key)
     assert slowed_step.is_regression and slowed_step.process_level and slowed_step.ratio > 3
-    _, aa_step, _ = history.steps(timeline, key, threshold=0.30)
+    _, aa_step, _ = history.steps(timeline, key, threshold=0.50)
     assert aa_step is not None and not aa_step.is_change
 
     png = tmp_path / "history.png"
