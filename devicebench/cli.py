@@ -83,7 +83,7 @@ def _pytest_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
-        [processes.Environment("current", processes.default_python())]
+        [processes.Environment("current", sys.executable)]
     processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name)
     return 0
 

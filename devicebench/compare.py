@@ -97,7 +97,6 @@ def change_tables(runs: list[Run], threshold: float) -> list[Table]:
         for row in column.run.rows:
             if row.device == column.device:
                 groups.setdefault(row.identity, []).append((column, row))
-    baseline_rows = [row for row in baseline_run.rows]
     tables = []
     for identity, members in groups.items():
         cells = [row for _, row in members]
@@ -106,7 +105,7 @@ def change_tables(runs: list[Run], threshold: float) -> list[Table]:
                     for i, row in enumerate(cells)]
         notes = []
         if baseline is None:
-            notes.append(f"not compared: {why_not_comparable(identity, baseline_rows)}")
+            notes.append(f"not compared: {why_not_comparable(identity, baseline_run.rows)}")
         elif len(cells) == 1:
             notes.append("only in the baseline run: nothing to compare")
         title = f"{identity.config_label()} · {identity.device_name} ({identity.device})"

@@ -19,7 +19,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +198,3 @@ def _summary(run: dict) -> str:
 def _elapsed(since: float) -> str:
     seconds = int(time.monotonic() - since)
     return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def default_python() -> str:
-    return sys.executable

@@ -115,10 +115,6 @@ class Row:
     def samples_per_s(self) -> float:
         return int(self.extra["samples_per_round"]) / self.median_seconds
 
-    @property
-    def round_seconds(self) -> list[float]:
-        return [float(s) for s in self.extra["round_seconds"]]
-
 
 @dataclass
 class Run:
