@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from devicebench import schema
 from devicebench.errors import UsageError
@@ -89,20 +90,29 @@ def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, view: st
     return view, device_tables(runs, threshold, baseline_device)
 
 
-def change_tables(runs: list[Run], threshold: float) -> list[Table]:
-    columns = columns_of(runs)
-    baseline_run = runs[0]
-    groups: dict[RowIdentity, list[tuple[Column, Row]]] = {}
+def _group(columns: list[Column], key: Callable[[Row], Hashable]) -> dict[Hashable, list[tuple[Column, Row]]]:
+    """Each column's rows, gathered by ``key`` (the identity, or the configuration without the device)."""
+    groups: dict[Hashable, list[tuple[Column, Row]]] = {}
     for column in columns:
         for row in column.run.rows:
             if row.device == column.device:
-                groups.setdefault(row.identity, []).append((column, row))
+                groups.setdefault(key(row), []).append((column, row))
+    return groups
+
+
+def _verdicts(cells: list[Row], baseline: int | None, threshold: float) -> list[Verdict | None]:
+    """Each cell judged against the baseline cell (None for the baseline itself, or when there is none)."""
+    return [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
+            for i, row in enumerate(cells)]
+
+
+def change_tables(runs: list[Run], threshold: float) -> list[Table]:
+    baseline_run = runs[0]
     tables = []
-    for identity, members in groups.items():
+    for identity, members in _group(columns_of(runs), lambda row: row.identity).items():
         cells = [row for _, row in members]
         baseline = next((i for i, (column, _) in enumerate(members) if column.run is baseline_run), None)
-        verdicts = [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
-                    for i, row in enumerate(cells)]
+        verdicts = _verdicts(cells, baseline, threshold)
         notes = []
         if baseline is None:
             notes.append(f"not compared: {why_not_comparable(identity, baseline_run.rows)}")
@@ -136,19 +146,13 @@ def device_tables(runs: list[Run], threshold: float, baseline_device: str | None
     if baseline_device is not None and baseline_device not in {c.device for c in columns}:
         raise UsageError(f"--baseline-device {baseline_device}: no run has {baseline_device} rows; they have "
                          f"{', '.join(sorted({c.device for c in columns}))}")
-    groups: dict[tuple, list[tuple[Column, Row]]] = {}
-    for column in columns:
-        for row in column.run.rows:
-            if row.device == column.device:
-                groups.setdefault(row.identity.without_device(), []).append((column, row))
     tables = []
-    for members in groups.values():
+    for members in _group(columns, lambda row: row.identity.without_device()).values():
         cells = [row for _, row in members]
         baseline = 0
         if baseline_device is not None:
             baseline = next((i for i, (column, _) in enumerate(members) if column.device == baseline_device), None)
-        verdicts = [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
-                    for i, row in enumerate(cells)]
+        verdicts = _verdicts(cells, baseline, threshold)
         notes = [] if baseline is not None else [f"no {baseline_device} row for this configuration: ratios omitted"]
         tables.append(Table(cells[0].identity.config_label(), [column for column, _ in members], cells, baseline,
                             verdicts, notes))

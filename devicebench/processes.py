@@ -69,8 +69,8 @@ def run_interleaved(environments: list[Environment], processes: int, pytest_args
     _claim_staging(staging, {"pytest_args": pytest_args, "environments": [vars(env) for env in environments]})
     total, started = processes * len(environments), time.monotonic()
     for index in range(1, processes + 1):
-        for env in environments:
-            done = (index - 1) * len(environments) + environments.index(env)
+        for position, env in enumerate(environments):
+            done = (index - 1) * len(environments) + position
             target, no_rows = staging / f"{env.label}-{index:03d}.json", staging / f"{env.label}.no-rows"
             where = f"[{done + 1}/{total}] {env.label} process {index}/{processes}"
             if no_rows.exists():

@@ -6,6 +6,7 @@ devicebench's fields is skipped with a warning naming it; a run written by a new
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -59,7 +60,8 @@ class Row:
     test: str
     extra: dict = field(compare=False, hash=False)
 
-    @property
+    # identity and processes are read for every comparison a row takes part in: computed once per row.
+    @functools.cached_property
     def identity(self) -> RowIdentity:
         extra = self.extra
         return RowIdentity(work=tuple(extra.get(name) for name in schema.WORK_FIELDS),
@@ -91,7 +93,7 @@ class Row:
         """Schema 1 rows timed training and validation together; their throughput is per round."""
         return "train_seconds" in self.extra
 
-    @property
+    @functools.cached_property
     def processes(self) -> list[list[float]]:
         """Per process, the times throughput is computed from: training epochs (schema 2) or whole rounds (1)."""
         key = "train_seconds" if self.measures_training_alone else "round_seconds"
