@@ -92,11 +92,10 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         **flags,
         **run.describe(),
     })
-    extra.setdefault("dtype", "float32")
     flops = _flop_counts(workload)
     extra["flops_per_sample"] = flops.train_per_sample
     extra["flops_per_round"] = flops.per_round(scale.train_samples, scale.valid_samples)
-    peak_dtype = efficiency.compute_dtype(extra["dtype"], device.type, workload.HAS_CONVOLUTIONS,
+    peak_dtype = efficiency.compute_dtype(run.precision, device.type, workload.HAS_CONVOLUTIONS,
                                           flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
     extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
                                               device_name, peak_dtype))

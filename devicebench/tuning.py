@@ -143,6 +143,11 @@ def _compile_blocker(facts: BackendFacts) -> str | None:
     return "torch.compile is not used on mps: not verified for these models by this project"
 
 
+def _first_blocker(*checks: tuple[bool, str]) -> str | None:
+    """The reason of the first (condition, reason) whose condition holds: what keeps a feature off."""
+    return next((reason for blocked, reason in checks if blocked), None)
+
+
 def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOptions) -> TuningPlan:
     notes: list[str] = []
     usable = _supported_dtypes(facts)
@@ -169,27 +174,20 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
     if compile_blocker:
         notes.append(f"compile: {compile_blocker}")
 
-    graphs_blocker = None
-    if facts.device_type != "cuda":
-        graphs_blocker = "CUDA graphs exist on cuda only"
-    elif not traits.launch_bound:
-        graphs_blocker = "not used: this workload is compute-bound, launch overhead is small"
-    elif not traits.graph_safe_optimizer:
-        graphs_blocker = "the optimizer reads values back to the host each step, which a graph cannot capture"
-    elif dtype == "float16":
-        graphs_blocker = "float16 needs a GradScaler, whose inf check syncs every step"
-    elif not options.cuda_graphs:
-        graphs_blocker = "switched off by --no-cuda-graphs"
+    graphs_blocker = _first_blocker(
+        (facts.device_type != "cuda", "CUDA graphs exist on cuda only"),
+        (not traits.launch_bound, "not used: this workload is compute-bound, launch overhead is small"),
+        (not traits.graph_safe_optimizer,
+         "the optimizer reads values back to the host each step, which a graph cannot capture"),
+        (dtype == "float16", "float16 needs a GradScaler, whose inf check syncs every step"),
+        (not options.cuda_graphs, "switched off by --no-cuda-graphs"))
     if graphs_blocker:
         notes.append(f"cuda_graphs: {graphs_blocker}")
 
-    cudnn_blocker = None
-    if facts.device_type != "cuda":
-        cudnn_blocker = "cuDNN autotuning exists on cuda only"
-    elif not traits.has_convolutions:
-        cudnn_blocker = "no convolutions in this model"
-    elif not options.cudnn_benchmark:
-        cudnn_blocker = "switched off by --no-cudnn-benchmark"
+    cudnn_blocker = _first_blocker(
+        (facts.device_type != "cuda", "cuDNN autotuning exists on cuda only"),
+        (not traits.has_convolutions, "no convolutions in this model"),
+        (not options.cudnn_benchmark, "switched off by --no-cudnn-benchmark"))
     if cudnn_blocker:
         notes.append(f"cudnn_benchmark: {cudnn_blocker}")
 

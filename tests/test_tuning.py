@@ -81,3 +81,30 @@ def test_each_option_switches_its_feature_off():
 def test_unknown_dtype_is_a_usage_error():
     with pytest.raises(UsageError, match="--tuned-dtype"):
         TuningOptions(dtype="int8")
+
+
+def test_prepare_leaves_weights_batchnorm_statistics_and_optimizer_state_as_they_were():
+    """tuned.TunedSetup.prepare: what the preparation steps change is undone in place; its time is recorded."""
+    import torch
+    from torch import nn
+
+    from devicebench.workloads.tuned import TunedSetup
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    weights = [tensor.clone() for tensor in model.state_dict().values()]
+    held = [tensor.data_ptr() for tensor in model.state_dict().values()]  # what a captured graph would hold
+
+    def train_a_step():
+        model(torch.rand(8, 4)).sum().backward()
+        optimizer.step()
+
+    setup = TunedSetup()
+    setup.device = torch.device("cpu")
+    setup.prepare(model, optimizer, train_a_step, train_a_step)
+    for before, after, address in zip(weights, model.state_dict().values(), held):
+        assert torch.equal(before, after) and after.data_ptr() == address
+    assert all(torch.count_nonzero(param.grad) == 0 for param in model.parameters())
+    state = optimizer.state[model[0].weight]
+    assert float(state["step"]) == 0 and torch.count_nonzero(state["exp_avg"]) == 0
+    assert setup.compile_seconds > 0

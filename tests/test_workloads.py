@@ -194,10 +194,15 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         outputs.append(out)
     rows = {bench["name"]: bench["extra_info"] for bench in json.loads(outputs[0].read_text())["benchmarks"]}
-    assert sorted(rows) == ["test_workload[tiny_linear-resident-cpu]", "test_workload[tiny_linear-seed-cpu]"]
+    assert sorted(rows) == ["test_workload[tiny_linear-resident-cpu]", "test_workload[tiny_linear-seed-cpu]",
+                            "test_workload[tiny_linear-tuned-cpu]"]
     for extra in rows.values():
         assert extra["workload"] == "tiny_linear" and extra["samples_per_round"] == 4096
-        assert extra["samples_per_s"] > 0 and len(extra["train_seconds"]) == 5
+        assert extra["samples_per_s"] > 0 and len(extra["train_seconds"]) == 5 and extra["dtype"] == "float32"
+    # The tuned pipeline's setup comes from tuned.TunedSetup: its plan, its compile timing, its row fields.
+    tuned = rows["test_workload[tiny_linear-tuned-cpu]"]
+    assert tuned["compiled"] is True and tuned["compile_s"] > 0 and tuned["cuda_graphs"] is False
+    assert "cuda_graphs: CUDA graphs exist on cuda only" in tuned["tuning_notes"]
     assert cli.main(["compare", str(outputs[0]), str(outputs[1])]) == 0
 
 

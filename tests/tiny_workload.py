@@ -1,4 +1,4 @@
-"""A third workload in one module, for the contract test: a linear model on random data, two pipelines.
+"""A third workload in one module, for the contract test: a linear model on random data, three pipelines.
 
 Registered only by the test that names it in DEVICEBENCH_WORKLOADS; nothing else in the repository mentions it.
 """
@@ -11,7 +11,9 @@ from torch import nn
 
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
+from devicebench.tuning import WorkloadTraits
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.tuned import TunedSetup
 
 NAME = "tiny_linear"
 VERSION = 1
@@ -49,11 +51,14 @@ class ResidentRun(WorkloadRun):
     def samples_per_round(self) -> int:
         return len(self.x)
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(x), y)
+
     def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
         order = self.shuffled_order(len(self.x))
         for start in waits.iterate(range(0, len(order), self.config.scale.batch_size)):
             index = order[start:start + self.config.scale.batch_size]
-            loss = F.cross_entropy(self.model(self.x[index]), self.y[index])
+            loss = self.loss(self.x[index], self.y[index])
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad()
@@ -77,4 +82,18 @@ class SeedRun(ResidentRun):
         return float(super().train_epoch(waits).item())
 
 
-RUNS = {"seed": SeedRun, "resident": ResidentRun}
+class TunedRun(TunedSetup, ResidentRun):
+    """The shared tuned setup (tuned.TunedSetup); this module only says what to compile and warms it up."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.plan_tuned(WorkloadTraits(has_convolutions=False, launch_bound=False, graph_safe_optimizer=True))
+        self.compiled_loss = self.compiled(lambda x, y: F.cross_entropy(self.model(x), y))
+        self.prepare(self.model, self.optimizer, lambda: self.loss(self.x[:16], self.y[:16]).backward())
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.compiled_loss(x, y)
+
+
+RUNS = {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}

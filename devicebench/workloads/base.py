@@ -112,10 +112,15 @@ class WorkloadRun(ABC):
     def final_evaluation(self) -> tuple[float, float]:
         """Untimed (val_loss, val_accuracy) of the current model on the validation split."""
 
+    @property
+    def precision(self) -> str:
+        """The dtype the math ran in: float32 unless a tuned plan chose autocast (tuned.TunedSetup)."""
+        return "float32"
+
     def describe(self) -> dict:
         """Fields this run adds to every result row; workloads add their options to these."""
         return {"data_source": self.data_source, "batch_size": self.config.scale.batch_size,
-                "valid_batch_size": self.config.scale.valid_batch_size}
+                "valid_batch_size": self.config.scale.valid_batch_size, "dtype": self.precision}
 
     # --- shared by every workload ------------------------------------------------------------------------------
     def shuffled_order(self, size: int) -> torch.Tensor:

@@ -7,20 +7,17 @@ The post never moves anything to a device; the ``seed`` pipeline adds ``.to(devi
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from devicebench import devices
 from devicebench.data.mnist import load_mnist, synthetic_mnist
 from devicebench.parity import ParityCase
 from devicebench.flops import FlopCounts, count_flops
-from devicebench.tuning import (WorkloadTraits, apply_backend_flags, backend_facts, backward_and_step,
-                                compile_static, plan_tuning)
+from devicebench.tuning import WorkloadTraits, backward_and_step
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.tuned import TunedSetup
 
 NAME = "mnist_mlp"
 # Bump when the work a round does changes (model, data sizes, loop): results of different versions never compare.
@@ -166,17 +163,15 @@ TRAITS = WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=True, gr
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.cuda.graphs' docs require
 
 
-class TunedRun(ResidentRun):
+class TunedRun(TunedSetup, ResidentRun):
     """``resident`` made fast: autocast, torch.compile, fused Adam and, on cuda, a whole epoch as one CUDA graph.
 
-    Compilation and capture happen here, on real shapes, before any round (recorded as ``compile_s``);
-    the steps they need are undone afterwards, so the timed rounds start from the same weights as ``resident``.
+    Compilation and capture happen before any round (tuned.TunedSetup.prepare, recorded as ``compile_s``).
     """
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        self.plan = plan_tuning(backend_facts(self.device), TRAITS, config.tuning)
-        apply_backend_flags(self.plan)
+        self.plan_tuned(TRAITS)
         # On cuda, Adam's fused kernel: one launch per step instead of a dozen, same update rule. A captured
         # Adam must also be "capturable" (its step count lives on the device).
         self.fused_optimizer = self.device.type == "cuda"
@@ -184,25 +179,13 @@ class TunedRun(ResidentRun):
             self.optimizer = make_optimizer(self.model, fused=self.fused_optimizer or None,
                                             capturable=self.plan.cuda_graphs)
         # The loss is compiled with the model, so cross-entropy fuses with the last layer.
-        mean_loss = lambda x, y: F.cross_entropy(self.model(x), y)  # noqa: E731
-        sum_loss = lambda x, y: F.cross_entropy(self.model(x), y, reduction="sum")  # noqa: E731
-        self.mean_loss = compile_static(mean_loss) if self.plan.compiled else mean_loss
-        self.sum_loss = compile_static(sum_loss) if self.plan.compiled else sum_loss
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.needs_grad_scaler else None
-        start = time.perf_counter()
-        self.graph = self._capture() if self.plan.cuda_graphs else None
-        self._warm_compiled_code()
-        devices.sync(self.device)
-        self.compile_seconds = time.perf_counter() - start
+        self.mean_loss = self.compiled(lambda x, y: F.cross_entropy(self.model(x), y))
+        self.sum_loss = self.compiled(lambda x, y: F.cross_entropy(self.model(x), y, reduction="sum"))
+        self.graph = None
+        self.prepare(self.model, self.optimizer, self._capture_or_compile_training, self._compile_validation)
 
     def describe(self) -> dict:
-        return {**super().describe(), **self.plan.as_extra_info(), "compile_s": self.compile_seconds,
-                "fused_optimizer": self.fused_optimizer}
-
-    def autocast(self):
-        # The autocast weight-cast cache must be off while capturing: cached casts would be freed memory on replay.
-        return torch.autocast(self.device.type, dtype=self.plan.autocast_dtype,
-                              enabled=self.plan.autocast_dtype is not None, cache_enabled=not self.plan.cuda_graphs)
+        return {**super().describe(), "fused_optimizer": self.fused_optimizer}
 
     def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -218,18 +201,21 @@ class TunedRun(ResidentRun):
         with self.autocast():
             return self.sum_loss(xb, yb)
 
-    def _warm_compiled_code(self) -> None:
-        """Compile the training and validation graphs on real shapes without changing any weight."""
-        if not self.plan.compiled:
-            return
-        batch, valid_batch = self.config.scale.batch_size, self.config.scale.valid_batch_size
-        self.model.train()
-        if self.graph is None:
+    def _capture_or_compile_training(self) -> None:
+        """Capture the epoch (which compiles the step on the way), or compile the training step on real shapes."""
+        if self.plan.cuda_graphs:
+            self.graph = self._capture()
+        elif self.plan.compiled:
+            batch = self.config.scale.batch_size
+            self.model.train()
             self.loss(self.x_train_d[:batch], self.y_train_d[:batch]).backward()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.model.eval()
-        with torch.no_grad():
-            self.valid_loss_sum(self.x_valid_d[:valid_batch], self.y_valid_d[:valid_batch])
+
+    def _compile_validation(self) -> None:
+        if self.plan.compiled:
+            valid_batch = self.config.scale.valid_batch_size
+            self.model.eval()
+            with torch.no_grad():
+                self.valid_loss_sum(self.x_valid_d[:valid_batch], self.y_valid_d[:valid_batch])
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Capture every full batch of a training epoch (gather, forward, backward, Adam step) as one CUDA graph.
@@ -242,7 +228,6 @@ class TunedRun(ResidentRun):
         self.full_batches = len(self.x_train_d) // batch
         self.static_order = torch.arange(len(self.x_train_d), device=self.device)
         self.static_loss_sum = torch.zeros((), device=self.device)
-        initial = [p.detach().clone() for p in self.model.parameters()]
         self.model.train()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -255,15 +240,7 @@ class TunedRun(ResidentRun):
         with torch.cuda.graph(graph):
             for step in range(self.full_batches):
                 self._indexed_step(step)
-        # Undo the warm-up steps in place (the graph holds these very tensors): initial weights, fresh Adam.
-        with torch.no_grad():
-            for param, value in zip(self.model.parameters(), initial):
-                param.copy_(value)
-            for state in self.optimizer.state.values():
-                for tensor in state.values():
-                    if torch.is_tensor(tensor):
-                        tensor.zero_()
-            self.static_loss_sum.zero_()
+        self.static_loss_sum.zero_()  # weights and Adam's state are restored by prepare()
         return graph
 
     def _indexed_step(self, step: int) -> None:

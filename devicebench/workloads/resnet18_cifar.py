@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 
 import numpy as np
 import torch
@@ -23,14 +22,14 @@ from torch import nn
 from torch.optim.lr_scheduler import CyclicLR
 from torch.utils.data import DataLoader
 
-from devicebench import devices, weights
+from devicebench import weights
 from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
-from devicebench.tuning import (WorkloadTraits, apply_backend_flags, backend_facts, backward_and_step,
-                                compile_static, plan_tuning)
+from devicebench.tuning import WorkloadTraits, backward_and_step
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.tuned import TunedSetup
 
 NAME = "resnet18_cifar"
 VERSION = 1
@@ -268,37 +267,24 @@ class PreparedNet(nn.Module):
         return self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
 
-class TunedRun(ResidentRun):
+class TunedRun(TunedSetup, ResidentRun):
     """``resident`` made fast: autocast (bf16 / fp16 + GradScaler), channels_last and torch.compile.
 
     No CUDA graphs: the step is compute-bound (1024 images through a ResNet18 at 96 px), and Ranger21 reads
-    values back to the host twice per step, which a graph cannot capture. Compilation happens here, on real
-    shapes, before any round (``compile_s``), without changing any weight or BatchNorm statistic.
+    values back to the host twice per step, which a graph cannot capture. Compilation happens before any round
+    (tuned.TunedSetup.prepare, ``compile_s``), which leaves every weight and BatchNorm statistic as it was.
     """
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        traits = WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=False,
-                                graph_safe_optimizer=config.optimizer != "ranger21")
-        self.plan = plan_tuning(backend_facts(self.device), traits, config.tuning)
-        apply_backend_flags(self.plan)
+        self.plan_tuned(WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=False,
+                                       graph_safe_optimizer=config.optimizer != "ranger21"))
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # The uint8 -> float -> resize -> layout conversion is part of the compiled function, so it fuses.
-        prepared = PreparedNet(self.net, self.plan.channels_last)
-        self.forward = compile_static(prepared) if self.plan.compiled else prepared
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.needs_grad_scaler else None
-        start = time.perf_counter()
-        self._warm_compiled_code()
-        devices.sync(self.device)
-        self.compile_seconds = time.perf_counter() - start
-
-    def describe(self) -> dict:
-        return {**super().describe(), **self.plan.as_extra_info(), "compile_s": self.compile_seconds}
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.plan.autocast_dtype,
-                              enabled=self.plan.autocast_dtype is not None)
+        self.forward = self.compiled(PreparedNet(self.net, self.plan.channels_last))
+        if self.plan.compiled:
+            self.prepare(self.net, self.optimizer, self._compile_training, self._compile_validation)
 
     def model_input(self, uint8_images: torch.Tensor) -> torch.Tensor:
         return uint8_images  # converted inside self.forward (PreparedNet)
@@ -315,23 +301,18 @@ class TunedRun(ResidentRun):
         with self.autocast():
             return self.loss(self.forward(x), y)
 
-    def _warm_compiled_code(self) -> None:
-        """Run the compiled training and validation graphs once; restore BatchNorm statistics afterwards."""
-        if not self.plan.compiled:
-            return
-        buffers = {name: value.clone() for name, value in self.net.named_buffers()}
-        batch, valid_batch = self.config.scale.batch_size, self.config.scale.valid_batch_size
+    def _compile_training(self) -> None:
+        batch = self.config.scale.batch_size
         self.net.train()
         with self.autocast():
-            loss = self.loss(self.forward(self.model_input(self.train_x[:batch])), self.train_y[:batch])
+            loss = self.loss(self.forward(self.train_x[:batch]), self.train_y[:batch])
         loss.backward()
-        self.optimizer.zero_grad(set_to_none=True)
+
+    def _compile_validation(self) -> None:
+        valid_batch = self.config.scale.valid_batch_size
         self.net.eval()
         with torch.no_grad():
-            self.valid_loss(self.model_input(self.valid_x[:valid_batch]), self.valid_y[:valid_batch])
-        with torch.no_grad():
-            for name, value in self.net.named_buffers():
-                value.copy_(buffers[name])
+            self.valid_loss(self.valid_x[:valid_batch], self.valid_y[:valid_batch])
 
 
 # The pipelines this workload offers (base.WorkloadModule).
