@@ -203,6 +203,18 @@ def _cell_lines(row: Row, verdict: Verdict | None, is_baseline: bool) -> dict[st
             lines[field] = str(extra[field])
     if extra.get("unstable"):
         lines["unstable"] = str(extra.get("unstable_reason"))
+    return lines | _profile_lines(extra.get("profile"))
+
+
+def _profile_lines(profile: dict | None) -> dict[str, str]:
+    """Where a --profile round's time went, by kind, as ms and share: side by side across the columns."""
+    if not profile:
+        return {}
+    total = sum(profile["seconds"].values()) or 1.0
+    lines = {"profiled round": f"{profile['round_seconds'] * 1e3:.1f} ms ({profile['basis']})"}
+    for kind in schema.PROFILE_KINDS:
+        seconds = profile["seconds"].get(kind, 0.0)
+        lines[f"  {kind}"] = f"{seconds * 1e3:.1f} ms ({seconds / total:.0%})"
     return lines
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gc
 import statistics
+from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import torch
 
 import devicebench
-from devicebench import devices, efficiency, schema, stability
+from devicebench import devices, efficiency, profiling, schema, stability
 from devicebench.errors import DeviceOutOfMemory
 from devicebench.tuning import apply_backend_flags
 from devicebench.workloads.base import RoundStats, RunConfig, build
@@ -25,8 +26,11 @@ ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
 
 
 def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
-                  progress: ProgressCallback | None = None) -> dict:
-    """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``."""
+                  progress: ProgressCallback | None = None, profile_trace: Path | None = None) -> dict:
+    """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``.
+
+    With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
+    """
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
     apply_backend_flags(None)  # torch's defaults; a tuned run sets its plan's flags when it is built
@@ -63,6 +67,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         finally:
             gc.unfreeze()
         val_loss, val_accuracy = run.final_evaluation()
+        profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
     except Exception as error:
         if devices.is_out_of_memory(error):
             devices.empty_cache(device)
@@ -99,6 +104,8 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                                           flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
     extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
                                               device_name, peak_dtype))
+    if profile is not None:
+        extra["profile"] = profile
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     schema.check_row(extra)

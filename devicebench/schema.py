@@ -73,9 +73,15 @@ FIELDS: dict[str, str] = {
     "fused_optimizer": "tuned mnist_mlp: Adam's fused kernel",
     "compile_s": "tuned: compile and capture time (warm-up, not timed)",
     "tuning_notes": "tuned: what it could not use, and why",
+    # --profile (profiling.py)
+    "profile": "one extra, untimed round under torch.profiler: basis, round_seconds (perf_counter), "
+               "traced_seconds, seconds per kind, host_gaps_in_optimizer_step, trace (its path)",
     # runs of several processes (devicebench run --processes N)
     "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s",
 }
+# The kinds a --profile round's time is cut into (profiling.py says what each holds), in display order.
+PROFILE_KINDS = ("matmul_conv", "norm_elementwise", "optimizer", "data_movement", "compilation", "host_gaps")
+
 REQUIRED = ("schema_version", *WORK_FIELDS[:4], "samples_per_round", *DEVICE_FIELDS, "round_seconds")
 
 

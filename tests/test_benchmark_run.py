@@ -49,13 +49,38 @@ def run_pytest(*args: str, cwd: Path, env_extra: dict | None = None) -> subproce
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One quick cpu run of every benchmark, as CI exercises them: (completed process, parsed JSON)."""
+    """One quick cpu run of every benchmark, as CI exercises them, profiled (an extra round after everything is
+    recorded): (completed process, parsed JSON); the traces are beside the JSON."""
     tmp = tmp_path_factory.mktemp("quick")
     out = tmp / "out.json"
     result = run_pytest(str(REPO / "benchmarks"), "--scale", "quick", "--data", "synthetic", "--pretrained", "no",
-                        "--benchmark-json", str(out), "-rs", "-k", "not parity", cwd=tmp)
+                        "--benchmark-json", str(out), "--profile", "-rs", "-k", "not parity", cwd=tmp)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result, json.loads(out.read_text())
+
+
+def test_profile_breaks_every_row_down_by_kind_summing_to_the_round(quick_run):
+    """--profile: where each row's profiled round went, by kind, adding up to that round (perf_counter) within
+    10%; the trace opens as a chrome trace (gzipped JSON) holding the round."""
+    import gzip
+
+    from devicebench.profiling import KINDS, ROUND_RANGE
+
+    result, data = quick_run
+    folder = Path(data["benchmarks"][0]["extra_info"]["profile"]["trace"]).parent
+    for bench in data["benchmarks"]:
+        profile = bench["extra_info"]["profile"]
+        assert set(profile["seconds"]) == set(KINDS) and min(profile["seconds"].values()) >= 0
+        total = sum(profile["seconds"].values())
+        assert abs(total - profile["round_seconds"]) <= 0.10 * profile["round_seconds"], (bench["name"], profile)
+        assert profile["basis"] == "main thread's ops" and profile["seconds"]["compilation"] == 0
+        # Each kind the workloads do is seen: the products, the optimizer, and the seed loader's copies.
+        assert profile["seconds"]["matmul_conv"] > 0 and profile["seconds"]["optimizer"] > 0, bench["name"]
+        trace = json.loads(gzip.decompress(Path(profile["trace"]).read_bytes()))
+        assert any(event.get("name") == ROUND_RANGE for event in trace["traceEvents"])
+    seed = next(b for b in data["benchmarks"] if b["name"] == "test_mnist_mlp[cpu-seed]")["extra_info"]["profile"]
+    assert seed["seconds"]["data_movement"] > 0
+    assert not list(folder.glob("*.part")) and not list(folder.glob("*.export.json"))
 
 
 def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):
