@@ -70,7 +70,8 @@ FIELDS: dict[str, str] = {
     "channels_last": "tuned: channels_last layout",
     "compiled": "tuned: torch.compile",
     "cuda_graphs": "tuned: CUDA graph capture",
-    "fused_optimizer": "tuned mnist_mlp: Adam's fused kernel",
+    "fused_optimizer": "tuned mnist_mlp: Adam's update fused (compiled into one kernel, or fused=True); "
+                       "tuning_notes says which",
     "compile_s": "tuned: compile and capture time (warm-up, not timed)",
     "tuning_notes": "tuned: what it could not use, and why",
     # --profile (profiling.py)

@@ -37,6 +37,10 @@ class TunedSetup:
         apply_backend_flags(self.plan)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.needs_grad_scaler else None
 
+    def add_tuning_note(self, note: str) -> None:
+        """Say in the row's ``tuning_notes`` what a change the workload makes beyond the plan does."""
+        self.workload_notes = [*getattr(self, "workload_notes", []), note]
+
     def compiled(self, fn: Callable) -> Callable:
         return compile_static(fn) if self.plan.compiled else fn
 
@@ -77,4 +81,6 @@ class TunedSetup:
         return self.plan.dtype
 
     def describe(self) -> dict:
-        return {**super().describe(), **self.plan.as_extra_info(), "compile_s": self.compile_seconds}
+        tuning = self.plan.as_extra_info()
+        tuning["tuning_notes"] = [*tuning["tuning_notes"], *getattr(self, "workload_notes", [])]
+        return {**super().describe(), **tuning, "compile_s": self.compile_seconds}
