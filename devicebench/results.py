@@ -211,7 +211,9 @@ def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
         elif candidate.is_dir():
             paths.extend(sorted(candidate.rglob("*.json")))
         else:
-            matches = sorted(results_dir.rglob(f"{spec}*.json")) if results_dir.is_dir() else []
+            # A run id is a plain name; a path that does not exist (absolute, or with folders) is no run id.
+            is_run_id = not candidate.is_absolute() and len(candidate.parts) == 1
+            matches = sorted(results_dir.rglob(f"{spec}*.json")) if is_run_id and results_dir.is_dir() else []
             if not matches:
                 raise UsageError(f"{spec!r}: no such file or folder, and no saved run {spec}* under {results_dir}/")
             paths.extend(matches)

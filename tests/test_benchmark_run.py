@@ -245,3 +245,6 @@ def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_d
     assert "Benchmark machine_info is different" not in text and "'flags'" not in text
     assert "devicebench: differs: torch_version: 2.11.0+cu130 (saved)" in text
     assert "devicebench: differs: accelerators: cuda: NVIDIA H200 (saved)" in text
+    # The saved row is the standard scale, this one quick: another experiment, not paired with it.
+    assert ("test_mnist_mlp[cpu-seed]: saved row not shown, another experiment: scale standard (saved) vs quick"
+            in text)

@@ -101,6 +101,10 @@ def test_nothing_readable_is_a_clear_error(capsys):
     assert "no readable devicebench runs" in capsys.readouterr().err
     with pytest.raises(UsageError, match="no such file or folder"):
         results.expand(["9999"], RUNS)
+    # A path that does not exist is named as such (Python 3.12's rglob raised NotImplementedError on it).
+    for missing in (str(RUNS / "missing.json"), "runs/missing.json"):
+        with pytest.raises(UsageError, match="no such file or folder"):
+            results.expand([missing], RUNS)
 
 
 def test_run_ids_are_found_under_the_results_folder(tmp_path):
@@ -158,6 +162,27 @@ def test_benchmark_compare_hook_pairs_mps_rows_with_local_cuda_rows():
     assert "torch_version: 2.6.0 (saved) vs 2.5.1 (this run)" in text
     assert "Apple M1 GPU (mps) row shown as test_mnist_mlp[cuda-seed]" in text
     assert "macbook" in text and "gamer" in text
+
+
+def test_benchmark_compare_pairs_only_rows_of_the_same_experiment():
+    """--benchmark-compare pairs by test id; rows of another configuration are taken out of the pairing."""
+    saved_rows = {bench["fullname"]: bench for bench in json.loads((RUNS / "workers0.json").read_text())["benchmarks"]}
+    local = {name: copy.deepcopy(bench["extra_info"]) for name, bench in saved_rows.items()}
+    changed = next(name for name, extra in local.items() if "workers" in extra)
+    local[changed]["workers"] = 8
+
+    class Bench:
+        def __init__(self, fullname, extra_info):
+            self.fullname, self.extra_info = fullname, extra_info
+
+    class Session:
+        benchmarks = [Bench(name, extra) for name, extra in local.items()]
+        compared_mapping = {"saved.json": dict(saved_rows)}
+
+    lines = compare_hooks.unpair_unlike_rows(Session)
+    assert lines == [f"{saved_rows[changed]['name']}: saved row not shown, another experiment: workers 0 (saved) "
+                     f"vs 8"]
+    assert set(Session.compared_mapping["saved.json"]) == set(saved_rows) - {changed}
 
 
 def test_benchmark_compare_hook_leaves_rows_alone_on_a_cpu_only_machine():

@@ -287,7 +287,10 @@ class TunedRun(TunedSetup, ResidentRun):
 
     Tried on the H100 (torch 2.11, standard scale, training images/s, variants timed in one process) and not
     kept:
-    - the whole network compiled as one training graph (the previous version): 108,479 against 162,727;
+    - the whole network compiled as one training graph (the previous version): 108,479 against 162,727 in one
+      process; in separate processes 164,232 and 121,546 against 116,798 and 146,832, so this version is not
+      shown faster in training time; it is kept because its profiled rounds idle less (host_gaps 60.2 against
+      88.4 ms in a paired run) and it is the simpler description of the work;
     - the next batch's backbone on a second CUDA stream, so the optimizer's host reads do not wait for it:
       131,987 and 138,430, rounds drifting from 63 to 95 ms;
     - ``torch.compile(mode="max-autotune-no-cudagraphs")`` (Triton templates tried against cuDNN per
