@@ -115,6 +115,17 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _add_process_options(parser: argparse.ArgumentParser, *, processes: int, output_dir: str, processes_help: str,
+                         env_help: str, name: str, name_help: str) -> None:
+    """The options of the commands that run the suite as several processes (run, sweep)."""
+    parser.add_argument("--processes", type=int, default=processes, help=processes_help)
+    parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
+    parser.add_argument("--name", default=name, help=name_help)
+    parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                        help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="devicebench", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -147,17 +158,14 @@ def parser() -> argparse.ArgumentParser:
         description="Runs `pytest benchmarks PYTEST_ARGS` --processes times per environment, alternating the "
                     "environments (A B A B ...), and writes one run per environment with every process's rounds. "
                     "Cost: --processes times one pytest run per environment.")
-    run.add_argument("--processes", type=int, default=5,
-                     help="processes per environment (default 5: the fewest for which a 5%% change on the 2-core "
-                          "VM's spread is detectable; 5x the time of one run)")
-    run.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON",
-                     help="an environment's Python, e.g. --env old=/venvs/torch2.13/bin/python; repeat to "
-                          "interleave (the same Python twice is an A/A check). Default: this Python")
-    run.add_argument("--name", default=time.strftime("run-%Y%m%d-%H%M%S"),
-                     help="file name prefix: writes OUTPUT_DIR/NAME-LABEL.json (default run-DATE-TIME)")
-    run.add_argument("--output-dir", default="results/processes", help="where the runs go (default %(default)s)")
-    run.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                     help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+    _add_process_options(
+        run, processes=5, output_dir="results/processes",
+        processes_help="processes per environment (default 5: the fewest for which a 5%% change on the 2-core VM's "
+                       "spread is detectable; 5x the time of one run)",
+        env_help="an environment's Python, e.g. --env old=/venvs/torch2.13/bin/python; repeat to interleave (the "
+                 "same Python twice is an A/A check). Default: this Python",
+        name=time.strftime("run-%Y%m%d-%H%M%S"),
+        name_help="file name prefix: writes OUTPUT_DIR/NAME-LABEL.json (default run-DATE-TIME)")
     run.set_defaults(handler=cmd_run)
 
     sweeping = commands.add_parser(
@@ -167,12 +175,11 @@ def parser() -> argparse.ArgumentParser:
                     "the versions, saves one run per version and prints `devicebench history` of them.")
     sweeping.add_argument("--torch", nargs="*", default=[], metavar="VERSION",
                           help="torch versions, e.g. --torch 2.11.0 2.12.1 2.13.0 2.14.1")
-    sweeping.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON",
-                          help="an existing environment to include as it is (no build)")
-    sweeping.add_argument("--processes", type=int, default=3,
-                          help="processes per version (default 3; the sweep costs versions x processes runs)")
-    sweeping.add_argument("--name", default="sweep", help="the sweep's folder under --output-dir (default sweep)")
-    sweeping.add_argument("--output-dir", default="results/sweeps", help="default %(default)s")
+    _add_process_options(
+        sweeping, processes=3, output_dir="results/sweeps",
+        processes_help="processes per version (default 3; the sweep costs versions x processes runs)",
+        env_help="an existing environment to include as it is (no build)",
+        name="sweep", name_help="the sweep's folder under --output-dir (default sweep)")
     sweeping.add_argument("--envs-dir", default="~/.cache/devicebench/envs",
                           help="where the environments live; delete it to reclaim the space (default %(default)s)")
     sweeping.add_argument("--rerun", action="store_true", help="measure versions already measured again")
@@ -180,8 +187,6 @@ def parser() -> argparse.ArgumentParser:
                           "--pip-args='--index-url URL'")
     sweeping.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
     sweeping.add_argument("--png", metavar="PATH", help="also write the history chart")
-    sweeping.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                          help="after --: options for pytest benchmarks, e.g. -- --device cpu -k mnist")
     sweeping.set_defaults(handler=cmd_sweep)
 
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
