@@ -7,6 +7,8 @@ from devicebench.tuning import BackendFacts, TuningOptions, WorkloadTraits, plan
 
 MLP = WorkloadTraits(has_convolutions=False, launch_bound=True, graph_safe_optimizer=True)
 CNN_RANGER = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False)
+FROZEN_CNN = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False,
+                            frozen_forward=True)
 H100 = BackendFacts("cuda", (2, 11), cuda_capability=(9, 0), has_triton=True, has_cxx_compiler=True)
 V100 = BackendFacts("cuda", (2, 11), cuda_capability=(7, 0), has_triton=True, has_cxx_compiler=True)
 GTX1060 = BackendFacts("cuda", (2, 11), cuda_capability=(6, 1), has_triton=True, has_cxx_compiler=True)
@@ -108,3 +110,12 @@ def test_prepare_leaves_weights_batchnorm_statistics_and_optimizer_state_as_they
     state = optimizer.state[model[0].weight]
     assert float(state["step"]) == 0 and torch.count_nonzero(state["exp_avg"]) == 0
     assert setup.compile_seconds > 0
+
+
+def test_a_frozen_forward_is_captured_whatever_the_optimizer_but_only_through_compile():
+    assert plan_tuning(H100, FROZEN_CNN, TuningOptions()).cuda_graphs
+    assert plan_tuning(H100, FROZEN_CNN, TuningOptions(dtype="float16")).cuda_graphs  # the scaler is outside it
+    off = plan_tuning(H100, FROZEN_CNN, TuningOptions(compile=False))
+    assert not off.cuda_graphs and any("reduce-overhead" in note for note in off.notes)
+    assert not plan_tuning(H100, FROZEN_CNN, TuningOptions(cuda_graphs=False)).cuda_graphs
+    assert not plan_tuning(CPU, FROZEN_CNN, TuningOptions()).cuda_graphs

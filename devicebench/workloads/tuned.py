@@ -41,8 +41,10 @@ class TunedSetup:
         """Say in the row's ``tuning_notes`` what a change the workload makes beyond the plan does."""
         self.workload_notes = [*getattr(self, "workload_notes", []), note]
 
-    def compiled(self, fn: Callable) -> Callable:
-        return compile_static(fn) if self.plan.compiled else fn
+    def compiled(self, fn: Callable, capture: bool = False) -> Callable:
+        """``fn`` compiled as the plan allows; with ``capture`` (and the plan's CUDA graphs) also replayed as a CUDA
+        graph, whose output the next call overwrites."""
+        return compile_static(fn, capture=capture and self.plan.cuda_graphs) if self.plan.compiled else fn
 
     def autocast(self):
         # The autocast weight-cast cache must be off while capturing a CUDA graph: cached casts would be freed
