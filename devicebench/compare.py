@@ -126,13 +126,8 @@ def change_tables(runs: list[Run], threshold: float) -> list[Table]:
 def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row]) -> str:
     """Name the fields in which this row differs from the baseline run's closest row."""
     fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, *schema.DEVICE_FIELDS)
-
-    def values(ident: RowIdentity) -> dict:
-        return {**dict(zip(schema.WORK_FIELDS, ident.work)), **dict(ident.options), "device": ident.device,
-                "device_name": ident.device_name}
-
-    ours = values(identity)
-    candidates = [values(row.identity) for row in baseline_rows]
+    ours = identity.fields()
+    candidates = [row.identity.fields() for row in baseline_rows]
     if not candidates:
         return "the baseline run has no rows"
     closest = min(candidates, key=lambda theirs: sum(ours.get(f) != theirs.get(f) for f in fields))

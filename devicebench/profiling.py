@@ -3,7 +3,8 @@
 ``--profile`` runs it after a row's timed rounds and its final evaluation (so no recorded figure changes), writes
 the trace (open it in https://ui.perfetto.dev or chrome://tracing) and records in the row::
 
-    profile = {"basis": ..., "round_seconds": ..., "seconds": {kind: seconds}, "trace": "file name"}
+    profile = {"basis": ..., "round_seconds": ..., "traced_seconds": ..., "seconds": {kind: seconds},
+               "host_gaps_in_optimizer_step": ..., "trace": "path of the .trace.json.gz"}
 
 The round's wall time is cut into consecutive pieces and each piece goes to exactly one kind, so the kinds add up
 to the round (the profiler's clock; ``round_seconds`` is the same round timed by perf_counter, the check):

@@ -38,6 +38,11 @@ class RowIdentity:
     def scale(self) -> str:
         return self.work[3]
 
+    def fields(self) -> dict:
+        """The identity as field name -> value (schema.WORK_FIELDS, OPTION_FIELDS, DEVICE_FIELDS)."""
+        return {**dict(zip(schema.WORK_FIELDS, self.work)), **dict(self.options), "device": self.device,
+                "device_name": self.device_name}
+
     def without_device(self) -> tuple:
         """The configuration alone: the key of the devices view (one device against another)."""
         return self.work, self.options

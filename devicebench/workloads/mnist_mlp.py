@@ -173,21 +173,18 @@ class TunedRun(TunedSetup, ResidentRun):
     def __init__(self, config: RunConfig):
         super().__init__(config)
         self.plan_tuned(TRAITS)
-        self.step_optimizer = self.optimizer.step
-        self.fused_optimizer = False
-        if self.plan.cuda_graphs and self.plan.compiled:
+        compiled_step = self.plan.cuda_graphs and self.plan.compiled
+        if compiled_step:
             # Adam's update for all six tensors compiled into one kernel (~3 us a step on an H100), where the fused
             # Adam kernel took three launches and ~37 us a step inside the graph. A captured Adam must be
             # "capturable" (its step count lives on the device).
             self.optimizer = make_optimizer(self.model, capturable=True, foreach=True)
-            self.step_optimizer = self.compiled(self.optimizer.step)
-            self.fused_optimizer = True
             self.add_tuning_note("optimizer: Adam's step compiled by torch.compile into one kernel")
         elif self.device.type == "cuda":
             # Adam's fused kernel: a few launches per step instead of a dozen, same update rule.
             self.optimizer = make_optimizer(self.model, fused=True, capturable=self.plan.cuda_graphs)
-            self.step_optimizer = self.optimizer.step
-            self.fused_optimizer = True
+        self.fused_optimizer = self.device.type == "cuda"
+        self.step_optimizer = self.compiled(self.optimizer.step) if compiled_step else self.optimizer.step
         # The loss is compiled with the model, so cross-entropy fuses with the last layer.
         self.mean_loss = self.compiled(lambda x, y: F.cross_entropy(self.model(x), y))
         self.sum_loss = self.compiled(lambda x, y: F.cross_entropy(self.model(x), y, reduction="sum"))

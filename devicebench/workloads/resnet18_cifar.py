@@ -290,7 +290,8 @@ class TunedRun(TunedSetup, ResidentRun):
 
     Measured on the H100 (torch 2.11, standard scale, training images/s): the captured backbone 158,346 and
     157,069 in two processes, interleaved with the same code uncaptured (117,354 and 121,946) and with the
-    second-stream variant below (139,521 and 137,780). Tried and not kept:
+    second-stream variant below (139,521 and 137,780): two processes a side, within the 1.2x spread an A/A of the
+    earlier version showed, so a direction rather than a verdict. Tried and not kept:
     - the whole network compiled as one training graph (the previous version): 108,479 against 162,727 in one
       process; in separate processes 164,232 and 121,546 against 116,798 and 146,832, so this version is not
       shown faster in training time; it is kept because its profiled rounds idle less (host_gaps 60.2 against

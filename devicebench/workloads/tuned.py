@@ -31,6 +31,7 @@ class TunedSetup:
     plan: TuningPlan
     device: torch.device
     compile_seconds: float = 0.0
+    workload_notes: tuple[str, ...] = ()  # what the workload does beyond the plan (add_tuning_note)
 
     def plan_tuned(self, traits: WorkloadTraits) -> None:
         self.plan = plan_tuning(backend_facts(self.device), traits, self.config.tuning)
@@ -39,7 +40,7 @@ class TunedSetup:
 
     def add_tuning_note(self, note: str) -> None:
         """Say in the row's ``tuning_notes`` what a change the workload makes beyond the plan does."""
-        self.workload_notes = [*getattr(self, "workload_notes", []), note]
+        self.workload_notes = (*self.workload_notes, note)
 
     def compiled(self, fn: Callable, capture: bool = False) -> Callable:
         """``fn`` compiled as the plan allows; with ``capture`` (and the plan's CUDA graphs) also replayed as a CUDA
@@ -84,5 +85,5 @@ class TunedSetup:
 
     def describe(self) -> dict:
         tuning = self.plan.as_extra_info()
-        tuning["tuning_notes"] = [*tuning["tuning_notes"], *getattr(self, "workload_notes", [])]
+        tuning["tuning_notes"] = [*tuning["tuning_notes"], *self.workload_notes]
         return {**super().describe(), **tuning, "compile_s": self.compile_seconds}
