@@ -73,6 +73,8 @@ FIELDS: dict[str, str] = {
     "fused_optimizer": "tuned mnist_mlp: Adam's update fused (compiled into one kernel, or fused=True); "
                        "tuning_notes says which",
     "compile_s": "tuned: compile and capture time (warm-up, not timed)",
+    "compile_options": "tuned, compiled: inductor settings that keep it from picking kernels by timing "
+                       "(tuning.FIXED_CHOICE_OPTIONS, those this torch has); {} where timed picks are kept",
     "tuning_notes": "tuned: what it could not use, and why",
     # --profile (profiling.py)
     "profile": "one extra, untimed round under torch.profiler: basis, round_seconds (perf_counter), "

@@ -66,6 +66,9 @@ class TuningPlan:
     compiled: bool
     cuda_graphs: bool
     cudnn_benchmark: bool = False  # cuDNN autotunes each convolution's algorithm on first use
+    # torch.compile with no kernel picked by timing (FIXED_CHOICE_OPTIONS): for launch-bound workloads, whose
+    # kernels are too small for timing to tell their candidates apart.
+    fixed_kernel_choices: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)  # why each feature that is off is off
 
     @property
@@ -77,9 +80,16 @@ class TuningPlan:
         # float16 has too little range for small gradients; bfloat16 has float32's range and needs no scaler.
         return self.dtype == "float16"
 
+    def compile_options(self) -> dict[str, bool]:
+        """The inductor options this plan compiles with (beyond static shapes and CUDA graphs)."""
+        return fixed_choice_options() if self.compiled and self.fixed_kernel_choices else {}
+
     def as_extra_info(self) -> dict:
-        return {"dtype": self.dtype, "channels_last": self.channels_last, "compiled": self.compiled,
+        info = {"dtype": self.dtype, "channels_last": self.channels_last, "compiled": self.compiled,
                 "cuda_graphs": self.cuda_graphs, "tuning_notes": list(self.notes)}
+        if self.compiled:
+            info["compile_options"] = self.compile_options()
+        return info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,8 +208,14 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
     if cudnn_blocker:
         notes.append(f"cudnn_benchmark: {cudnn_blocker}")
 
+    fixed_kernel_choices = compile_blocker is None and traits.launch_bound
+    if compile_blocker is None and not fixed_kernel_choices:
+        notes.append("compile: kernels picked by timing (inductor autotuning) are kept: this workload's kernels are "
+                     "large enough for timing to pick real winners")
+
     return TuningPlan(dtype=dtype, channels_last=channels_last, compiled=compile_blocker is None,
-                      cuda_graphs=graphs_blocker is None, cudnn_benchmark=cudnn_blocker is None, notes=tuple(notes))
+                      cuda_graphs=graphs_blocker is None, cudnn_benchmark=cudnn_blocker is None,
+                      fixed_kernel_choices=fixed_kernel_choices, notes=tuple(notes))
 
 
 def apply_backend_flags(plan: TuningPlan | None) -> None:
@@ -217,16 +233,47 @@ def backend_facts(device: torch.device) -> BackendFacts:
     return BackendFacts(device.type, (major, minor), capability, has_triton, has_cxx)
 
 
-def compile_static(fn, capture: bool = False):
-    """``torch.compile`` with static shapes only.
+# Inductor settings that keep it from choosing code by timing candidates on the device. By default it times
+# several launch configurations of each Triton kernel (and padded against unpadded matrix products) once per
+# process and keeps the fastest; for kernels of 1-2 us the timing noise decides, so processes of the same code ran
+# different kernels. H100, mnist_mlp tuned, 4 processes: each picked its own block sizes, and one took a softmax
+# kernel of 4.24 us a step where the others took 1.25-1.46 us. ``deterministic`` fixes the reduction
+# configurations and turns off padding benchmarks; ``triton.autotune_pointwise`` off keeps one configuration for
+# elementwise kernels. With them, three mnist_mlp processes compiled identical launch configurations.
+# Used for launch-bound workloads only (TuningPlan.fixed_kernel_choices): ResNet18's BatchNorm reductions over
+# 1024x64x48x48 tensors ran 12% slower with them (H100: 65.9 and 65.5 ms an epoch against 58.2 and 58.5 timed),
+# and there timing picks real winners (the two timed processes agreed within 0.5%). cuDNN's algorithm search
+# (``cudnn_benchmark``) also times; both are recorded in the row.
+FIXED_CHOICE_OPTIONS = {"deterministic": True, "triton.autotune_pointwise": False}
+
+
+def fixed_choice_options() -> dict[str, bool]:
+    """``FIXED_CHOICE_OPTIONS`` that this torch's inductor has (older releases lack ``deterministic``)."""
+    from torch._inductor import config as inductor_config
+
+    def known(name: str) -> bool:
+        holder = inductor_config
+        for part in name.split("."):
+            if not hasattr(holder, part):
+                return False
+            holder = getattr(holder, part)
+        return True
+
+    return {name: value for name, value in FIXED_CHOICE_OPTIONS.items() if known(name)}
+
+
+def compile_static(fn, capture: bool = False, options: dict | None = None):
+    """``torch.compile`` with static shapes only, and the inductor ``options`` given (a plan's compile_options).
 
     A round's shapes are fixed by the scale, so nothing needs dynamic shapes; left on, automatic dynamic shapes
     (and their cache shared between processes) let one run compile other kernels than the next, and two runs of
     the same code disagreed by up to 3x on a 2-core CPU. Static compilation keeps the compiled code a function of
-    the shapes alone. ``capture``: also replay it as a CUDA graph (mode="reduce-overhead"); each call's output is
-    overwritten by the next call's, so a caller that keeps outputs clones them.
+    the shapes alone. ``capture``: also replay it as a CUDA graph (what mode="reduce-overhead" sets, given here as
+    an option because torch.compile takes a mode or options, not both); each call's output is overwritten by the
+    next call's, so a caller that keeps outputs clones them.
     """
-    return torch.compile(fn, dynamic=False, mode="reduce-overhead" if capture else None)
+    options = {**(options or {}), **({"triton.cudagraphs": True} if capture else {})}
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,

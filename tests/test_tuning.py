@@ -3,7 +3,8 @@
 import pytest
 
 from devicebench.errors import UsageError
-from devicebench.tuning import BackendFacts, TuningOptions, WorkloadTraits, plan_tuning
+from devicebench import tuning
+from devicebench.tuning import FIXED_CHOICE_OPTIONS, BackendFacts, TuningOptions, WorkloadTraits, plan_tuning
 
 MLP = WorkloadTraits(has_convolutions=False, launch_bound=True, graph_safe_optimizer=True)
 CNN_RANGER = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False)
@@ -119,3 +120,22 @@ def test_a_frozen_forward_is_captured_whatever_the_optimizer_but_only_through_co
     assert not off.cuda_graphs and any("reduce-overhead" in note for note in off.notes)
     assert not plan_tuning(H100, FROZEN_CNN, TuningOptions(cuda_graphs=False)).cuda_graphs
     assert not plan_tuning(CPU, FROZEN_CNN, TuningOptions()).cuda_graphs
+
+
+def test_launch_bound_workloads_compile_with_no_kernel_picked_by_timing():
+    mlp = plan_tuning(H100, MLP, TuningOptions())
+    assert mlp.fixed_kernel_choices
+    options = mlp.compile_options()
+    assert options and options.items() <= FIXED_CHOICE_OPTIONS.items()
+    assert mlp.as_extra_info()["compile_options"] == options
+    cnn = plan_tuning(H100, CNN_RANGER, TuningOptions())
+    assert not cnn.fixed_kernel_choices and cnn.compile_options() == {}
+    assert any(note.startswith("compile: kernels picked by timing") for note in cnn.notes)
+    not_compiled = plan_tuning(H100, MLP, TuningOptions(compile=False))
+    assert not_compiled.compile_options() == {} and "compile_options" not in not_compiled.as_extra_info()
+
+
+def test_fixed_choice_options_leave_out_what_this_torch_lacks(monkeypatch):
+    monkeypatch.setattr(tuning, "FIXED_CHOICE_OPTIONS",
+                        {"triton.autotune_pointwise": False, "no_such_option": True, "triton.no_such_one": 1})
+    assert tuning.fixed_choice_options() == {"triton.autotune_pointwise": False}

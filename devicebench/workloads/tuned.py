@@ -45,7 +45,9 @@ class TunedSetup:
     def compiled(self, fn: Callable, capture: bool = False) -> Callable:
         """``fn`` compiled as the plan allows; with ``capture`` (and the plan's CUDA graphs) also replayed as a CUDA
         graph, whose output the next call overwrites."""
-        return compile_static(fn, capture=capture and self.plan.cuda_graphs) if self.plan.compiled else fn
+        if not self.plan.compiled:
+            return fn
+        return compile_static(fn, capture=capture and self.plan.cuda_graphs, options=self.plan.compile_options())
 
     def autocast(self):
         # The autocast weight-cast cache must be off while capturing a CUDA graph: cached casts would be freed
