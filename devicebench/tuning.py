@@ -210,8 +210,8 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
 
     fixed_kernel_choices = compile_blocker is None and traits.launch_bound
     if compile_blocker is None and not fixed_kernel_choices:
-        notes.append("compile: kernels picked by timing (inductor autotuning) are kept: this workload's kernels are "
-                     "large enough for timing to pick real winners")
+        notes.append("compile: kernels picked by timing (inductor autotuning) are kept for this compute-bound "
+                     "workload: fixed choices were not shown to help it (tuning.FIXED_CHOICE_OPTIONS)")
 
     return TuningPlan(dtype=dtype, channels_last=channels_last, compiled=compile_blocker is None,
                       cuda_graphs=graphs_blocker is None, cudnn_benchmark=cudnn_blocker is None,
@@ -240,10 +240,11 @@ def backend_facts(device: torch.device) -> BackendFacts:
 # kernel of 4.24 us a step where the others took 1.25-1.46 us. ``deterministic`` fixes the reduction
 # configurations and turns off padding benchmarks; ``triton.autotune_pointwise`` off keeps one configuration for
 # elementwise kernels. With them, three mnist_mlp processes compiled identical launch configurations.
-# Used for launch-bound workloads only (TuningPlan.fixed_kernel_choices): ResNet18's BatchNorm reductions over
-# 1024x64x48x48 tensors ran 12% slower with them (H100: 65.9 and 65.5 ms an epoch against 58.2 and 58.5 timed),
-# and there timing picks real winners (the two timed processes agreed within 0.5%). cuDNN's algorithm search
-# (``cudnn_benchmark``) also times; both are recorded in the row.
+# Used for launch-bound workloads only (TuningPlan.fixed_kernel_choices): ResNet18 (BatchNorm reductions over
+# 1024x64x48x48 tensors) ran slower with them in the one comparison made (H100, two interleaved processes a side:
+# 65.9 and 65.5 ms an epoch against 58.2 and 58.5 timed). That is a direction, not a verdict: six processes of the
+# same timed code later spread over 59.1-66.2 ms. Fixed choices were not shown to help it, so it keeps timed ones.
+# cuDNN's algorithm search (``cudnn_benchmark``) also times; both are recorded in the row.
 FIXED_CHOICE_OPTIONS = {"deterministic": True, "triton.autotune_pointwise": False}
 
 
