@@ -1,8 +1,8 @@
 """The ``devicebench`` command: ``info``, ``run``, ``compare`` and ``history``. Benchmarks run under pytest;
 ``run`` starts several pytest processes and merges them.
 
-Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error (the message
-says what to fix).
+Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error, or a gate that
+cannot judge (an unreadable run, no row in common with the baseline); the message says what to fix.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from pathlib import Path
 
 from devicebench import compare, environment, history, processes, results, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
+
+
+class GateCannotJudge(DevicebenchError):
+    """The regression gate has nothing it can judge: it fails (exit 2) rather than pass by default."""
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -32,9 +36,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    runs = results.load_runs(args.runs, Path(args.results_dir))
     if args.fail_on_regression and args.view == "devices":
         raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
+    # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
+    runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
     view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device)
     tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
@@ -44,9 +49,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         plots.compare_chart(tables, Path(args.png))
         print(f"chart written to {args.png}")
+    if args.fail_on_regression:
+        judged = [verdict for table in tables for verdict in table.verdicts if verdict is not None]
+        if view != "change" or not judged:
+            raise GateCannotJudge(
+                "--fail-on-regression: no row of the later runs matches a row of the baseline run (same workload "
+                "version, pipeline, scale, device and options), so there is nothing to judge and the gate fails. "
+                "Compare runs of the same experiment: re-measure the baseline with this devicebench, or see the "
+                "notes above for what differs")
     if view != "change":
-        if args.fail_on_regression:
-            print("no row appears in more than one run (each is a different experiment): nothing to gate on")
         return 0
     for line in compare.inconclusive(tables):
         print(f"inconclusive at {args.threshold:.0%}: {line}")
@@ -66,7 +77,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir) / args.name
     runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
-                                    pip_args=args.pip_args.split(), environments=environments)
+                                    pip_args=args.pip_args.split(), environments=environments,
+                                    until=args.until, budget_seconds=args.budget)
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
     measured = [run for run in runs if run.exists()]
@@ -84,7 +96,8 @@ def _pytest_args(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
         [processes.Environment("current", sys.executable)]
-    processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name)
+    processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
+                              until=args.until, budget_seconds=args.budget)
     return 0
 
 
@@ -115,10 +128,30 @@ def _threshold(text: str) -> float:
     return value
 
 
-def _add_process_options(parser: argparse.ArgumentParser, *, processes: int, output_dir: str, processes_help: str,
-                         env_help: str, name: str, name_help: str) -> None:
+def _duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h30m`` or a bare number of seconds, as seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a time such as 10m, 90s or 1h30m")
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a time longer than zero, such as 10m")
+    return total
+
+
+def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | None, output_dir: str,
+                         processes_help: str, env_help: str, name: str, name_help: str) -> None:
     """The options of the commands that run the suite as several processes (run, sweep)."""
     parser.add_argument("--processes", type=int, default=processes, help=processes_help)
+    parser.add_argument("--until", type=_threshold, metavar="SIZE",
+                        help="with two or more --env: add worker pairs until every row could detect a change of "
+                             "this size (e.g. 5%%), each environment against the first, or --budget is spent")
+    parser.add_argument("--budget", type=_duration, metavar="TIME",
+                        help="stop adding worker pairs once this much time is measured (e.g. 10m, 1h); a pair is "
+                             "started only if it fits")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
@@ -155,15 +188,17 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="run the benchmarks in several fresh processes (alternating environments) and merge them",
-        description="Runs `pytest benchmarks PYTEST_ARGS` --processes times per environment, alternating the "
-                    "environments (A B A B ...), and writes one run per environment with every process's rounds. "
-                    "Cost: --processes times one pytest run per environment.")
+        description="Runs `pytest benchmarks PYTEST_ARGS` as several processes per environment and writes one run "
+                    "per environment with every process's rounds. With two or more --env, the processes are worker "
+                    "pairs: one live worker per environment, their rounds alternated (A B B A ...), judged pair by "
+                    "pair (significance.py). Cost: one pytest run per process and environment.")
     _add_process_options(
-        run, processes=5, output_dir="results/processes",
-        processes_help="processes per environment (default 5: the fewest for which a 5%% change on the 2-core VM's "
-                       "spread is detectable; 5x the time of one run)",
-        env_help="an environment's Python, e.g. --env old=/venvs/torch2.13/bin/python; repeat to interleave (the "
-                 "same Python twice is an A/A check). Default: this Python",
+        run, processes=None, output_dir="results/processes",
+        processes_help="processes per environment: one after another with one environment, worker pairs with two "
+                       "or more (default 5; with --until, the most pairs to add, default no limit but --budget)",
+        env_help="an environment's Python, e.g. --env old=/venvs/torch2.13/bin/python; repeat to compare: one live "
+                 "worker per environment, their rounds alternated (the same Python twice is an A/A check). "
+                 "Default: this Python",
         name=time.strftime("run-%Y%m%d-%H%M%S"),
         name_help="file name prefix: writes OUTPUT_DIR/NAME-LABEL.json (default run-DATE-TIME)")
     run.set_defaults(handler=cmd_run)

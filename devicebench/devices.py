@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import platform
 import re
+import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +139,41 @@ def sync(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.synchronize()
     # cpu work is synchronous: nothing to wait for
+
+
+def keep_busy(device: torch.device, seconds: float) -> None:
+    """Lengthen the work on ``device`` by ``seconds`` (the planted slowdown), then wait for it.
+
+    On cuda a sleep kernel (``torch.cuda._sleep``, which spins for a number of GPU clock cycles) on the current
+    stream, so the device's own timeline holds the delay; it is sized at 90% of the target from this process's
+    measured clock rate, and the host tops up what it fell short by. On the cpu and mps, whose work has
+    finished when this is called (after ``sync``), the host waits: a sleep, then a spin for the last
+    millisecond, because ``time.sleep`` overshoots by tens of microseconds, a visible share of a 5% change on a
+    10 ms epoch.
+    """
+    start = time.perf_counter()
+    if device.type == "cuda" and seconds > 0:
+        torch.cuda._sleep(int(0.9 * seconds * _cuda_sleep_cycles_per_second()))
+        sync(device)
+    end = start + seconds
+    if end - time.perf_counter() > 1e-3:
+        time.sleep(end - time.perf_counter() - 1e-3)
+    while time.perf_counter() < end:
+        pass
+
+
+@functools.cache
+def _cuda_sleep_cycles_per_second() -> float:
+    """How many ``torch.cuda._sleep`` cycles make a second on this GPU (median of three 5-million-cycle sleeps)."""
+    rates = []
+    for _ in range(3):
+        begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        torch.cuda._sleep(5_000_000)
+        finish.record()
+        finish.synchronize()
+        rates.append(5_000_000 / (begin.elapsed_time(finish) / 1e3))
+    return statistics.median(rates)
 
 
 def reset_peak_memory(device: torch.device) -> None:

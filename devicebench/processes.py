@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from devicebench import stability
+from devicebench import interleave, stability
 from devicebench.errors import DevicebenchError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: benchmarks/, conftest.py and fixtures/ live here
 # machine_info fields that must agree between the processes merged into one run (pyperf refuses the same).
 SAME_IN_EVERY_PROCESS = ("node", "cpu_name", "torch_version", "cuda_version", "devicebench_schema", "accelerators")
 PER_PROCESS_FIELDS = ("round_seconds", "train_seconds", "val_seconds", "samples_per_s", "compile_s",
-                      "loader_wait_fraction", "unstable_reason")
+                      "loader_wait_fraction", "unstable_reason", "round_sequence")
 
 
 @dataclass(frozen=True)
@@ -52,71 +52,251 @@ def parse_environment(text: str) -> Environment:
     return Environment(label, str(path))
 
 
-def run_interleaved(environments: list[Environment], processes: int, pytest_args: list[str], output_dir: Path,
-                    name: str, echo: Callable[[str], None] = print,
-                    sweep_positions: dict[str, int] | None = None) -> list[Path]:
-    """Run ``processes`` processes per environment, alternating; write one merged run per environment.
+def run_interleaved(environments: list[Environment], processes: int | None, pytest_args: list[str],
+                    output_dir: Path, name: str, echo: Callable[[str], None] = print,
+                    sweep_positions: dict[str, int] | None = None, until: float | None = None,
+                    budget_seconds: float | None = None) -> list[Path]:
+    """Measure the suite in every environment and write one merged run per environment.
 
+    One environment: ``processes`` fresh pytest processes, one after another. Two or more: worker pairs (one live
+    worker per environment, their rounds alternated, interleave.py); ``processes`` pairs, or with ``until`` pairs
+    added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time).
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
     """
-    if processes < 1:
+    if processes is not None and processes < 1:
         raise UsageError(f"--processes {processes}: give 1 or more")
     labels = [env.label for env in environments]
     if len(set(labels)) != len(labels):
         raise UsageError(f"--env labels must differ (got {', '.join(labels)}); e.g. --env A=... --env B=...")
+    if until is not None and len(environments) < 2:
+        raise UsageError("--until needs two environments to compare, e.g. --env A=PYTHON --env B=PYTHON (the same "
+                         "Python twice is an A/A check)")
+    if until is not None and budget_seconds is None and processes is None:
+        raise UsageError("--until needs a bound: --budget (e.g. --budget 15m) or --processes as the most pairs; a "
+                         "row that cannot get there would otherwise add pairs forever")
     staging = Path(output_dir) / f".{name}.processes"
     _claim_staging(staging, {"pytest_args": pytest_args, "environments": [vars(env) for env in environments]})
-    total, started = processes * len(environments), time.monotonic()
-    for index in range(1, processes + 1):
-        for position, env in enumerate(environments):
-            done = (index - 1) * len(environments) + position
-            target, no_rows = staging / f"{env.label}-{index:03d}.json", staging / f"{env.label}.no-rows"
-            where = f"[{done + 1}/{total}] {env.label} process {index}/{processes}"
-            if no_rows.exists():
-                continue
-            if target.exists():
-                echo(f"{where}: already measured, kept")
-                continue
-            echo(f"{where}: running ({_elapsed(started)} so far)")
-            skipped = _run_one(env, pytest_args, target)
-            if skipped is not None:  # every row skipped itself (e.g. no torchvision for this torch): say why
-                no_rows.write_text(skipped)
-                echo(f"    no row ran in {env.label}, so it gets no more processes and no run:\n{skipped}")
-            else:
-                echo("    " + _summary(json.loads(target.read_text())))
+    started = time.monotonic()
+    if len(environments) == 1:
+        count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, pytest_args, staging, echo)
+    else:
+        count = _run_pairs(environments, processes, pytest_args, staging, echo, until, budget_seconds)
+    plan = json.loads((staging / "plan.json").read_text())
     written = []
     for env in environments:
         if (staging / f"{env.label}.no-rows").exists():
             continue
-        files = [staging / f"{env.label}-{index:03d}.json" for index in range(1, processes + 1)]
-        merged = merge_processes([json.loads(path.read_text()) for path in files], env)
+        merged = _merged(staging, env, count, plan.get("interleave_id") if len(environments) > 1 else None)
         if sweep_positions is not None:
             merged["devicebench_run"]["sweep_position"] = sweep_positions[env.label]
         written.append(_write_atomically(Path(output_dir) / f"{name}-{env.label}.json", merged))
     shutil.rmtree(staging)
-    echo(f"{total} processes in {_elapsed(started)}; runs written: {', '.join(map(str, written))}")
+    echo(f"{count} process(es) per environment in {_elapsed(started)}; runs written: "
+         f"{', '.join(map(str, written))}")
     return written
+
+
+DEFAULT_PROCESSES = 5
+# --until judges the detectable change only from this many pairs on: with two, a t-test on pair means has one
+# degree of freedom and its detectable change is ten times the pairs' spread, so stopping there is by chance.
+MIN_PAIRS_FOR_UNTIL = 3
+
+
+def _staged(staging: Path, label: str, index: int) -> Path:
+    return staging / f"{label}-{index:03d}.json"
+
+
+def _merged(staging: Path, env: Environment, count: int, interleave_id: str | None) -> dict:
+    runs = [json.loads(_staged(staging, env.label, index).read_text()) for index in range(1, count + 1)]
+    return merge_processes(runs, env, interleave_id)
+
+
+def _run_sequential(env: Environment, processes: int, pytest_args: list[str], staging: Path,
+                    echo: Callable[[str], None]) -> int:
+    """``processes`` fresh pytest processes of one environment, one after another; how many were measured."""
+    started = time.monotonic()
+    no_rows = staging / f"{env.label}.no-rows"
+    for index in range(1, processes + 1):
+        target = _staged(staging, env.label, index)
+        where = f"[{index}/{processes}] {env.label} process {index}/{processes}"
+        if no_rows.exists():
+            break
+        if target.exists():
+            echo(f"{where}: already measured, kept")
+            continue
+        echo(f"{where}: running ({_elapsed(started)} so far)")
+        skipped = _run_one(env, pytest_args, target)
+        if skipped is not None:  # every row skipped itself (e.g. no torchvision for this torch): say why
+            no_rows.write_text(skipped)
+            echo(f"    no row ran in {env.label}, so it gets no more processes and no run:\n{skipped}")
+        else:
+            echo("    " + _summary(json.loads(target.read_text())))
+    return processes
+
+
+def _run_pairs(environments: list[Environment], processes: int | None, pytest_args: list[str], staging: Path,
+               echo: Callable[[str], None], until: float | None, budget_seconds: float | None) -> int:
+    """Worker pairs (one live worker per environment, rounds alternated) until the plan says stop; how many.
+
+    Without ``until``: ``processes`` pairs (default 5). With it: pairs until every row's smallest detectable
+    change, each environment against the first, is at or under ``until`` (judged from MIN_PAIRS_FOR_UNTIL
+    pairs on), ``processes`` pairs when given as a cap, or the budget, whichever comes first. Stopping on the
+    detectable change, which depends only on the spread and not on the difference seen, leaves the test's 5%
+    level as it is; stopping on the p-value would not.
+    """
+    limit = processes if until is not None or processes is not None else DEFAULT_PROCESSES
+    index, spent = 1, 0.0
+    while True:
+        # An environment in which every row skipped itself takes no further part (its reasons were shown).
+        environments = [env for env in environments if not (staging / f"{env.label}.no-rows").exists()]
+        labels = [env.label for env in environments]
+        if len(environments) < (2 if until is not None else 1):
+            echo("fewer than two environments have rows to compare: no more pairs")
+            done = index - 1
+            break
+        if all(_staged(staging, label, index).exists() for label in labels):
+            echo(f"pair {index}: already measured, kept")
+            spent += _pair_seconds(staging, index)
+            index += 1
+            continue
+        done = index - 1
+        progress = _detectable_by_row(staging, environments, done) if done >= 2 else {}
+        if done and progress:
+            echo(_progress_lines(progress, done, until))
+        if until is not None and done >= MIN_PAIRS_FOR_UNTIL and progress \
+                and all(value is not None and value <= until for value in progress.values()):
+            echo(f"every row can see a {until:.1%} change after {done} pairs: stopping")
+            break
+        if limit is not None and done >= limit:
+            break
+        if budget_seconds is not None and done and spent + spent / done > budget_seconds:
+            echo(f"budget {_clock(budget_seconds)} spent ({_clock(spent)} measured; a pair takes about "
+                 f"{_clock(spent / done)}): stopping after {done} pairs")
+            break
+        pair_seconds = _run_pair(environments, index, pytest_args, staging, echo, spent)
+        spent += pair_seconds
+        index += 1
+    if until is not None:
+        echo(_until_report(_detectable_by_row(staging, environments, done), until, done, spent))
+    return done
+
+
+def _run_pair(environments: list[Environment], index: int, pytest_args: list[str], staging: Path,
+              echo: Callable[[str], None], spent: float) -> float:
+    """One worker per environment, taking turns round by round; their files are kept only if all succeed."""
+    labels = [env.label for env in environments]
+    echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
+    parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
+    logs = {env.label: _staged(staging, env.label, index).with_suffix(".log") for env in environments}
+    commands = {env.label: _pytest_command(env, pytest_args, parts[env.label]) for env in environments}
+    started = time.monotonic()
+    try:
+        codes, schedule = interleave.run_workers(commands, REPO, logs)
+    except BaseException:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+        raise
+    seconds = time.monotonic() - started
+    for label in labels:
+        if codes[label] == 0 and not parts[label].exists():  # pytest-benchmark writes no file when no row ran
+            reasons = [line for line in logs[label].read_text().splitlines() if line.startswith("SKIPPED")]
+            skipped = "\n".join(f"    {line}" for line in reasons) or "    (pytest reported no skip reasons)"
+            (staging / f"{label}.no-rows").write_text(skipped)
+            echo(f"    no row ran in {label}, so it gets no more workers and no run:\n{skipped}")
+            labels = [other for other in labels if other != label]
+    for label in labels:
+        if codes[label] != 0 or not parts[label].exists():
+            for part in parts.values():
+                part.unlink(missing_ok=True)
+            tail = "\n".join(logs[label].read_text().strip().splitlines()[-15:])
+            raise DevicebenchError(f"{label}: its worker of pair {index} exited with {codes[label]} (log: "
+                                   f"{logs[label]}); the pairs finished so far are kept and the same command "
+                                   f"resumes after them. Its output ended:\n{tail}")
+    (staging / f"pair-{index:03d}.json").write_text(json.dumps({
+        "seconds": seconds, "turns": [[sequence, label, point.test, point.step]
+                                      for sequence, label, point in schedule]}))
+    for label in labels:
+        parts[label].replace(_staged(staging, label, index))
+        echo(f"    {label}: " + _summary(json.loads(_staged(staging, label, index).read_text())))
+    return seconds
+
+
+def _pair_seconds(staging: Path, index: int) -> float:
+    meta = staging / f"pair-{index:03d}.json"
+    return json.loads(meta.read_text())["seconds"] if meta.exists() else 0.0
+
+
+def _detectable_by_row(staging: Path, environments: list[Environment], pairs: int) -> dict[str, float | None]:
+    """Each row's smallest detectable change after ``pairs`` pairs: the worst over each environment against the
+    first (None where a row cannot be judged)."""
+    if pairs < 2 or len(environments) < 2:
+        return {}
+    from devicebench import results, significance
+
+    interleave_id = "in progress"
+    merged = [results.rows_of(_merged(staging, env, pairs, interleave_id)) for env in environments]
+    found: dict[str, float | None] = {}
+    for row in merged[0]:
+        worst: float | None = 0.0
+        for others in merged[1:]:
+            other = next((candidate for candidate in others if candidate.test == row.test), None)
+            detectable = None if other is None else significance.judge(row, other).detectable
+            worst = None if detectable is None or worst is None else max(worst, detectable)
+        found[row.test] = worst
+    return found
+
+
+def _progress_lines(detectable: dict[str, float | None], pairs: int, until: float | None) -> str:
+    marks = []
+    for test, value in detectable.items():
+        figure = "n/a" if value is None else f"{value:.1%}"
+        reached = "" if until is None or value is None or value > until else " (reached)"
+        marks.append(f"{test.removeprefix('test_')} {figure}{reached}")
+    return f"    after {pairs} pairs, smallest detectable change: " + "; ".join(marks)
+
+
+def _until_report(detectable: dict[str, float | None], until: float, pairs: int, spent: float) -> str:
+    reached = [test for test, value in detectable.items() if value is not None and value <= until]
+    missed = {test: value for test, value in detectable.items() if test not in reached}
+    lines = [f"--until {until:.1%}: {len(reached)} of {len(detectable)} rows reached it in {pairs} pairs "
+             f"({_clock(spent)} measured)"]
+    lines += [f"    reached: {test} ({detectable[test]:.1%})" for test in reached]
+    lines += [f"    not reached: {test} ({'not judged' if value is None else f'{value:.1%}'})"
+              for test, value in missed.items()]
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _claim_staging(staging: Path, plan: dict) -> None:
     """Create the staging folder, or resume one left by the same command; refuse one left by another."""
     plan_file = staging / "plan.json"
     if plan_file.exists():
-        if json.loads(plan_file.read_text()) != plan:
+        saved = json.loads(plan_file.read_text())
+        saved.pop("interleave_id", None)
+        if saved != plan:
             raise UsageError(f"{staging} holds the unfinished processes of another `devicebench run` (other "
                              f"arguments or environments); re-run that command to finish it, delete the folder, "
                              f"or choose another --name")
         return
     staging.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan))
+    # Names the rows' worker pairs: pairs of another run (another id) are never matched with these.
+    plan_file.write_text(json.dumps({**plan, "interleave_id": f"{staging.name.strip('.')}@{time.time():.0f}"}))
+
+
+def _pytest_command(env: Environment, pytest_args: list[str], json_file: Path) -> list[str]:
+    return [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, f"--benchmark-json={json_file}",
+            "-p", "no:cacheprovider", "-q", "-rs"]
 
 
 def _run_one(env: Environment, pytest_args: list[str], target: Path) -> str | None:
     """One pytest process into ``target``; returns its skip reasons instead when no row ran at all."""
     partial = target.with_suffix(".part")
-    command = [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, f"--benchmark-json={partial}",
-               "-p", "no:cacheprovider", "-q", "-rs"]
+    command = _pytest_command(env, pytest_args, partial)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode == 0 and not partial.exists():  # pytest-benchmark writes no file when no row ran
         reasons = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
@@ -131,8 +311,11 @@ def _run_one(env: Environment, pytest_args: list[str], target: Path) -> str | No
     return None
 
 
-def merge_processes(process_runs: list[dict], env: Environment) -> dict:
-    """One pytest-benchmark-shaped run from several processes' runs: each row keeps every process's rounds."""
+def merge_processes(process_runs: list[dict], env: Environment, interleave_id: str | None = None) -> dict:
+    """One pytest-benchmark-shaped run from several processes' runs: each row keeps every process's rounds.
+
+    ``interleave_id``: the processes were the workers of an interleaved run, process i of worker pair i; each
+    process entry keeps its pair and round turns, and each row the id, so the verdict can pair them."""
     first = process_runs[0]
     for field in SAME_IN_EVERY_PROCESS:
         values = {json.dumps(run["machine_info"].get(field), sort_keys=True) for run in process_runs}
@@ -145,7 +328,7 @@ def merge_processes(process_runs: list[dict], env: Environment) -> dict:
         rows = [next((b for b in run["benchmarks"] if b["name"] == name), None) for run in process_runs]
         if any(row is None for row in rows):
             raise DevicebenchError(f"{env.label}: row {name} is missing from some processes; run again")
-        benchmarks.append(_merge_row(rows))
+        benchmarks.append(_merge_row(rows, interleave_id))
     from pytest_benchmark import __version__ as pytest_benchmark_version
 
     return {"machine_info": first["machine_info"], "commit_info": first.get("commit_info", {}),
@@ -154,10 +337,15 @@ def merge_processes(process_runs: list[dict], env: Environment) -> dict:
                                 "environment": env.label, "python": env.python}}
 
 
-def _merge_row(rows: list[dict]) -> dict:
+def _merge_row(rows: list[dict], interleave_id: str | None) -> dict:
     extras = [row["extra_info"] for row in rows]
     extra = dict(extras[0])
     extra["processes"] = [{field: e.get(field) for field in PER_PROCESS_FIELDS} for e in extras]
+    if interleave_id is not None:
+        extra["interleave_id"] = interleave_id
+        for pair, process in enumerate(extra["processes"], 1):
+            process["pair"] = pair
+    extra.pop("round_sequence", None)  # per process, kept in each process entry
     for field in ("round_seconds", "train_seconds", "val_seconds"):
         extra[field] = [value for e in extras for value in e[field]]
     process_medians = [statistics.median(e["train_seconds"]) for e in extras]
@@ -196,5 +384,4 @@ def _summary(run: dict) -> str:
 
 
 def _elapsed(since: float) -> str:
-    seconds = int(time.monotonic() - since)
-    return f"{seconds // 60}m{seconds % 60:02d}s"
+    return _clock(time.monotonic() - since)

@@ -105,6 +105,15 @@ class Row:
         per_process = self.extra.get("processes") or [self.extra]
         return [[float(s) for s in process[key]] for process in per_process]
 
+    @functools.cached_property
+    def pairs(self) -> dict[tuple[str, int], list[float]]:
+        """Interleaved runs: (interleave_id, worker pair) -> that process's times; {} for other runs."""
+        interleave_id = self.extra.get("interleave_id")
+        per_process = self.extra.get("processes") or []
+        if interleave_id is None or any("pair" not in process for process in per_process):
+            return {}
+        return {(interleave_id, int(process["pair"])): times for process, times in zip(per_process, self.processes)}
+
     @property
     def all_seconds(self) -> list[float]:
         return [s for process in self.processes for s in process]
@@ -193,6 +202,11 @@ def load_run(path: Path) -> Run | None:
                sweep_position=about.get("sweep_position"))
 
 
+def rows_of(data: dict) -> list[Row]:
+    """The readable rows of a run already in memory (a pytest-benchmark-shaped dict)."""
+    return [row for row in map(_row, data.get("benchmarks", [])) if row is not None]
+
+
 def _row(bench: dict) -> Row | None:
     extra = bench.get("extra_info") if isinstance(bench, dict) else None
     if not isinstance(extra, dict):
@@ -225,8 +239,16 @@ def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
     return paths
 
 
-def load_runs(specs: list[str], results_dir: Path = Path("results")) -> list[Run]:
-    runs = [run for run in (load_run(path) for path in expand(specs, results_dir)) if run is not None]
+def load_runs(specs: list[str], results_dir: Path = Path("results"), strict: bool = False) -> list[Run]:
+    """Every readable run the specs name; ``strict`` (a regression gate): any unreadable file is an error."""
+    runs = []
+    for path in expand(specs, results_dir):
+        run = load_run(path)
+        if run is None and strict:
+            raise UsageError(f"{path} could not be read as a devicebench run (the warning above says why); a "
+                             f"regression gate judges every run it is given, so it fails. Re-measure or remove it")
+        if run is not None:
+            runs.append(run)
     if not runs:
         raise UsageError(f"no readable devicebench runs in {', '.join(specs)}")
     return runs

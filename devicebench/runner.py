@@ -18,6 +18,7 @@ import torch
 import devicebench
 from devicebench import devices, efficiency, profiling, schema, stability
 from devicebench.errors import DeviceOutOfMemory
+from devicebench.interleave import RoundGate
 from devicebench.tuning import apply_backend_flags
 from devicebench.workloads.base import RoundStats, RunConfig, build
 
@@ -26,10 +27,13 @@ ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
 
 
 def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
-                  progress: ProgressCallback | None = None, profile_trace: Path | None = None) -> dict:
+                  progress: ProgressCallback | None = None, profile_trace: Path | None = None,
+                  gate: RoundGate | None = None) -> dict:
     """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``.
 
     With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
+    With ``gate`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
+    waits for its turn first (interleave.py), untimed; the timed rounds' turn numbers go into the row.
     """
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
@@ -45,6 +49,11 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         devices.reset_peak_memory(device)
         done: list[RoundStats] = []
         total = scale.warmup_rounds + scale.rounds
+
+        turns: list[int] = []
+
+        def wait_for_turn() -> None:  # pedantic's setup: called before every round, outside its clock
+            turns.append(gate.before_round())
 
         def one_round() -> None:
             stats = run.run_round()
@@ -63,7 +72,8 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
         benchmark.has_error = True
         try:
-            benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1)
+            benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1,
+                               setup=wait_for_turn if gate is not None else None)
         finally:
             gc.unfreeze()
         val_loss, val_accuracy = run.final_evaluation()
@@ -91,6 +101,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "valid_samples": scale.valid_samples,
         "warmup_rounds": scale.warmup_rounds,
         "compile_cache": config.compile_cache,
+        "planted_slowdown_fraction": config.slowdown_fraction,
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
@@ -106,6 +117,8 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                                               device_name, peak_dtype))
     if profile is not None:
         extra["profile"] = profile
+    if gate is not None:
+        extra["round_sequence"] = turns[scale.warmup_rounds:]
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     schema.check_row(extra)

@@ -61,6 +61,9 @@ FIELDS: dict[str, str] = {
     "matmul_allow_tf32": "torch.backends.cuda.matmul.allow_tf32",
     "float32_matmul_precision": "torch.get_float32_matmul_precision()",
     "compile_cache": "fresh (this process compiled from an empty torch.compile cache) or shared",
+    "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch made this fraction "
+                                 "longer on the device; 0 for a real measurement. Not part of the identity, so "
+                                 "a planted run compares with a clean one",
     # workload and pipeline options
     "workers": "DataLoader workers (resnet18_cifar seed)",
     "optimizer": "resnet18_cifar optimizer",
@@ -80,7 +83,14 @@ FIELDS: dict[str, str] = {
     "profile": "one extra, untimed round under torch.profiler: basis, round_seconds (perf_counter), "
                "traced_seconds, seconds per kind, host_gaps_in_optimizer_step, trace (its path)",
     # runs of several processes (devicebench run --processes N)
-    "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s",
+    "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s; in an "
+                 "interleaved run (devicebench run --env A=.. --env B=..) also its pair (the worker pair it was "
+                 "one of) and round_sequence",
+    # interleaved runs (interleave.py)
+    "round_sequence": "each timed round's turn number in its worker pair's schedule (interleave.py): which round of "
+                      "the other environment ran just before and after it",
+    "interleave_id": "the interleaved run this row's processes came from; rows of the same id and pair ran side "
+                     "by side, round for round, and are judged as pairs (significance.py)",
 }
 # The kinds a --profile round's time is cut into (profiling.py says what each holds), in display order.
 PROFILE_KINDS = ("matmul_conv", "norm_elementwise", "optimizer", "data_movement", "compilation", "host_gaps")

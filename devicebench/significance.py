@@ -17,6 +17,21 @@ a hierarchical bootstrap because a bootstrap of 3-5 values is no more trustworth
 size and shows no significant change says so ("inconclusive") instead of claiming there was none: run more
 processes.
 
+**Interleaved runs** (``devicebench run --env A=.. --env B=..``, interleave.py) are judged as pairs. Each worker
+pair ran A's and B's rounds alternately (A B B A ...), so round k of A and round k of B ran next to each other and
+saw the same machine. The model, on log times: round k of pair i on side s is
+``mu + delta*[s=B] + p_is + m_ik + e_isk``, where ``m_ik`` is the machine's state at that moment (drift, shared
+by the two adjacent rounds), ``p_is`` the worker's own state (what it compiled, its memory layout: fixed for the
+worker's life) and ``e`` the round's own noise. Within a pair, the median over k of ``log B_k - log A_k`` removes
+``m`` and estimates ``delta + p_iB - p_iA``; across pairs those estimates vary by the per-process state and what
+is left of the round noise. The test is a one-sample t-test of the pair estimates against 0 (n pairs, n-1
+degrees of freedom): the pair is the unit, so a per-process offset widens the interval instead of making an A/A
+significant, while drift no longer does. (Pooling rounds across pairs would have more degrees of freedom but
+calls every per-process offset a change; a mixed model fitted by REML gives the same estimate and interval as
+the pair means when the design is balanced, as it is here, and is harder to explain.) The median of the round
+differences, rather than their mean, keeps one disturbed round from moving its pair. The smallest detectable
+change uses the same t with n-1 degrees of freedom.
+
 **Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread: their verdict uses
 Mann-Whitney U on the rounds, as before, and says that the variation between processes was not measured.
 """
@@ -44,6 +59,8 @@ class Verdict:
     processes: tuple[int, int]  # (baseline, candidate)
     spread: float | None = None  # pooled standard deviation between processes, as a fraction
     detectable: float | None = None  # smallest change this data could detect, as a fraction
+
+    paired: bool = False  # judged as interleaved worker pairs (processes[0] == processes[1] pairs)
 
     @property
     def process_level(self) -> bool:
@@ -73,6 +90,9 @@ class Verdict:
     def noise(self) -> str:
         if not self.process_level:
             return "single process: process-to-process variation not measured"
+        if self.paired:
+            return (f"{self.processes[0]} worker pairs, rounds alternated; spread between pairs {self.spread:.1%}, "
+                    f"smallest detectable change {self.detectable:.1%}")
         return (f"{self.processes[0]} vs {self.processes[1]} processes, spread {self.spread:.1%}, "
                 f"smallest detectable change {self.detectable:.1%}")
 
@@ -95,6 +115,10 @@ def speed(ratio: float) -> str:
 
 def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
     """Compare two rows of the same identity (or, in the devices view, the same configuration)."""
+    common = sorted(baseline.pairs.keys() & candidate.pairs.keys())
+    if len(common) >= 2:
+        return _paired([baseline.pairs[key] for key in common], [candidate.pairs[key] for key in common],
+                       threshold)
     base, cand = baseline.process_medians, candidate.process_medians
     counts = (len(base), len(cand))
     if min(counts) >= 2:
@@ -121,3 +145,21 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
     detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
     return Verdict(ratio, p_value, threshold, (n_a, n_b), spread=math.expm1(pooled),
                    detectable=math.expm1(detectable_log))
+
+
+def _paired(base: list[list[float]], cand: list[list[float]], threshold: float) -> Verdict:
+    """The interleaved-pairs model above: per pair the median log ratio of adjacent rounds, then a t-test."""
+    estimates = []
+    for a_rounds, b_rounds in zip(base, cand):
+        count = min(len(a_rounds), len(b_rounds))
+        estimates.append(statistics.median(math.log(b_rounds[k]) - math.log(a_rounds[k]) for k in range(count)))
+    n = len(estimates)
+    mean = statistics.fmean(estimates)
+    sd = statistics.stdev(estimates)
+    if sd == 0:  # identical estimates (planted data): no spread to test against
+        p_value = 1.0 if mean == 0 else 0.0
+    else:
+        p_value = float(stats.ttest_1samp(estimates, 0.0).pvalue)
+    detectable_log = (stats.t.ppf(1 - ALPHA / 2, n - 1) + stats.t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
+    return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(sd),
+                   detectable=math.expm1(detectable_log), paired=True)

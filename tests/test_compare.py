@@ -72,8 +72,9 @@ def test_a_a_pair_is_no_significant_change(capsys):
 
 
 def test_different_workload_versions_are_not_compared(capsys):
+    # Nothing of the same experiment to judge: the gate fails closed (2), the notes say what differs.
     assert cli.main(["compare", str(RUNS / "old_workload.json"), str(RUNS / "aa_first.json"), "--view", "change",
-                     "--fail-on-regression"]) == 0
+                     "--fail-on-regression"]) == 2
     out = capsys.readouterr().out
     assert "not compared" in out and "workload_version 0 -> 1" in out
 
@@ -212,7 +213,7 @@ def test_a_configuration_change_is_never_a_regression(capsys):
         code = cli.main(["compare", str(RUNS / first), str(RUNS / second), "--view", "change",
                          "--fail-on-regression"])
         out = capsys.readouterr().out
-        assert code == 0, out
+        assert code == 2, out  # never a regression, and nothing the gate can judge: it fails closed
         assert "not compared" in out and "workers" in out and "a different experiment, not a change" in out
         assert "faster" not in out and "slower" not in out
 
@@ -249,3 +250,32 @@ def test_threshold_as_a_bare_number_above_one_is_a_usage_error_naming_both_forms
         cli.main(["compare", str(RUNS / "aa_first.json"), f"--threshold={text}"])
     assert exit_info.value.code == 2
     assert "give a percentage like 5% or a fraction like 0.05" in capsys.readouterr().err
+
+
+def test_the_gate_fails_closed_on_an_unreadable_baseline(tmp_path, capsys):
+    truncated = tmp_path / "base.json"
+    truncated.write_text((RUNS / "cpu_torch_2.13.json").read_text()[:500])  # a download or copy cut off
+    assert cli.main(["compare", str(truncated), str(RUNS / "cpu_torch_2.14.json"), "--fail-on-regression"]) == 2
+    err = capsys.readouterr().err
+    assert f"{truncated} could not be read as a devicebench run" in err and "regression gate" in err
+    # Without the gate, compare still shows what it can read, warning about the rest.
+    assert cli.main(["compare", str(truncated), str(RUNS / "cpu_torch_2.14.json")]) == 0
+
+
+def test_the_gate_fails_closed_when_no_row_matches_the_baseline(capsys):
+    # An M1's mps rows and a GTX 1060's cuda rows are different experiments: nothing for a gate to judge.
+    assert cli.main(["compare", str(RUNS / "m1_mps.json"), str(RUNS / "gtx1060_cuda.json"),
+                     "--fail-on-regression"]) == 2
+    assert "no row of the later runs matches a row of the baseline run" in capsys.readouterr().err
+
+
+def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2_run(tmp_path, capsys):
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference" / "h200" / "h200-cuda-standard.json"
+    fresh = json.loads(reference.read_text())  # the same machine measured again, as schema 2 writes its rows
+    fresh["machine_info"]["devicebench_schema"] = 2
+    for bench in fresh["benchmarks"]:
+        extra = bench["extra_info"]
+        extra.update(schema_version=2, valid_samples=2048, train_seconds=extra["round_seconds"])
+    (tmp_path / "fresh.json").write_text(json.dumps(fresh))
+    assert cli.main(["compare", str(reference), str(tmp_path / "fresh.json"), "--fail-on-regression"]) == 2
+    assert "nothing to judge" in capsys.readouterr().err

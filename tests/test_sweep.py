@@ -18,9 +18,14 @@ PYTEST_ARGS = ["-k", "mnist", "--pipeline", "resident", "--device", "cpu", "--sc
                "synthetic", "--compile-cache", "shared"]
 
 
-def wrapper(path: Path, extra: str = "", fail_while: Path | None = None) -> Path:
-    """An executable standing in for another environment's Python: this Python, maybe slowed, maybe failing."""
+def wrapper(path: Path, extra: str = "", fail_while: Path | None = None, fail_on_call: int | None = None) -> Path:
+    """An executable standing in for another environment's Python: this Python, maybe slowed, maybe failing
+    (while a file exists, or on its Nth start only: an interruption in the middle of a run)."""
     guard = f'[ -e "{fail_while}" ] && exit 3\n' if fail_while else ""
+    if fail_on_call is not None:
+        count = path.with_suffix(".calls")
+        guard += (f'n=$(( $(cat "{count}" 2>/dev/null || echo 0) + 1 )); echo $n > "{count}"; '
+                  f'[ $n -eq {fail_on_call} ] && exit 3\n')
     path.write_text(f'#!/bin/sh\n{guard}exec "{sys.executable}" "$@" {extra}\n')
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
@@ -28,27 +33,29 @@ def wrapper(path: Path, extra: str = "", fail_while: Path | None = None) -> Path
 
 def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_interruption(tmp_path, capsys):
     out, envs = tmp_path / "sweeps" / "t", tmp_path / "envs"
-    broken = tmp_path / "broken"
-    broken.touch()
     environments = [processes.Environment("A", sys.executable),
                     processes.Environment("again", str(wrapper(tmp_path / "again"))),
                     processes.Environment("slowed", str(wrapper(tmp_path / "slowed",
-                                                                "-p fixtures.slowdown --slowdown-ms 5", broken)))]
+                                                                "-p fixtures.slowdown --slowdown-ms 5",
+                                                                fail_on_call=2)))]
     lines: list[str] = []
-    with pytest.raises(DevicebenchError, match="slowed: .* exited with 3; the processes finished so far are kept"):
+    with pytest.raises(DevicebenchError, match="slowed: its worker of pair 2 exited with 3 .*; the pairs finished "
+                                               "so far are kept"):
         sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments, echo=lines.append)
     assert not list(out.glob("*.json"))  # nothing half-done where compare or history would read it
-    broken.unlink()  # the interruption is over: the same command resumes
-    lines.clear()
+    lines.clear()  # the interruption is over: the same command resumes
     runs, skipped = sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments,
                                     echo=lines.append)
-    assert "[1/9] A process 1/3: already measured, kept" in lines
-    assert "[2/9] again process 1/3: already measured, kept" in lines
+    assert lines[0] == "pair 1: already measured, kept" and lines[1].startswith("pair 2: A + again + slowed workers")
     assert [path.name for path in runs] == ["t-A.json", "t-again.json", "t-slowed.json"] and not skipped
     merged = json.loads(runs[0].read_text())
     assert merged["devicebench_run"]["processes"] == 3 and merged["devicebench_run"]["sweep_position"] == 0
     row = merged["benchmarks"][0]["extra_info"]
     assert len(row["processes"]) == 3 and len(row["train_seconds"]) == 3 * 10
+    assert [process["pair"] for process in row["processes"]] == [1, 2, 3] and row["interleave_id"]
+    # Every timed round is labelled with its turn: three environments, so three turns per round.
+    turns = [process["round_sequence"] for process in row["processes"]]
+    assert all(len(sequence) == 10 and sequence == sorted(sequence) for sequence in turns)
 
     timeline, = history.timelines(results.load_runs([str(out)]))
     assert timeline.versions[1:] == [f"{timeline.runs[0][0].torch_version} [again]",

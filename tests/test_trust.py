@@ -14,6 +14,7 @@ from devicebench.flops import FlopCounts
 from devicebench.runner import run_benchmark
 from devicebench.scales import Scale
 from devicebench.workloads import mnist_mlp, resnet18_cifar
+from devicebench.workloads import base
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 from fixtures.fakes import RecordingBenchmark
 
@@ -34,36 +35,51 @@ def test_rounds_too_short_to_time_are_flagged():
 class SleepyRun(WorkloadRun):
     """A stand-in workload whose rounds sleep for planned durations: a test can inject a noisy round."""
 
-    def __init__(self, config, sleeps, validation_sleep=0.0):
+    def __init__(self, config, sleeps, validation_sleep=0.0, sleep=time.sleep):
         super().__init__(config)
         self.sleeps = iter(sleeps)
         self.validation_sleep = validation_sleep
+        self.sleep = sleep
 
     samples_per_round = 100
 
     def train_epoch(self, waits):
-        time.sleep(next(self.sleeps))
+        self.sleep(next(self.sleeps))
         return 0.0
 
     def validate(self, waits):
-        time.sleep(self.validation_sleep)
+        self.sleep(self.validation_sleep)
         return 0.0
 
     def final_evaluation(self):
         return 0.0, 1.0
 
 
-def sleepy_workload(sleeps, validation_sleep=0.0):
+def sleepy_workload(sleeps, validation_sleep=0.0, sleep=time.sleep):
     return types.SimpleNamespace(NAME="sleepy", VERSION=1, HAS_CONVOLUTIONS=False,
-                                 RUNS={"resident": lambda config: SleepyRun(config, sleeps, validation_sleep)},
+                                 RUNS={"resident": lambda config: SleepyRun(config, sleeps, validation_sleep, sleep)},
                                  flop_counts=lambda: FlopCounts(1e6, 5e5))
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.mark.parametrize("sleeps, unstable", [([0.02] * 6, False), ([0.02, 0.02, 0.02, 0.08, 0.02, 0.02], True)])
-def test_run_with_an_injected_slow_round_is_flagged_unstable(sleeps, unstable):
+def test_run_with_an_injected_slow_round_is_flagged_unstable(sleeps, unstable, monkeypatch):
+    # A simulated clock that only the workload's "sleeps" move: a loaded machine cannot stretch a steady round.
+    clock = FakeClock()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=1, rounds=5)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
-    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps), config, "test cpu")
+    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps, sleep=clock.advance), config, "test cpu")
     assert extra["unstable"] is unstable
     assert (extra["unstable_reason"] is not None) is unstable
 
@@ -125,3 +141,42 @@ def test_loader_wait_includes_the_start_of_the_iterator():
     waits = Stopwatch()
     assert list(waits.iterate(SlowStart())) == [1, 2]
     assert waits.seconds >= 0.05
+
+
+def spin_for(seconds: float) -> None:
+    """Busy until a deadline: the length holds on a loaded machine (a preempted spin still ends on time)."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def test_the_planted_slowdown_lengthens_each_cpu_epoch_by_its_fraction_of_that_epoch():
+    scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=1, rounds=5)
+    medians = {}
+    for fraction in (0.0, 0.05):
+        config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale, slowdown_fraction=fraction)
+        extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.04] * 6, sleep=spin_for), config, "cpu")
+        assert extra["planted_slowdown_fraction"] == fraction
+        medians[fraction] = statistics.median(extra["train_seconds"])
+    assert medians[0.05] / medians[0.0] == pytest.approx(1.05, abs=0.015)
+
+
+@pytest.mark.parametrize("option, variable, expected", [(None, None, 0.0), (None, "0.05", 0.05), (0.1, "0.05", 0.1)])
+def test_slowdown_fraction_comes_from_the_option_else_the_environment(option, variable, expected, monkeypatch):
+    from fixtures import plugin
+
+    monkeypatch.delenv(plugin.SLOWDOWN_VARIABLE, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(plugin.SLOWDOWN_VARIABLE, variable)
+    config = types.SimpleNamespace(getoption=lambda name: option)
+    assert plugin.slowdown_fraction(config) == expected
+
+
+@pytest.mark.parametrize("option, variable", [(1.5, None), (-0.1, None), (None, "five")])
+def test_a_bad_slowdown_fraction_is_a_usage_error(option, variable, monkeypatch):
+    from fixtures import plugin
+
+    monkeypatch.setenv(plugin.SLOWDOWN_VARIABLE, variable or "0")
+    config = types.SimpleNamespace(getoption=lambda name: option)
+    with pytest.raises(pytest.UsageError, match="fraction"):
+        plugin.slowdown_fraction(config)

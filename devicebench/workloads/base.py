@@ -45,6 +45,9 @@ class RunConfig:
     tuning: TuningOptions = field(default_factory=TuningOptions)
     seed: int = 0
     compile_cache: str = "shared"  # "fresh": this process compiles from an empty torch.compile cache (plugin.py)
+    # A planted slowdown for checking what a comparison detects: each training epoch made this fraction longer
+    # than its own length, on the device (run_round). 0: none.
+    slowdown_fraction: float = 0.0
 
 
 @dataclass
@@ -142,6 +145,10 @@ class WorkloadRun(ABC):
         start = time.perf_counter()
         train_loss = self.train_epoch(waits)
         devices.sync(self.device)
+        if self.config.slowdown_fraction > 0:
+            # Proportional to this epoch's own length, so the planted change is the same size on every row and
+            # pipeline, a CUDA-graph epoch included (a host sleep inside module forwards would miss one).
+            devices.keep_busy(self.device, self.config.slowdown_fraction * (time.perf_counter() - start))
         trained = time.perf_counter()
         val_loss = self.validate(waits)
         devices.sync(self.device)

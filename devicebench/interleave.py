@@ -1,0 +1,194 @@
+"""Round interleaving: one live worker process per environment, taking turns round by round (A B B A A B ...).
+
+Why. On the machines this project measured, most of the spread between separate processes of the same code is the
+machine drifting under the run (another tenant, clocks, thermals), not the processes themselves: alternating
+single rounds between two live workers cut the standard error of an A/B ratio from 4.9% to 1.7% (2-core VM,
+mnist_mlp resident) and from 4.3% to 2.3% (H200 host), where whole processes alternated A B A B did not
+(DESIGN.md, "Facts checked 2026-12-01"). Rounds next to each other in time see the same machine, so their ratio
+cancels the drift; the A B B A order also cancels a drift that is linear over a pair of rounds.
+
+How. The coordinator (``run_workers``) starts one pytest process per environment, each with two pipes named by
+``DEVICEBENCH_ROUND_GATE=READ_FD,WRITE_FD``. A worker runs only while it holds the turn: at every gate point (the
+start of each test, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
+coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
+compiles included) while the others sit blocked on a pipe read, and each timed round is labelled with the
+sequence number of its turn. A worker that exits closes its pipes: the coordinator reads end-of-file, waits for
+the process and carries on with the others.
+
+Both workers run the same pytest arguments, so they reach the same tests in the same order; a test seen under
+another name at the same place is an error (the environments would not be timing the same rows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from devicebench.errors import DevicebenchError
+
+GATE_VARIABLE = "DEVICEBENCH_ROUND_GATE"
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+class RoundGate:
+    """A worker's end of the pipes: ``begin_test`` at each test's start, ``before_round`` before each round."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self._turns = os.fdopen(read_fd, "r", buffering=1)
+        self._requests = os.fdopen(write_fd, "w", buffering=1)
+        self._item, self._test, self._step = -1, "", 0
+
+    def begin_test(self, item: int, test: str) -> int:
+        self._item, self._test, self._step = item, test, 0
+        return self._wait()
+
+    def before_round(self) -> int:
+        """Block until this worker's turn for its next round; the turn's sequence number (its label)."""
+        self._step += 1
+        return self._wait()
+
+    def _wait(self) -> int:
+        self._requests.write(json.dumps({"item": self._item, "test": self._test, "step": self._step}) + "\n")
+        self._requests.flush()
+        answer = self._turns.readline()
+        if not answer:  # the coordinator is gone (interrupted): nothing is left to take turns with
+            raise DevicebenchError("the `devicebench run` that started this worker stopped; this worker stops too")
+        return int(json.loads(answer)["sequence"])
+
+
+def gate_from_environment() -> RoundGate | None:
+    """The gate a coordinator handed this process, or None for an ordinary run (no waiting anywhere)."""
+    value = os.environ.pop(GATE_VARIABLE, None)  # popped: processes this one starts are not workers
+    if not value:
+        return None
+    read_fd, write_fd = (int(part) for part in value.split(","))
+    return RoundGate(read_fd, write_fd)
+
+
+# ------------------------------------------------------------------------------------------------ the schedule
+@dataclass(frozen=True)
+class Point:
+    """Where a worker waits: the ``item``-th test of its session, named ``test``, at ``step`` (0: the test's
+    start, where it builds its row; k: before its k-th round, warm-up rounds counted)."""
+
+    item: int
+    test: str
+    step: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.item, self.step
+
+
+@dataclass
+class Scheduler:
+    """Whose turn it is. The worker furthest behind goes next, so all stay at the same test and round; workers
+    at the same round go in the order ``labels`` for odd rounds and reversed for even ones: A B, B A, A B, ...
+    Pure logic, so that the order is tested without processes."""
+
+    labels: list[str]
+    waiting: dict[str, Point] = field(default_factory=dict)
+    sequence: int = 0
+    tests: dict[int, str] = field(default_factory=dict)  # item -> the test name the first worker there had
+
+    def wait(self, label: str, point: Point) -> None:
+        known = self.tests.setdefault(point.item, point.test)
+        if known != point.test:
+            raise DevicebenchError(
+                f"the environments do not run the same tests: test {point.item + 1} is {known} in one and "
+                f"{point.test} in {label}. Interleaving needs the same rows on every side: select them the same "
+                f"way (-k, --device, --pipeline) and make sure each environment can run them (pytest -rs says "
+                f"why a row skips)")
+        self.waiting[label] = point
+
+    def next_turn(self) -> tuple[str, int, Point] | None:
+        """The label to run next, its turn's sequence number and where it stands; None when no worker waits."""
+        if not self.waiting:
+            return None
+        lowest = min(point.key for point in self.waiting.values())
+        step = lowest[1]
+        order = self.labels if step == 0 or step % 2 == 1 else self.labels[::-1]
+        label = next(label for label in order if label in self.waiting and self.waiting[label].key == lowest)
+        point = self.waiting.pop(label)
+        self.sequence += 1
+        return label, self.sequence, point
+
+
+# ------------------------------------------------------------------------------------------------ coordinator side
+@dataclass
+class Worker:
+    label: str
+    process: subprocess.Popen
+    turns: object  # our end of the pipe the worker reads its turns from
+    requests: object  # our end of the pipe the worker writes where it waits to
+    log: Path
+
+    def next_request(self) -> Point | None:
+        """Block until the worker waits for a turn (its point) or has exited (None)."""
+        line = self.requests.readline()
+        if not line:
+            self.process.wait()
+            return None
+        message = json.loads(line)
+        return Point(int(message["item"]), str(message["test"]), int(message["step"]))
+
+    def grant(self, sequence: int) -> None:
+        self.turns.write(json.dumps({"sequence": sequence}) + "\n")
+        self.turns.flush()
+
+
+def start_worker(label: str, command: list[str], cwd: Path, log: Path) -> Worker:
+    turns_read, turns_write = os.pipe()
+    requests_read, requests_write = os.pipe()
+    environment = {**os.environ, GATE_VARIABLE: f"{turns_read},{requests_write}"}
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
+    os.close(turns_read)  # the worker's ends: only the worker may hold them, so that its exit reads as EOF here
+    os.close(requests_write)
+    return Worker(label, process, os.fdopen(turns_write, "w", buffering=1), os.fdopen(requests_read, "r"), log)
+
+
+def run_workers(commands: dict[str, list[str]], cwd: Path,
+                logs: dict[str, Path]) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
+    """Run one worker per label, taking turns, until every one has exited: their exit codes, and the schedule
+    (sequence number, label, point) of every turn given.
+
+    On any error (a worker's protocol breaks, the tests differ, Ctrl-C) every worker still running is stopped.
+    """
+    labels = list(commands)
+    scheduler = Scheduler(labels)
+    workers: dict[str, Worker] = {}
+    schedule: list[tuple[int, str, Point]] = []
+    try:
+        for label in labels:
+            workers[label] = start_worker(label, commands[label], cwd, logs[label])
+        for label in labels:  # each runs its start-up (imports, collection) up to its first gate
+            _take_request(scheduler, workers[label])
+        while (turn := scheduler.next_turn()) is not None:
+            label, sequence, point = turn
+            schedule.append((sequence, label, point))
+            workers[label].grant(sequence)
+            _take_request(scheduler, workers[label])
+    finally:
+        for worker in workers.values():
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+            for pipe in (worker.turns, worker.requests):
+                try:
+                    pipe.close()
+                except OSError:  # the worker is gone: a broken pipe on flush is expected
+                    pass
+    return {label: worker.process.returncode for label, worker in workers.items()}, schedule
+
+
+def _take_request(scheduler: Scheduler, worker: Worker) -> None:
+    """Let ``worker`` run until it waits again (queued for a turn) or exits."""
+    point = worker.next_request()
+    if point is not None:
+        scheduler.wait(worker.label, point)

@@ -1,0 +1,235 @@
+"""Round interleaving (interleave.py): whose turn it is, real workers taking turns, and the paired verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from devicebench import interleave, processes, results, significance
+from devicebench.errors import DevicebenchError
+from devicebench.interleave import Point, Scheduler
+from devicebench.results import Row
+
+
+def drive(scheduler: Scheduler, plans: dict[str, list[Point]]) -> list[tuple[str, Point]]:
+    """Feed each worker's points to the scheduler as a worker would (next point once granted)."""
+    remaining = {label: list(points) for label, points in plans.items()}
+    for label in plans:
+        scheduler.wait(label, remaining[label].pop(0))
+    order = []
+    while (turn := scheduler.next_turn()) is not None:
+        label, sequence, point = turn
+        assert sequence == len(order) + 1
+        order.append((label, point))
+        if remaining[label]:
+            scheduler.wait(label, remaining[label].pop(0))
+    return order
+
+
+def points(tests: list[str], rounds: int) -> list[Point]:
+    return [Point(item, test, step) for item, test in enumerate(tests) for step in range(rounds + 1)]
+
+
+def test_workers_take_turns_a_b_b_a_and_stay_at_the_same_round():
+    plan = points(["test_x", "test_y"], rounds=4)
+    order = drive(Scheduler(["A", "B"]), {"A": plan, "B": plan})
+    by_test = [[label for label, point in order if point.item == item] for item in (0, 1)]
+    # Each test: both start (A first), then rounds 1-4 as A B, B A, A B, B A.
+    assert by_test == [["A", "B", "A", "B", "B", "A", "A", "B", "B", "A"]] * 2
+    # Nobody runs ahead: a worker's k-th round is granted only after the other's (k-1)-th.
+    steps = [(point.item, point.step) for _, point in order]
+    assert steps == sorted(steps)
+
+
+def test_three_environments_alternate_their_order_round_by_round():
+    plan = points(["test_x"], rounds=2)
+    order = drive(Scheduler(["A", "B", "C"]), {label: plan for label in "ABC"})
+    assert [label for label, _ in order] == list("ABC" "ABC" "CBA")
+
+
+def test_workers_at_the_same_place_in_different_tests_are_refused():
+    scheduler = Scheduler(["A", "B"])
+    scheduler.wait("A", Point(0, "test_x[cpu-seed]", 0))
+    with pytest.raises(DevicebenchError, match="do not run the same tests: test 1 is test_x.cpu-seed. in one and "
+                                               "test_y.cpu-seed. in B"):
+        scheduler.wait("B", Point(0, "test_y[cpu-seed]", 0))
+
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from devicebench.interleave import gate_from_environment
+    gate = gate_from_environment()
+    log = []
+    for item in range(2):
+        gate.begin_test(item, f"test_{item}")
+        for _ in range(3):
+            sequence = gate.before_round()
+            start = time.perf_counter()
+            time.sleep(0.01)  # a round; no other worker may run meanwhile
+            log.append([item, sequence, start, time.perf_counter()])
+    json.dump(log, open(sys.argv[1], "w"))
+""")
+
+
+def test_real_workers_never_run_at_the_same_time_and_label_their_rounds(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    commands = {label: [sys.executable, str(script), str(tmp_path / f"{label}.json")] for label in "AB"}
+    logs = {label: tmp_path / f"{label}.log" for label in "AB"}
+    codes, schedule = interleave.run_workers(commands, Path(__file__).resolve().parents[1], logs)
+    assert codes == {"A": 0, "B": 0}, [log.read_text() for log in logs.values()]
+    rounds = {label: json.loads((tmp_path / f"{label}.json").read_text()) for label in "AB"}
+    # Each round carries the turn it ran in; the turns interleave A B B A A B per test.
+    granted = {(label, sequence) for sequence, label, point in schedule if point.step > 0}
+    assert {(label, r[1]) for label in "AB" for r in rounds[label]} == granted
+    ordered = sorted((r[1], label, r[2], r[3]) for label in "AB" for r in rounds[label])
+    assert [label for _, label, _, _ in ordered] == list("ABBAAB" * 2)
+    # Exclusive: every round ends before the next one (of either worker) starts.
+    assert all(first[3] <= second[2] for first, second in zip(ordered, ordered[1:]))
+
+
+def test_a_worker_that_fails_is_reported_and_the_other_is_stopped(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    commands = {"A": [sys.executable, str(script), str(tmp_path / "A.json")],
+                "B": [sys.executable, "-c", "import sys; sys.exit(3)"]}
+    codes, _ = interleave.run_workers(commands, tmp_path, {label: tmp_path / f"{label}.log" for label in "AB"})
+    assert codes == {"A": 0, "B": 3}  # A ran alone to its end: the caller sees B's failure and keeps nothing
+
+
+# ------------------------------------------------------------------------------------------------ the verdict
+def paired_row(pairs: list[list[float]], interleave_id: str = "run@1") -> Row:
+    entries = [{"train_seconds": times, "pair": index} for index, times in enumerate(pairs, 1)]
+    return Row("test_x", {"workload": "x", "workload_version": 1, "pipeline": "resident", "scale": "quick",
+                          "samples_per_round": 100, "device": "cpu", "device_name": "cpu",
+                          "train_seconds": [t for times in pairs for t in times], "processes": entries,
+                          "interleave_id": interleave_id})
+
+
+def planted_pairs(seed: int, pairs: int, rounds: int, effect: float, process_sd: float, drift_sd: float,
+                  round_sd: float = 0.005) -> tuple[Row, Row]:
+    """Log-normal rounds: a drift shared by each A/B round pair, a per-worker offset, round noise."""
+    rng = random.Random(seed)
+    a_pairs, b_pairs = [], []
+    for _ in range(pairs):
+        offset_a, offset_b = rng.gauss(0, process_sd), rng.gauss(0, process_sd)
+        drift = [rng.gauss(0, drift_sd) for _ in range(rounds)]
+        a_pairs.append([0.1 * math.exp(offset_a + d + rng.gauss(0, round_sd)) for d in drift])
+        b_pairs.append([0.1 * math.exp(effect + offset_b + d + rng.gauss(0, round_sd)) for d in drift])
+    return paired_row(a_pairs), paired_row(b_pairs)
+
+
+def test_drift_shared_by_both_sides_cancels_in_the_paired_verdict():
+    # The machine drifts by 20% (sd) from round to round, the same for A and B: judged as pairs, a 3% change is
+    # found and the detectable change is far below the drift; judged as processes, it is lost in it.
+    base, cand = planted_pairs(seed=1, pairs=5, rounds=10, effect=math.log(1.03), process_sd=0.0, drift_sd=0.2)
+    verdict = significance.judge(base, cand, threshold=0.02)
+    assert verdict.paired and verdict.is_regression and verdict.ratio == pytest.approx(1.03, abs=0.01)
+    assert verdict.detectable < 0.02
+    unpaired = significance.judge(paired_row(base.processes, "one"), paired_row(cand.processes, "another"))
+    assert not unpaired.paired and not unpaired.is_change
+
+
+def test_a_per_process_offset_does_not_make_an_a_a_significant():
+    # Every worker has its own 5% offset (what it compiled): of 200 A/A runs of 5 pairs, the paired test at the 5%
+    # level flags about 5% (8 with these seeds); pooling the rounds as if independent flags 85 (the control).
+    flagged = pooled_flagged = 0
+    for seed in range(200):
+        base, cand = planted_pairs(seed=seed, pairs=5, rounds=10, effect=0.0, process_sd=0.05, drift_sd=0.05)
+        flagged += significance.judge(base, cand).significant
+        a = [math.log(t) for t in base.all_seconds]
+        b = [math.log(t) for t in cand.all_seconds]
+        pooled_flagged += significance.stats.ttest_ind(a, b).pvalue < 0.05
+    assert flagged <= 16 and pooled_flagged >= 60
+
+
+def test_pairs_of_different_interleaved_runs_are_not_paired():
+    base, cand = planted_pairs(seed=2, pairs=3, rounds=5, effect=0.0, process_sd=0.01, drift_sd=0.01)
+    other = paired_row(cand.processes, interleave_id="run@2")
+    assert significance.judge(base, cand).paired and not significance.judge(base, other).paired
+    assert "worker pairs, rounds alternated" in significance.judge(base, cand).noise()
+
+
+# ------------------------------------------------------------------------------------------------ --until
+def staged_run(times: dict[str, list[float]]) -> dict:
+    """One worker's pytest-benchmark file, as a worker of a pair writes it."""
+    benchmarks = [{"name": name, "extra_info": {
+        "schema_version": 2, "workload": name, "workload_version": 1, "pipeline": "resident", "scale": "quick",
+        "samples_per_round": 100, "valid_samples": 10, "batch_size": 10, "valid_batch_size": 10,
+        "device": "cpu", "device_name": "cpu", "round_seconds": rounds, "train_seconds": rounds,
+        "val_seconds": [0.0] * len(rounds), "loader_wait_fraction": 0.0, "samples_per_s": 100 / rounds[0],
+        "round_sequence": list(range(len(rounds)))}} for name, rounds in times.items()]
+    return {"machine_info": {"node": "n", "cpu_name": "c", "torch_version": "2.14.1", "devicebench_schema": 2},
+            "benchmarks": benchmarks}
+
+
+def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
+    """Replace the real workers: pair i of each row is 1.0 s rounds with a per-pair offset of ``spread``."""
+    offsets = [0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2, 0.9]
+    started = []
+
+    def run_pair(environments, index, pytest_args, staging, echo, spent):
+        started.append(index)
+        for env in environments:
+            sign = 1 if env.label == "B" else 0
+            times = {name: [math.exp(sign * size * offsets[index - 1])] * 5 for name, size in spread.items()}
+            processes._staged(staging, env.label, index).write_text(json.dumps(staged_run(times)))
+        (staging / f"pair-{index:03d}.json").write_text(json.dumps({"seconds": pair_seconds}))
+        return pair_seconds
+
+    monkeypatch.setattr(processes, "_run_pair", run_pair)
+    return started
+
+
+ENVS = [processes.Environment("A", sys.executable), processes.Environment("B", sys.executable)]
+
+
+def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(monkeypatch, tmp_path):
+    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01, "test_noisy": 0.03})
+    lines: list[str] = []
+    written = processes.run_interleaved(ENVS, None, [], tmp_path, "u", echo=lines.append, until=0.05,
+                                        budget_seconds=3600)
+    runs = [results.load_run(path) for path in written]
+    # Independently: the verdict on what was kept can see 5% on both rows, and one pair fewer could not.
+    for base, cand in zip(runs[0].rows, runs[1].rows):
+        assert significance.judge(base, cand).detectable <= 0.05
+    assert started == [1, 2, 3, 4, 5] and "every row can see a 5.0% change after 5 pairs: stopping" in lines
+    assert any("after 4 pairs, smallest detectable change: steady 1.8% (reached); noisy 5.5%" in line
+               for line in lines)
+    assert lines[-2].startswith("--until 5.0%: 2 of 2 rows reached it in 5 pairs")
+
+
+def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(monkeypatch, tmp_path):
+    started = fake_pairs(monkeypatch, 60.0, {"test_steady": 0.001, "test_noisy": 0.5})
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, None, [], tmp_path, "b", echo=lines.append, until=0.05, budget_seconds=250)
+    assert started == [1, 2, 3, 4]  # a fifth pair (60 s) would end past 250 s
+    assert "budget 4m10s spent (4m00s measured; a pair takes about 1m00s): stopping after 4 pairs" in lines
+    report = lines[-2].splitlines()
+    assert report[0] == "--until 5.0%: 1 of 2 rows reached it in 4 pairs (4m00s measured)"
+    assert report[1].startswith("    reached: test_steady (") and report[2].startswith("    not reached: test_noisy (")
+
+
+def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
+    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
+    staging = tmp_path / ".r.processes"
+    processes._claim_staging(staging, {"pytest_args": [], "environments": [vars(env) for env in ENVS]})
+    for index in (1, 2):
+        processes._run_pair(ENVS, index, [], staging, print, 0.0)
+    started.clear()
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, 10, [], tmp_path, "r", echo=lines.append, until=0.05)
+    assert lines[:2] == ["pair 1: already measured, kept", "pair 2: already measured, kept"] and started == [3]
+
+
+def test_until_needs_two_environments_and_a_bound(tmp_path):
+    with pytest.raises(DevicebenchError, match="--until needs two environments"):
+        processes.run_interleaved(ENVS[:1], None, [], tmp_path, "x", until=0.05, budget_seconds=60)
+    with pytest.raises(DevicebenchError, match="--until needs a bound: --budget"):
+        processes.run_interleaved(ENVS, None, [], tmp_path, "x", until=0.05)
