@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from devicebench import schema
+from devicebench import fallback, schema
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
@@ -101,9 +101,12 @@ def _group(columns: list[Column], key: Callable[[Row], Hashable]) -> dict[Hashab
 
 
 def _verdicts(cells: list[Row], baseline: int | None, threshold: float) -> list[Verdict | None]:
-    """Each cell judged against the baseline cell (None for the baseline itself, or when there is none)."""
-    return [None if baseline is None or i == baseline else judge(cells[baseline], row, threshold)
-            for i, row in enumerate(cells)]
+    """Each cell judged against the baseline cell (None for the baseline itself, when there is none, or when either
+    device failed its parity check: a wrong result is never ranked, faster or slower)."""
+    if baseline is not None and cells[baseline].extra.get("parity_failed"):
+        return [None] * len(cells)
+    return [None if baseline is None or i == baseline or row.extra.get("parity_failed")
+            else judge(cells[baseline], row, threshold) for i, row in enumerate(cells)]
 
 
 def change_tables(runs: list[Run], threshold: float) -> list[Table]:
@@ -196,6 +199,10 @@ def _cell_lines(row: Row, verdict: Verdict | None, is_baseline: bool) -> dict[st
     for field in ("workers", "dtype", "pretrained", "optimizer", "compile_cache"):  # configuration, where set
         if extra.get(field) is not None:
             lines[field] = str(extra[field])
+    if extra.get("parity_failed"):
+        lines["vs baseline"] = "not ranked: parity with the cpu FAILED (the device computed wrong values)"
+    if extra.get("cpu_fallback_ops"):
+        lines["cpu fallback"] = fallback.summary(extra["cpu_fallback_ops"])
     if extra.get("unstable"):
         lines["unstable"] = str(extra.get("unstable_reason"))
     return lines | _profile_lines(extra.get("profile"))

@@ -141,6 +141,26 @@ def sync(device: torch.device) -> None:
     # cpu work is synchronous: nothing to wait for
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device`` the one way that is safe on every backend (docs/mps.md lists why).
+
+    Blocking everywhere but cuda: on mps a ``non_blocking`` copy from pageable host memory can read the source
+    after it was released and silently give wrong values (pytorch/pytorch#189690, #139550), and the temporary
+    tensors this is called with are released at once. Dense first: copies of non-dense views to mps have given
+    wrong values (#189961). On cuda a copy from pageable memory is staged by the driver and safe without blocking.
+    """
+    tensor = tensor.contiguous()
+    if device.type == "cuda":
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def to_host_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """A device tensor as float32 on the cpu: moved first, converted there, since an mps-to-cpu copy that also
+    converts the dtype has given wrong values (#189563)."""
+    return tensor.detach().to("cpu").to(torch.float32)
+
+
 def keep_busy(device: torch.device, seconds: float) -> None:
     """Lengthen the work on ``device`` by ``seconds`` (the planted slowdown), then wait for it.
 

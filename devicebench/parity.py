@@ -89,7 +89,7 @@ def train_trace(case: ParityCase, device: torch.device,
             if perturb is not None:
                 perturb(step, model)
         devices.sync(device)
-    state = {name: value.detach().to("cpu", torch.float32) for name, value in model.state_dict().items()
+    state = {name: devices.to_host_float32(value) for name, value in model.state_dict().items()
              if value.is_floating_point()}
     return Trace(losses, state)
 

@@ -8,7 +8,9 @@ compilation) are run but not counted.
 from __future__ import annotations
 
 import gc
+import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -16,11 +18,11 @@ from typing import Callable
 import torch
 
 import devicebench
-from devicebench import devices, efficiency, profiling, schema, stability
-from devicebench.errors import DeviceOutOfMemory
+from devicebench import devices, efficiency, fallback, profiling, schema, stability
+from devicebench.errors import DevicebenchError, DeviceOutOfMemory
 from devicebench.interleave import RoundGate
 from devicebench.tuning import apply_backend_flags
-from devicebench.workloads.base import RoundStats, RunConfig, build
+from devicebench.workloads.base import RoundStats, RunConfig, WorkloadRun, build
 
 # Called after every round: (round number from 1, total rounds incl. warm-up, warm-up rounds, stats, samples).
 ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
@@ -40,44 +42,8 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     apply_backend_flags(None)  # torch's defaults; a tuned run sets its plan's flags when it is built
     devices.empty_cache(device)
     try:
-        run = build(workload, config)
-        if getattr(benchmark, "disabled", False):
-            # --benchmark-disable, pytest-benchmark's "run the benchmarks as plain tests": one round as a smoke
-            # test that the row builds and trains; nothing is timed or saved.
-            stats = run.run_round()
-            return {"smoke_run": True, "train_loss": stats.train_loss, "val_loss": stats.val_loss}
-        devices.reset_peak_memory(device)
-        done: list[RoundStats] = []
-        total = scale.warmup_rounds + scale.rounds
-
-        turns: list[int] = []
-
-        def wait_for_turn() -> None:  # pedantic's setup: called before every round, outside its clock
-            turns.append(gate.before_round())
-
-        def one_round() -> None:
-            stats = run.run_round()
-            done.append(stats)
-            if progress is not None:
-                progress(len(done), total, scale.warmup_rounds, stats, run.samples_per_round)
-
-        # Python's periodic full collection walks every object torch, timm and the data put on the heap (~0.2 s)
-        # and lands in whichever round crosses its threshold (seen: the same round of every quick seed run, 1.8x
-        # the median). Freezing what exists before timing takes it out of those walks; the rounds' own garbage is
-        # still collected as usual. (A gc.collect() before every round was tried: it slowed rounds by evicting
-        # caches.)
-        gc.collect()
-        gc.freeze()
-        # Until the row is complete it is marked failed, so a run interrupted in its rounds (Ctrl-C) never saves
-        # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
-        benchmark.has_error = True
-        try:
-            benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1,
-                               setup=wait_for_turn if gate is not None else None)
-        finally:
-            gc.unfreeze()
-        val_loss, val_accuracy = run.final_evaluation()
-        profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
+        with fallback.watch(device) as cpu_fallback_ops:
+            timing = _time_rounds(benchmark, workload, config, progress, profile_trace, gate)
     except Exception as error:
         if devices.is_out_of_memory(error):
             devices.empty_cache(device)
@@ -87,6 +53,14 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                 f"smaller --scale. ({str(error).splitlines()[0]})"
             ) from error
         raise
+    if isinstance(timing, dict):  # the smoke run of --benchmark-disable
+        return timing
+    run, done, val_loss, val_accuracy = timing.run, timing.rounds, timing.val_loss, timing.val_accuracy
+    if not math.isfinite(val_loss):
+        raise DevicebenchError(
+            f"{workload.NAME} [{config.pipeline}] on {device.type} ({device_name}) ended with a validation loss of "
+            f"{val_loss}: the device computed wrong values, so its time is not a result. Check it with `pytest "
+            f"benchmarks -k parity --device {device.type}`; on mps, try another torch release (docs/mps.md)")
     flags = backend_flags()
     timed = done[scale.warmup_rounds:]
     extra = describe_rounds(timed, run.samples_per_round)
@@ -115,16 +89,73 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                                           flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
     extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
                                               device_name, peak_dtype))
-    if profile is not None:
-        extra["profile"] = profile
+    if timing.profile is not None:
+        extra["profile"] = timing.profile
     if gate is not None:
-        extra["round_sequence"] = turns[scale.warmup_rounds:]
+        extra["round_sequence"] = timing.turns[scale.warmup_rounds:]
+    if device.type == "mps":
+        extra["mps_fallback_enabled"] = fallback.fallback_enabled()
+        extra["cpu_fallback_ops"] = cpu_fallback_ops
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     schema.check_row(extra)
     benchmark.extra_info.update(extra)
     benchmark.has_error = False
     return extra
+
+
+@dataclass
+class _Timed:
+    run: WorkloadRun
+    rounds: list[RoundStats]  # warm-up rounds first
+    turns: list[int]  # each round's turn number in an interleaved run (empty otherwise)
+    val_loss: float
+    val_accuracy: float
+    profile: dict | None
+
+
+def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: ProgressCallback | None,
+                 profile_trace: Path | None, gate: RoundGate | None) -> _Timed | dict:
+    """Build the row and time its rounds; the smoke run's dict instead under --benchmark-disable."""
+    scale = config.scale
+    run = build(workload, config)
+    if getattr(benchmark, "disabled", False):
+        # --benchmark-disable, pytest-benchmark's "run the benchmarks as plain tests": one round as a smoke
+        # test that the row builds and trains; nothing is timed or saved.
+        stats = run.run_round()
+        return {"smoke_run": True, "train_loss": stats.train_loss, "val_loss": stats.val_loss}
+    devices.reset_peak_memory(config.device)
+    done: list[RoundStats] = []
+    turns: list[int] = []
+    total = scale.warmup_rounds + scale.rounds
+
+    def wait_for_turn() -> None:  # pedantic's setup: called before every round, outside its clock
+        turns.append(gate.before_round())
+
+    def one_round() -> None:
+        stats = run.run_round()
+        done.append(stats)
+        if progress is not None:
+            progress(len(done), total, scale.warmup_rounds, stats, run.samples_per_round)
+
+    # Python's periodic full collection walks every object torch, timm and the data put on the heap (~0.2 s)
+    # and lands in whichever round crosses its threshold (seen: the same round of every quick seed run, 1.8x
+    # the median). Freezing what exists before timing takes it out of those walks; the rounds' own garbage is
+    # still collected as usual. (A gc.collect() before every round was tried: it slowed rounds by evicting
+    # caches.)
+    gc.collect()
+    gc.freeze()
+    # Until the row is complete it is marked failed, so a run interrupted in its rounds (Ctrl-C) never saves
+    # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
+    benchmark.has_error = True
+    try:
+        benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1,
+                           setup=wait_for_turn if gate is not None else None)
+    finally:
+        gc.unfreeze()
+    val_loss, val_accuracy = run.final_evaluation()
+    profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
+    return _Timed(run, done, turns, val_loss, val_accuracy, profile)
 
 
 _FLOP_COUNTS: dict = {}

@@ -82,6 +82,13 @@ FIELDS: dict[str, str] = {
     # --profile (profiling.py)
     "profile": "one extra, untimed round under torch.profiler: basis, round_seconds (perf_counter), "
                "traced_seconds, seconds per kind, host_gaps_in_optimizer_step, trace (its path)",
+    # accelerator rows: the parity check run before a device's first row of each workload (parity.py)
+    "parity_failed": "the device trained differently from the cpu (its results are wrong); compare never ranks it",
+    "parity_max_param_rel_diff": "largest relative difference of a parameter from the cpu's after the check's steps",
+    "parity_mismatches": "where the device differed (the first five), when parity failed",
+    # mps rows (fallback.py, docs/mps.md)
+    "mps_fallback_enabled": "mps: PYTORCH_ENABLE_MPS_FALLBACK was set, so operators mps lacks may run on the cpu",
+    "cpu_fallback_ops": "mps: the operators that ran on the cpu during the row (torch's fallback warnings); [] none",
     # runs of several processes (devicebench run --processes N)
     "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s; in an "
                  "interleaved run (devicebench run --env A=.. --env B=..) also its pair (the worker pair it was "

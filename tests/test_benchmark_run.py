@@ -169,11 +169,13 @@ QUICK_MNIST = [str(REPO / "benchmarks"), "-k", "mnist", "--device", "cpu", "--sc
                "synthetic"]
 
 
-def test_ctrl_c_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path):
+@pytest.mark.parametrize("signal_name", ["INT", "TERM", "HUP"])  # Ctrl-C; a scheduler or `timeout`; a closed terminal
+def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path, signal_name):
     # mnist quick: 1 warm-up + 10 timed rounds a row, seed first: round 14 is the resident row's third.
     out = tmp_path / "out.json"
     result = run_pytest(*QUICK_MNIST, "--pipeline", "seed,resident", "-p", "fixtures.interrupt",
-                        "--interrupt-in-round", "14", "--benchmark-json", str(out), cwd=tmp_path)
+                        "--interrupt-in-round", "14", "--interrupt-signal", signal_name,
+                        "--benchmark-json", str(out), cwd=tmp_path)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]  # pytest's "interrupted"
     data = json.loads(out.read_text())
     assert [bench["name"] for bench in data["benchmarks"]] == ["test_mnist_mlp[cpu-seed]"]

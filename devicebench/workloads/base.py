@@ -130,9 +130,11 @@ class WorkloadRun(ABC):
         """An epoch's sample order for data held on the device.
 
         Drawn on the cpu from a seeded generator, so every device trains on the same order, then one small copy
-        (50k int64 indices per epoch); the samples themselves are gathered on the device.
+        (50k int64 indices per epoch); the samples themselves are gathered on the device. The order is a temporary
+        released at once: ``devices.to_device`` copies it blocking on mps, where a non-blocking copy of it could
+        be read after release (#189690).
         """
-        return torch.randperm(size, generator=self.order_generator).to(self.device, non_blocking=True)
+        return devices.to_device(torch.randperm(size, generator=self.order_generator), self.device)
 
     def run_round(self) -> RoundStats:
         """One timed round: a training epoch and a validation pass, each ended by waiting for the device.

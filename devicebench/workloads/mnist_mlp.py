@@ -277,6 +277,8 @@ class TunedRun(TunedSetup, ResidentRun):
         if self.order_copied is not None:
             self.order_copied.synchronize()  # the last copy out of the pinned buffer must be done before refilling
         torch.randperm(len(self.x_train_d), generator=self.order_generator, out=self.pinned_order)
+        # cuda only (CUDA graphs): the source is pinned and is not refilled until the event below has passed, so
+        # the copy never reads released or rewritten memory (the rule of docs/mps.md).
         self.static_order.copy_(self.pinned_order, non_blocking=True)
         self.order_copied = torch.cuda.Event()
         self.order_copied.record()
