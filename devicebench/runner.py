@@ -30,12 +30,13 @@ ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
 
 def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
                   progress: ProgressCallback | None = None, profile_trace: Path | None = None,
-                  gate: RoundGate | None = None) -> dict:
+                  gate: RoundGate | None = None, checks: dict | None = None) -> dict:
     """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``.
 
     With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
     With ``gate`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
     waits for its turn first (interleave.py), untimed; the timed rounds' turn numbers go into the row.
+    ``checks``: fields of checks made before the row (the parity check's), saved with it.
     """
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
@@ -96,6 +97,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     if device.type == "mps":
         extra["mps_fallback_enabled"] = fallback.fallback_enabled()
         extra["cpu_fallback_ops"] = cpu_fallback_ops
+    extra.update(checks or {})
     reason = stability.assess(extra["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
     schema.check_row(extra)

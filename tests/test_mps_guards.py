@@ -181,3 +181,15 @@ def test_a_device_that_failed_parity_is_never_ranked(tmp_path, capsys):
     _, tables = compare.build_tables([results.load_run(tmp_path / "m1.json"), results.load_run(gtx)],
                                      view="devices", baseline_device="mps")
     assert all(verdict is None for table in tables for verdict in table.verdicts)
+
+
+def test_the_checks_made_before_a_row_are_saved_with_it():
+    import types
+
+    from tests.test_trust import sleepy_workload
+
+    benchmark = RecordingBenchmark([])
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=Scale("toy", 100, 10, 10, 10, 0, 2))
+    checks = {"parity_failed": True, "parity_max_param_rel_diff": 0.5}
+    run_benchmark(benchmark, sleepy_workload([0.0] * 2), config, "cpu", checks=checks)
+    assert benchmark.extra_info["parity_failed"] is True  # what pytest-benchmark writes to the file

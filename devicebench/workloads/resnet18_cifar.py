@@ -127,6 +127,7 @@ class _CifarRun(WorkloadRun):
 
     def resident_images(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NCHW images on the device: a quarter of the bytes of float32, converted per batch."""
+        # Dense before its one copy to the device: non-dense views copied to mps gave wrong values (docs/mps.md).
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
 
     @torch.no_grad()
