@@ -43,7 +43,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device)
     tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
-    print(compare.render(view, tables, markdown=args.markdown))
+    if args.details or args.markdown:
+        print(compare.render(view, tables, markdown=args.markdown))
+    else:
+        print(compare.render_compact(view, tables, runs, args.threshold))
     if args.png:
         from devicebench import plots
 
@@ -178,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
                             help="devices view: the device the others are compared with (default: the first)")
     comparison.add_argument("--workload", help="only this workload (e.g. mnist_mlp)")
     comparison.add_argument("--pipeline", help="only this pipeline (seed, resident or tuned)")
+    comparison.add_argument("--details", action="store_true",
+                            help="a table of every figure per row (default: one line per row and run)")
     comparison.add_argument("--markdown", action="store_true", help="print Markdown tables to paste into an issue")
     comparison.add_argument("--png", metavar="PATH", help="also write a throughput bar chart")
     comparison.add_argument("--fail-on-regression", action="store_true",

@@ -126,15 +126,20 @@ def change_tables(runs: list[Run], threshold: float) -> list[Table]:
     return tables
 
 
-def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row]) -> str:
-    """Name the fields in which this row differs from the baseline run's closest row."""
-    fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, *schema.DEVICE_FIELDS)
+def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row], across_devices: bool = False) -> str:
+    """Name the fields in which this row differs from the other run's closest row (``across_devices``: the
+    devices view, where the device fields may differ)."""
+    fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, *(() if across_devices else schema.DEVICE_FIELDS))
     ours = identity.fields()
     candidates = [row.identity.fields() for row in baseline_rows]
     if not candidates:
-        return "the baseline run has no rows"
+        return "the other runs have no rows"
     closest = min(candidates, key=lambda theirs: sum(ours.get(f) != theirs.get(f) for f in fields))
     differences = [f"{f} {closest.get(f)} -> {ours.get(f)}" for f in fields if ours.get(f) != closest.get(f)]
+    if across_devices:
+        return ("no row of the same configuration in the other runs; the closest differs in " + ", ".join(differences)
+                + (" (rows of result schema 1 have no valid_samples: re-measure that machine)"
+                   if any(d.startswith("valid_samples") and "None" in d for d in differences) else ""))
     return ("the baseline run has no row of this identity; its closest row differs in " + ", ".join(differences)
             + " (a different experiment, not a change)")
 
@@ -218,6 +223,49 @@ def _profile_lines(profile: dict | None) -> dict[str, str]:
         seconds = profile["seconds"].get(kind, 0.0)
         lines[f"  {kind}"] = f"{seconds * 1e3:.1f} ms ({seconds / total:.0%})"
     return lines
+
+
+def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: float) -> str:
+    """One line per row and run (pyperf's ``compare_to`` habit): the figure, the verdict and its noise; one line
+    per run saying why, where its rows have no counterpart in another run. ``--details``: the full tables."""
+    counts = sorted({len(cell.processes) for table in tables for cell in table.cells})
+    lines = [_view_header(view, tables),
+             f"threshold {threshold:.0%}; processes per row: {', '.join(map(str, counts)) or 'none'}; "
+             f"--details for every figure", ""]
+    grid = [["row", "run", "epoch", "samples/s", "vs baseline"]]
+    apart: dict[tuple[str, str], int] = {}  # (run label, why) -> rows
+    notes: list[str] = []
+    for table in tables:
+        identity = table.cells[0].identity
+        title = f"{identity.workload} · {identity.pipeline} · {identity.scale}"
+        if view == "change":
+            title += f" · {identity.device}"
+        for index, (column, cell, verdict) in enumerate(zip(table.columns, table.cells, table.verdicts)):
+            grid.append([title if index == 0 else "", column.label + (" (interrupted run)" if column.run.interrupted else ""), f"{cell.median_seconds * 1e3:,.4g} ms",
+                         f"{cell.samples_per_s:,.0f}", _outcome(cell, verdict, index == table.baseline)])
+        if len(table.cells) == 1 and len(runs) > 1:
+            others = [row for run in runs if run is not table.columns[0].run for row in run.rows]
+            key = (table.columns[0].label, why_not_comparable(identity, others, across_devices=view == "devices"))
+            apart[key] = apart.get(key, 0) + 1
+        notes.extend(f"note: {title}: {note}" for note in table.notes
+                     if not note.startswith(("not compared", "only in the baseline")))
+    widths = [max(len(row[i]) for row in grid) for i in range(len(grid[0]) - 1)]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in grid]
+    word = "not compared" if view == "change" else "not side by side"
+    tail = [f"{word}: {count} row(s) of {label}: {why}" for (label, why), count in apart.items()]
+    return "\n".join(lines + ([""] + tail + notes if tail or notes else []))
+
+
+def _outcome(cell: Row, verdict: Verdict | None, is_baseline: bool) -> str:
+    if cell.extra.get("parity_failed"):
+        return "not ranked: parity with the cpu FAILED"
+    if is_baseline:
+        return "baseline" + (f"; {fallback.summary(cell.extra['cpu_fallback_ops'])}"
+                             if cell.extra.get("cpu_fallback_ops") else "")
+    text = "-" if verdict is None else verdict.describe() + (f" [{verdict.noise()}]" if verdict.process_level else "")
+    if cell.extra.get("cpu_fallback_ops"):
+        text += f"; {fallback.summary(cell.extra['cpu_fallback_ops'])}"
+    return text
 
 
 def render(view: str, tables: list[Table], markdown: bool = False) -> str:

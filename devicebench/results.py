@@ -170,8 +170,15 @@ def warn(message: str) -> None:
     print(f"devicebench: warning: {message}", file=sys.stderr)
 
 
-def load_run(path: Path) -> Run | None:
-    """Read one saved run; None (with a warning naming the file) when it is not a readable devicebench run."""
+def load_run(path: Path, quiet: bool = False) -> Run | None:
+    """Read one saved run; None (with a warning naming the file, unless ``quiet``) when it is not a readable
+    devicebench run."""
+    if quiet:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            return load_run(path)
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

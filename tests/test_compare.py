@@ -279,3 +279,39 @@ def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2
     (tmp_path / "fresh.json").write_text(json.dumps(fresh))
     assert cli.main(["compare", str(reference), str(tmp_path / "fresh.json"), "--fail-on-regression"]) == 2
     assert "nothing to judge" in capsys.readouterr().err
+
+
+def test_compare_fits_a_screen_and_says_why_two_runs_do_not_line_up(capsys):
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
+    h100, h200 = reference / "h100" / "h100-cuda-standard.json", reference / "h200" / "h200-cuda-standard.json"
+    assert cli.main(["compare", str(h100), str(h200)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 25, "\n".join(lines)
+    why = [line for line in lines if line.startswith("not side by side: ")]
+    assert why and all("valid_samples" in line for line in why)
+    assert any("rows of result schema 1 have no valid_samples: re-measure that machine" in line for line in why)
+    # One line per row and run, each with its figure and its verdict column.
+    assert sum(" ms  " in line for line in lines) == 12
+    assert cli.main(["compare", str(h100), str(h200), "--details"]) == 0
+    assert "processes × rounds" in capsys.readouterr().out  # the full tables, on request
+
+
+def test_the_summary_after_a_run_has_one_line_a_row_with_the_ratio_to_a_reference(tmp_path):
+    from devicebench import summary
+
+    reference = json.loads((RUNS / "cpu_torch_2.13.json").read_text())
+    folder = tmp_path / "reference" / "vm"
+    folder.mkdir(parents=True)
+    (folder / "ref.json").write_text(json.dumps(reference))
+    fresh = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+    finished = [(bench["name"], bench["extra_info"]) for bench in fresh["benchmarks"]]
+    finished.append(("test_unseen[cpu-resident]", {**finished[0][1], "workload_version": 99, "unstable": True}))
+    lines = summary.lines(finished, summary.reference_rows(tmp_path / "reference"))
+    assert len(lines) == len(finished)
+    for line, (name, extra) in zip(lines, finished):
+        assert line.startswith(name) and f"{extra['samples_per_s']:,.0f} samples/s" in line
+        assert "epoch " in line and "loader wait " in line and "utilization " in line
+    matched = results.Row("x", finished[0][1]).median_seconds
+    ratio = results.load_run(folder / "ref.json").rows[0].median_seconds / matched
+    assert f"{ratio:.2f}x the speed of reference" in lines[0]
+    assert "the speed of reference" not in lines[-1] and "UNSTABLE" in lines[-1]  # another experiment: no ratio

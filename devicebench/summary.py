@@ -1,0 +1,58 @@
+"""The devicebench lines printed after pytest-benchmark's table: what this suite exists for, one line a row.
+
+pytest-benchmark's own table shows milliseconds per round (training and validation together); the figures a user
+came for — training samples/s, how long the training epoch took, how much of it waited for the data loader, the
+device's name and utilization, whether the row is trustworthy — live in the row's fields. When
+``results/reference/`` holds a run of the same device name and row identity (the same experiment), the line adds
+the ratio to it, so a fresh run says at once how it stands against a reference machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devicebench import results
+from devicebench.results import Row
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+
+
+def reference_rows(folder: Path = REFERENCE_DIR) -> list[tuple[Row, Path]]:
+    """Every readable row under ``folder``, with its file (newest run first, so a lookup finds the latest)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.rglob("*.json")):
+        run = results.load_run(path, quiet=True)
+        if run is not None:
+            # A planted slowdown is a test of the tools, never a machine's reference figure.
+            found.extend((row, path, run.datetime) for row in run.rows
+                         if not row.extra.get("planted_slowdown_fraction"))
+    found.sort(key=lambda item: item[2], reverse=True)
+    return [(row, path) for row, path, _ in found]
+
+
+def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) -> list[str]:
+    """One line per finished row: test, device, samples/s, epoch, loader wait, utilization, marks, reference."""
+    rows = [(name, Row(test=name, extra=extra)) for name, extra in finished]
+    width = max((len(name) for name, _ in rows), default=0)
+    out = []
+    for name, row in rows:
+        extra = row.extra
+        epoch = row.median_seconds  # the median process's median, as samples_per_s
+        utilization = extra.get("utilization")
+        parts = [name.ljust(width), str(extra.get("device_name", extra["device"])),
+                 f"{extra['samples_per_s']:,.0f} samples/s", f"epoch {epoch * 1e3:,.4g} ms",
+                 f"loader wait {extra.get('loader_wait_fraction', 0):.0%}",
+                 f"utilization {utilization:.1%}" if isinstance(utilization, (int, float)) else "utilization n/a"]
+        marks = [mark for mark, on in (("UNSTABLE", extra.get("unstable")), ("PARITY FAILED", extra.get("parity_failed")),
+                                      ("cpu fallback", extra.get("cpu_fallback_ops")),
+                                      ("synthetic data", extra.get("data_source") == "synthetic")) if on]
+        reference = next(((other, path) for other, path in references if other.identity == row.identity), None)
+        if reference is not None:
+            other, path = reference
+            ratio = other.median_seconds / epoch  # > 1: this run is faster than the reference
+            shown = path.relative_to(REFERENCE_DIR) if path.is_relative_to(REFERENCE_DIR) else path
+            parts.append(f"{ratio:.2f}x the speed of reference {shown}")
+        out.append("  ".join(parts + ([f"[{', '.join(marks)}]"] if marks else [])))
+    return out
