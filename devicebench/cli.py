@@ -1,4 +1,4 @@
-"""The ``devicebench`` command: ``info``, ``run``, ``compare`` and ``history``. Benchmarks run under pytest;
+"""The ``devicebench`` command: info, run, sweep, compare, history and report. Benchmarks run under pytest;
 ``run`` starts several pytest processes and merges them.
 
 Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error, or a gate that
@@ -72,6 +72,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1 if args.fail_on_regression else 0
     if args.fail_on_regression:
         print(f"no significant regression beyond {args.threshold:.0%}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from devicebench import report
+
+    runs = results.load_runs(args.runs, Path(args.results_dir))
+    path = report.write_report(runs, Path(args.output), args.threshold)
+    print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
     return 0
 
 
@@ -190,6 +199,13 @@ def parser() -> argparse.ArgumentParser:
                                  "more than the threshold (a CI gate; change view only)")
     comparison.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
     comparison.set_defaults(handler=cmd_compare)
+
+    reporting = commands.add_parser("report", help="one self-contained HTML report of saved runs (opens offline)")
+    reporting.add_argument("runs", nargs="+", metavar="RUN", help="saved JSON files, folders or run ids")
+    reporting.add_argument("-o", "--output", default="report.html", help="the HTML file (default %(default)s)")
+    reporting.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
+    reporting.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
+    reporting.set_defaults(handler=cmd_report)
 
     run = commands.add_parser(
         "run", help="run the benchmarks in several fresh processes (alternating environments) and merge them",

@@ -1,0 +1,29 @@
+"""devicebench report: one self-contained HTML file holding every row, nothing fetched from a network."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from devicebench import cli, report, results
+
+RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=", re.IGNORECASE)
+
+
+def test_the_report_holds_every_row_of_every_run_and_loads_nothing_from_outside(tmp_path, capsys):
+    names = ["cpu_torch_2.13.json", "cpu_torch_2.14.json", "m1_mps.json", "gtx1060_cuda.json"]
+    out = tmp_path / "report.html"
+    assert cli.main(["report", *(str(RUNS / name) for name in names), "-o", str(out)]) == 0
+    assert "opens offline" in capsys.readouterr().out
+    page = out.read_text()
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)  # no <script src=...>, <link href=...>
+    assert "plotly" in page.lower() and len(page) > 1_000_000  # the library itself is inside
+    for name in names:
+        run = results.load_run(RUNS / name)
+        assert str(run.path) in page
+        for row in run.rows:
+            assert report.bar_label(row) in page, (name, row.test)
+    for section in ("Devices: training samples/s", "History over torch versions"):
+        assert section in page
+    assert not list(tmp_path.glob("*.part"))  # written atomically
