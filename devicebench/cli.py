@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from devicebench import compare, environment, history, processes, results, significance, sweep
+from devicebench import compare, environment, history, processes, results, signals, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 
 
@@ -256,11 +256,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    undo = signals.stop_like_ctrl_c()  # a run or sweep stopped by SIGTERM/SIGHUP keeps its finished pairs
     try:
         return args.handler(args)
     except DevicebenchError as error:
         print(f"devicebench: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("devicebench: interrupted; what finished is kept, and the same command resumes after it",
+              file=sys.stderr)
+        return 130
+    finally:
+        undo()
 
 
 if __name__ == "__main__":

@@ -169,11 +169,14 @@ def run_workers(commands: dict[str, list[str]], cwd: Path,
             workers[label] = start_worker(label, commands[label], cwd, logs[label])
         for label in labels:  # each runs its start-up (imports, collection) up to its first gate
             _take_request(scheduler, workers[label])
-        while (turn := scheduler.next_turn()) is not None:
+        failed = [label for label in labels if workers[label].process.returncode not in (None, 0)]
+        while not failed and (turn := scheduler.next_turn()) is not None:
             label, sequence, point = turn
             schedule.append((sequence, label, point))
             workers[label].grant(sequence)
             _take_request(scheduler, workers[label])
+            if workers[label].process.returncode not in (None, 0):
+                break  # a worker failed: the pair is lost, so the others are stopped rather than run to the end
     finally:
         for worker in workers.values():
             if worker.process.poll() is None:

@@ -152,7 +152,8 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         environments = [env for env in environments if not (staging / f"{env.label}.no-rows").exists()]
         labels = [env.label for env in environments]
         if len(environments) < (2 if until is not None else 1):
-            echo("fewer than two environments have rows to compare: no more pairs")
+            echo("no environment has rows to measure" if not environments else
+                 "fewer than two environments have rows to compare: no more pairs")
             done = index - 1
             break
         if all(_staged(staging, label, index).exists() for label in labels):
@@ -205,7 +206,8 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
             (staging / f"{label}.no-rows").write_text(skipped)
             echo(f"    no row ran in {label}, so it gets no more workers and no run:\n{skipped}")
             labels = [other for other in labels if other != label]
-    for label in labels:
+    # The worker that failed first is named: the others were stopped (killed) because of it.
+    for label in sorted(labels, key=lambda label: codes[label] is None or codes[label] < 0):
         if codes[label] != 0 or not parts[label].exists():
             for part in parts.values():
                 part.unlink(missing_ok=True)

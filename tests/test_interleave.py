@@ -99,8 +99,10 @@ def test_a_worker_that_fails_is_reported_and_the_other_is_stopped(tmp_path):
     script.write_text(WORKER)
     commands = {"A": [sys.executable, str(script), str(tmp_path / "A.json")],
                 "B": [sys.executable, "-c", "import sys; sys.exit(3)"]}
-    codes, _ = interleave.run_workers(commands, tmp_path, {label: tmp_path / f"{label}.log" for label in "AB"})
-    assert codes == {"A": 0, "B": 3}  # A ran alone to its end: the caller sees B's failure and keeps nothing
+    codes, schedule = interleave.run_workers(commands, tmp_path, {label: tmp_path / f"{label}.log" for label in "AB"})
+    # B failed at start-up: A is stopped before its first turn instead of running alone to its end, and the
+    # caller sees B's exit code (it keeps nothing of the pair).
+    assert codes["B"] == 3 and codes["A"] != 0 and schedule == []
 
 
 # ------------------------------------------------------------------------------------------------ the verdict
