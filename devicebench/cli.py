@@ -176,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="versions, backends and which devices can run here")
-    info.set_defaults(handler=cmd_info)
+    info.set_defaults(handler=lambda args: cmd_info(args))  # looked up when called (tests replace it)
 
     comparison = commands.add_parser("compare", help="compare saved runs (files, folders or run ids)")
     comparison.add_argument("runs", nargs="+", metavar="RUN",

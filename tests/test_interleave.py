@@ -235,3 +235,34 @@ def test_until_needs_two_environments_and_a_bound(tmp_path):
         processes.run_interleaved(ENVS[:1], None, [], tmp_path, "x", until=0.05, budget_seconds=60)
     with pytest.raises(DevicebenchError, match="--until needs a bound: --budget"):
         processes.run_interleaved(ENVS, None, [], tmp_path, "x", until=0.05)
+
+
+def test_an_interrupted_devicebench_command_says_what_is_kept_and_exits_130(monkeypatch, capsys):
+    from devicebench import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt("SIGTERM received")  # what signals.stop_like_ctrl_c turns SIGTERM into
+
+    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    assert cli.main(["info"]) == 130
+    assert "interrupted; what finished is kept" in capsys.readouterr().err
+
+
+def test_sigterm_becomes_the_keyboard_interrupt_of_ctrl_c_and_is_undone():
+    import signal
+
+    from devicebench import signals
+
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # this pytest session's own plugin installed one
+    try:
+        undo = signals.stop_like_ctrl_c()
+        try:
+            with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
+                signal.raise_signal(signal.SIGTERM)
+        finally:
+            undo()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGTERM, outer)
+        assert signals.stop_like_ctrl_c() is not None and signal.getsignal(signal.SIGTERM) is outer  # left alone
+    finally:
+        signal.signal(signal.SIGTERM, outer)
