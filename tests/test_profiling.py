@@ -83,6 +83,7 @@ def test_compare_shows_the_breakdowns_side_by_side(tmp_path, capsys):
                                               "host_gaps_in_optimizer_step": 0.0, "trace": "t.trace.json.gz"}
         runs.append(tmp_path / f"run{index}.json")
         runs[-1].write_text(json.dumps(data))
-    assert cli.main(["compare", *map(str, runs)]) == 0
+    # The breakdowns are part of the full tables (--details); the default view is one line per row and run.
+    assert cli.main(["compare", *map(str, runs), "--details"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "matmul_conv" in line]
     assert lines and all("30.0 ms (75%)" in line and "10.0 ms (50%)" in line for line in lines)
