@@ -5,8 +5,9 @@ from a network when it opens). Four parts, each present when the runs hold what 
 
 - **devices**: training samples/s per configuration, a bar per run and device, with the spread between its
   processes (fastest to slowest process) as the error bar;
-- **change**: each row against the same row in the first run, the ratio with the smallest change the data could
-  detect as its band, coloured by verdict (significance.py: the same verdicts ``compare`` prints);
+- **change**: each row against the same row (the same experiment) in the first run that has it, the ratio with
+  the smallest change the data could detect as its band, coloured by verdict (significance.py's verdicts, as
+  ``compare`` prints them);
 - **history**: samples/s over torch versions per machine and device, steps marked (history.py);
 - **profiles**: where a ``--profile`` round's time went, by kind, per row.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from devicebench import compare, history, schema
 from devicebench.results import Row, Run
-from devicebench.significance import Verdict
+from devicebench.significance import Verdict, judge
 
 VERDICT_COLOURS = {"slower": "#c0392b", "faster": "#27ae60", "no change": "#7f8c8d", "inconclusive": "#e6a23c"}
 
@@ -28,7 +29,7 @@ def write_report(runs: list[Run], path: Path, threshold: float) -> Path:
     import plotly.graph_objects as go  # imported here: only this command needs plotly
 
     sections = [("Devices: training samples/s", _devices_figure(go, runs, threshold)),
-                ("Change: each row against the first run", _change_figure(go, runs, threshold)),
+                ("Change: each row against the first run that has it", _change_figure(go, runs, threshold)),
                 ("History over torch versions", _history_figure(go, runs, threshold)),
                 ("Where the time goes (--profile)", _profile_figure(go, runs))]
     parts, first = [], True
@@ -84,27 +85,34 @@ def _verdict_kind(verdict: Verdict) -> str:
 
 
 def _change_figure(go, runs: list[Run], threshold: float):
-    if len(runs) < 2 or compare.choose_view(runs, "auto") != "change":
-        return None
-    _, tables = compare.build_tables(runs, threshold, view="change")
-    figure = go.Figure()
+    """Each row identity seen in several runs: every later run's row against the first run that has it."""
+    by_identity: dict = {}
+    for run in runs:
+        for row in run.rows:
+            by_identity.setdefault(row.identity, []).append((run, row))
+    figure, shown = go.Figure(), 0
     for kind, colour in VERDICT_COLOURS.items():
         x, y, band, text = [], [], [], []
-        for table in tables:
-            for column, row, verdict in zip(table.columns, table.cells, table.verdicts):
-                if verdict is None or _verdict_kind(verdict) != kind:
+        for members in by_identity.values():
+            _, baseline = members[0]
+            for run, row in members[1:]:
+                verdict = judge(baseline, row, threshold)
+                if _verdict_kind(verdict) != kind:
                     continue
-                x.append(f"{bar_label(row)}:{row.device} {column.run.path.stem[:30]}")
+                x.append(f"{bar_label(row)}:{row.device} {run.path.stem[:30]}")
                 y.append(verdict.ratio)
                 band.append(verdict.detectable or 0.0)
-                text.append(verdict.describe())
+                text.append(f"against {members[0][0].path.name}: {verdict.describe()}")
         if x:
+            shown += len(x)
             figure.add_scatter(name=kind, x=x, y=y, mode="markers", marker=dict(color=colour, size=11), text=text,
                                error_y=dict(type="data", array=band, color=colour))
+    if not shown:
+        return None
     figure.add_hline(y=1.0, line_dash="dot")
     for bound in (1 - threshold, 1 + threshold):
         figure.add_hline(y=bound, line_dash="dash", line_color="#bbbbbb")
-    figure.update_layout(yaxis_title="time / baseline time (> 1 slower); band: smallest detectable change",
+    figure.update_layout(yaxis_title="time / first run's time (> 1 slower); band: smallest detectable change",
                          height=520)
     return figure
 
