@@ -26,7 +26,6 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from devicebench.errors import DevicebenchError
 

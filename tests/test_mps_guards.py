@@ -184,8 +184,6 @@ def test_a_device_that_failed_parity_is_never_ranked(tmp_path, capsys):
 
 
 def test_the_checks_made_before_a_row_are_saved_with_it():
-    import types
-
     from tests.test_trust import sleepy_workload
 
     benchmark = RecordingBenchmark([])
