@@ -241,7 +241,8 @@ def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: f
         if view == "change":
             title += f" · {identity.device}"
         for index, (column, cell, verdict) in enumerate(zip(table.columns, table.cells, table.verdicts)):
-            grid.append([title if index == 0 else "", column.label + (" (interrupted run)" if column.run.interrupted else ""), f"{cell.median_seconds * 1e3:,.4g} ms",
+            label = column.label + (" (interrupted run)" if column.run.interrupted else "")
+            grid.append([title if index == 0 else "", label, f"{cell.median_seconds * 1e3:,.4g} ms",
                          f"{cell.samples_per_s:,.0f}", _outcome(cell, verdict, index == table.baseline)])
         if len(table.cells) == 1 and len(runs) > 1:
             others = [row for run in runs if run is not table.columns[0].run for row in run.rows]
@@ -260,9 +261,11 @@ def _outcome(cell: Row, verdict: Verdict | None, is_baseline: bool) -> str:
     if cell.extra.get("parity_failed"):
         return "not ranked: parity with the cpu FAILED"
     if is_baseline:
-        return "baseline" + (f"; {fallback.summary(cell.extra['cpu_fallback_ops'])}"
-                             if cell.extra.get("cpu_fallback_ops") else "")
-    text = "-" if verdict is None else verdict.describe() + (f" [{verdict.noise()}]" if verdict.process_level else "")
+        text = "baseline"
+    elif verdict is None:
+        text = "-"
+    else:
+        text = verdict.describe() + (f" [{verdict.noise()}]" if verdict.process_level else "")
     if cell.extra.get("cpu_fallback_ops"):
         text += f"; {fallback.summary(cell.extra['cpu_fallback_ops'])}"
     return text

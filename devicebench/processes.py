@@ -201,8 +201,7 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
     seconds = time.monotonic() - started
     for label in labels:
         if codes[label] == 0 and not parts[label].exists():  # pytest-benchmark writes no file when no row ran
-            reasons = [line for line in logs[label].read_text().splitlines() if line.startswith("SKIPPED")]
-            skipped = "\n".join(f"    {line}" for line in reasons) or "    (pytest reported no skip reasons)"
+            skipped = _skip_reasons(logs[label].read_text())
             (staging / f"{label}.no-rows").write_text(skipped)
             echo(f"    no row ran in {label}, so it gets no more workers and no run:\n{skipped}")
             labels = [other for other in labels if other != label]
@@ -295,14 +294,19 @@ def _pytest_command(env: Environment, pytest_args: list[str], json_file: Path) -
             "-p", "no:cacheprovider", "-q", "-rs"]
 
 
+def _skip_reasons(pytest_output: str) -> str:
+    """The SKIPPED lines of a pytest run (``-rs``), indented, for a run in which no row ran."""
+    reasons = [line for line in pytest_output.splitlines() if line.startswith("SKIPPED")]
+    return "\n".join(f"    {line}" for line in reasons) or "    (pytest reported no skip reasons)"
+
+
 def _run_one(env: Environment, pytest_args: list[str], target: Path) -> str | None:
     """One pytest process into ``target``; returns its skip reasons instead when no row ran at all."""
     partial = target.with_suffix(".part")
     command = _pytest_command(env, pytest_args, partial)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode == 0 and not partial.exists():  # pytest-benchmark writes no file when no row ran
-        reasons = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-        return "\n".join(f"    {line}" for line in reasons) or "    (pytest reported no skip reasons)"
+        return _skip_reasons(result.stdout)
     if result.returncode != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
