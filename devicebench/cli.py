@@ -14,6 +14,7 @@ from pathlib import Path
 
 from devicebench import compare, environment, history, processes, results, signals, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
+from devicebench.processes import DEFAULT_ROUND_SECONDS
 
 
 class GateCannotJudge(DevicebenchError):
@@ -90,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
                                     pip_args=args.pip_args.split(), environments=environments,
-                                    until=args.until, budget_seconds=args.budget)
+                                    until=args.until, budget_seconds=args.budget, round_seconds=args.round_time)
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
     measured = [run for run in runs if run.exists()]
@@ -109,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
         [processes.Environment("current", sys.executable)]
     processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
-                              until=args.until, budget_seconds=args.budget)
+                              until=args.until, budget_seconds=args.budget, round_seconds=args.round_time)
     return 0
 
 
@@ -164,6 +165,10 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     parser.add_argument("--budget", type=_duration, metavar="TIME",
                         help="stop adding worker pairs once this much time is measured (e.g. 10m, 1h); a pair is "
                              "started only if it fits")
+    parser.add_argument("--round-time", type=_duration, metavar="TIME",
+                        help="with two or more --env: each worker times every row's rounds for about this long "
+                             f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
+                             "more rounds for fast rows, a tighter estimate per pair")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")

@@ -176,8 +176,9 @@ def keep_busy(device: torch.device, seconds: float) -> None:
         torch.cuda._sleep(int(0.9 * seconds * _cuda_sleep_cycles_per_second()))
         sync(device)
     end = start + seconds
-    if end - time.perf_counter() > 1e-3:
-        time.sleep(end - time.perf_counter() - 1e-3)
+    remaining = end - time.perf_counter()  # read once: a second read could be later, and sleep refuses < 0
+    if remaining > 1e-3:
+        time.sleep(remaining - 1e-3)
     while time.perf_counter() < end:
         pass
 

@@ -12,7 +12,8 @@ How. The coordinator (``run_workers``) starts one pytest process per environment
 start of each test, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
 coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
 compiles included) while the others sit blocked on a pipe read, and each timed round is labelled with the
-sequence number of its turn. A worker that exits closes its pipes: the coordinator reads end-of-file, waits for
+sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
+answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that exits closes its pipes: the coordinator reads end-of-file, waits for
 the process and carries on with the others.
 
 Both workers run the same pytest arguments, so they reach the same tests in the same order; a test seen under
@@ -22,6 +23,7 @@ another name at the same place is an error (the environments would not be timing
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -43,20 +45,29 @@ class RoundGate:
 
     def begin_test(self, item: int, test: str) -> int:
         self._item, self._test, self._step = item, test, 0
-        return self._wait()
+        return int(self._wait()["sequence"])
 
     def before_round(self) -> int:
         """Block until this worker's turn for its next round; the turn's sequence number (its label)."""
         self._step += 1
-        return self._wait()
+        return int(self._wait()["sequence"])
 
-    def _wait(self) -> int:
-        self._requests.write(json.dumps({"item": self._item, "test": self._test, "step": self._step}) + "\n")
+    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None) -> tuple[int, int]:
+        """Block until this worker's turn for its first timed round, saying how long its last warm-up round took;
+        the turn's sequence number and how many rounds to time (the coordinator decides, the same for every
+        worker of the pair: see ``Scheduler._size``)."""
+        self._step += 1
+        answer = self._wait({"minimum_rounds": minimum_rounds, "warmup_seconds": warmup_seconds})
+        return int(answer["sequence"]), int(answer.get("rounds", minimum_rounds))
+
+    def _wait(self, sizing: dict | None = None) -> dict:
+        message = {"item": self._item, "test": self._test, "step": self._step, **(sizing or {})}
+        self._requests.write(json.dumps(message) + "\n")
         self._requests.flush()
         answer = self._turns.readline()
         if not answer:  # the coordinator is gone (interrupted): nothing is left to take turns with
             raise DevicebenchError("the `devicebench run` that started this worker stopped; this worker stops too")
-        return int(json.loads(answer)["sequence"])
+        return json.loads(answer)
 
 
 def gate_from_environment() -> RoundGate | None:
@@ -77,6 +88,10 @@ class Point:
     item: int
     test: str
     step: int
+    # Set at a worker's first timed round of a test (RoundGate.first_timed_round): the scale's rounds and how
+    # long the worker's last warm-up round took (None: it had none).
+    minimum_rounds: int | None = field(default=None, compare=False)
+    warmup_seconds: float | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -90,9 +105,11 @@ class Scheduler:
     Pure logic, so that the order is tested without processes."""
 
     labels: list[str]
+    round_seconds: float | None = None  # each row's timed rounds last about this long per worker (None: as scaled)
     waiting: dict[str, Point] = field(default_factory=dict)
     sequence: int = 0
     tests: dict[int, str] = field(default_factory=dict)  # item -> the test name the first worker there had
+    rounds: dict[int, int] = field(default_factory=dict)  # item -> the timed rounds every worker runs for it
 
     def wait(self, label: str, point: Point) -> None:
         known = self.tests.setdefault(point.item, point.test)
@@ -114,7 +131,40 @@ class Scheduler:
         label = next(label for label in order if label in self.waiting and self.waiting[label].key == lowest)
         point = self.waiting.pop(label)
         self.sequence += 1
+        if point.minimum_rounds is not None:
+            self._size(point)
         return label, self.sequence, point
+
+    def timed_rounds(self, point: Point) -> int | None:
+        """How many rounds every worker times for ``point``'s test (decided at its first timed round), else None."""
+        return self.rounds.get(point.item) if point.minimum_rounds is not None else None
+
+    def _size(self, point: Point) -> None:
+        """Decide, once per test and for every worker alike, how many rounds to time.
+
+        Why more rounds than the scale's. A pair's estimate is the median of its rounds' ratios, so its noise
+        shrinks with the square root of the rounds it has; a row of 0.16 s rounds that vary 12% from one to the
+        next (mnist_mlp resident on the H200 host) gets its pair estimates from 10 rounds no closer than 5%,
+        while its worker spends most of its time starting, building and compiling. So a fast row times rounds
+        until they add up to ``round_seconds``, from the slowest warm-up any worker of the pair reported
+        (the workers at this point are all waiting, the furthest behind going first, so every report is in).
+        The same count for every worker keeps round k of A next to round k of B.
+        """
+        if point.item in self.rounds:
+            return
+        reports = [other.warmup_seconds for other in (point, *self.waiting.values())
+                   if other.key == point.key and other.warmup_seconds]
+        self.rounds[point.item] = rounds_for(point.minimum_rounds, max(reports, default=None), self.round_seconds)
+
+
+MAX_TIMED_ROUNDS = 200  # a 7 ms round (mnist_mlp tuned on an H200) would otherwise time thousands
+
+
+def rounds_for(minimum: int, warmup_seconds: float | None, round_seconds: float | None) -> int:
+    """The scale's ``minimum`` rounds, or as many as fill ``round_seconds`` at ``warmup_seconds`` a round."""
+    if round_seconds is None or not warmup_seconds:
+        return minimum
+    return max(minimum, min(MAX_TIMED_ROUNDS, math.ceil(round_seconds / warmup_seconds)))
 
 
 # ------------------------------------------------------------------------------------------------ coordinator side
@@ -133,10 +183,13 @@ class Worker:
             self.process.wait()
             return None
         message = json.loads(line)
-        return Point(int(message["item"]), str(message["test"]), int(message["step"]))
+        minimum = message.get("minimum_rounds")
+        return Point(int(message["item"]), str(message["test"]), int(message["step"]),
+                     None if minimum is None else int(minimum), message.get("warmup_seconds"))
 
-    def grant(self, sequence: int) -> None:
-        self.turns.write(json.dumps({"sequence": sequence}) + "\n")
+    def grant(self, sequence: int, rounds: int | None = None) -> None:
+        answer = {"sequence": sequence} if rounds is None else {"sequence": sequence, "rounds": rounds}
+        self.turns.write(json.dumps(answer) + "\n")
         self.turns.flush()
 
 
@@ -152,15 +205,15 @@ def start_worker(label: str, command: list[str], cwd: Path, log: Path) -> Worker
     return Worker(label, process, os.fdopen(turns_write, "w", buffering=1), os.fdopen(requests_read, "r"), log)
 
 
-def run_workers(commands: dict[str, list[str]], cwd: Path,
-                logs: dict[str, Path]) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
+def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path],
+                round_seconds: float | None = None) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
     """Run one worker per label, taking turns, until every one has exited: their exit codes, and the schedule
-    (sequence number, label, point) of every turn given.
+    (sequence number, label, point) of every turn given. ``round_seconds``: Scheduler._size.
 
     On any error (a worker's protocol breaks, the tests differ, Ctrl-C) every worker still running is stopped.
     """
     labels = list(commands)
-    scheduler = Scheduler(labels)
+    scheduler = Scheduler(labels, round_seconds)
     workers: dict[str, Worker] = {}
     schedule: list[tuple[int, str, Point]] = []
     try:
@@ -172,7 +225,7 @@ def run_workers(commands: dict[str, list[str]], cwd: Path,
         while not failed and (turn := scheduler.next_turn()) is not None:
             label, sequence, point = turn
             schedule.append((sequence, label, point))
-            workers[label].grant(sequence)
+            workers[label].grant(sequence, scheduler.timed_rounds(point))
             _take_request(scheduler, workers[label])
             if workers[label].process.returncode not in (None, 0):
                 break  # a worker failed: the pair is lost, so the others are stopped rather than run to the end

@@ -55,12 +55,15 @@ def parse_environment(text: str) -> Environment:
 def run_interleaved(environments: list[Environment], processes: int | None, pytest_args: list[str],
                     output_dir: Path, name: str, echo: Callable[[str], None] = print,
                     sweep_positions: dict[str, int] | None = None, until: float | None = None,
-                    budget_seconds: float | None = None) -> list[Path]:
+                    budget_seconds: float | None = None,
+                    round_seconds: float | None = None) -> list[Path]:
     """Measure the suite in every environment and write one merged run per environment.
 
     One environment: ``processes`` fresh pytest processes, one after another. Two or more: worker pairs (one live
     worker per environment, their rounds alternated, interleave.py); ``processes`` pairs, or with ``until`` pairs
-    added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time).
+    added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time);
+    ``round_seconds``: a worker times each row's rounds for about this long (interleave.Scheduler._size;
+    default DEFAULT_ROUND_SECONDS), and its compiled code is kept between that environment's workers.
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
     """
@@ -81,7 +84,8 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
     if len(environments) == 1:
         count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, pytest_args, staging, echo)
     else:
-        count = _run_pairs(environments, processes, pytest_args, staging, echo, until, budget_seconds)
+        count = _run_pairs(environments, processes, pytest_args, staging, echo, until, budget_seconds,
+                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds)
     plan = json.loads((staging / "plan.json").read_text())
     written = []
     for env in environments:
@@ -98,6 +102,9 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
 
 
 DEFAULT_PROCESSES = 5
+# Each row's timed rounds per worker of a pair, at least the scale's. H200 host: mnist_mlp resident's 0.16 s rounds
+# vary 12% one to the next, so 10 rounds leave a pair estimate ~5% off; 40 (6 s) about 2.5%.
+DEFAULT_ROUND_SECONDS = 6.0
 # --until judges the detectable change only from this many pairs on: with two, a t-test on pair means has one
 # degree of freedom and its detectable change is ten times the pairs' spread, so stopping there is by chance.
 MIN_PAIRS_FOR_UNTIL = 3
@@ -136,7 +143,8 @@ def _run_sequential(env: Environment, processes: int, pytest_args: list[str], st
 
 
 def _run_pairs(environments: list[Environment], processes: int | None, pytest_args: list[str], staging: Path,
-               echo: Callable[[str], None], until: float | None, budget_seconds: float | None) -> int:
+               echo: Callable[[str], None], until: float | None, budget_seconds: float | None,
+               round_seconds: float) -> int:
     """Worker pairs (one live worker per environment, rounds alternated) until the plan says stop; how many.
 
     Without ``until``: ``processes`` pairs (default 5). With it: pairs until every row's smallest detectable
@@ -175,7 +183,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
             echo(f"budget {_clock(budget_seconds)} spent ({_clock(spent)} measured; a pair takes about "
                  f"{_clock(spent / done)}): stopping after {done} pairs")
             break
-        pair_seconds = _run_pair(environments, index, pytest_args, staging, echo, spent)
+        pair_seconds = _run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds)
         spent += pair_seconds
         index += 1
     if until is not None:
@@ -184,16 +192,17 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
 
 
 def _run_pair(environments: list[Environment], index: int, pytest_args: list[str], staging: Path,
-              echo: Callable[[str], None], spent: float) -> float:
+              echo: Callable[[str], None], spent: float, round_seconds: float) -> float:
     """One worker per environment, taking turns round by round; their files are kept only if all succeed."""
     labels = [env.label for env in environments]
     echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
     parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
     logs = {env.label: _staged(staging, env.label, index).with_suffix(".log") for env in environments}
-    commands = {env.label: _pytest_command(env, pytest_args, parts[env.label]) for env in environments}
+    commands = {env.label: _pytest_command(env, [*_kept_compile_cache(pytest_args, staging, env), *pytest_args],
+                                           parts[env.label]) for env in environments}
     started = time.monotonic()
     try:
-        codes, schedule = interleave.run_workers(commands, REPO, logs)
+        codes, schedule = interleave.run_workers(commands, REPO, logs, round_seconds)
     except BaseException:
         for part in parts.values():
             part.unlink(missing_ok=True)
@@ -221,6 +230,14 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
         parts[label].replace(_staged(staging, label, index))
         echo(f"    {label}: " + _summary(json.loads(_staged(staging, label, index).read_text())))
     return seconds
+
+
+def _kept_compile_cache(pytest_args: list[str], staging: Path, env: Environment) -> list[str]:
+    """A worker's compiled code is kept for the next workers of its environment (plugin.use_kept_compile_cache),
+    in the staging folder, so it goes when the run is written; unless the user chose a --compile-cache."""
+    if any(arg.startswith("--compile-cache") for arg in pytest_args):
+        return []
+    return ["--compile-cache", "kept", "--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
 
 
 def _pair_seconds(staging: Path, index: int) -> float:

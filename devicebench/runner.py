@@ -1,8 +1,9 @@
 """Time a workload's rounds with pytest-benchmark and describe the result in ``extra_info``.
 
-Rounds are timed with ``benchmark.pedantic(rounds=, warmup_rounds=, iterations=1)``: no calibration, so a slow
-epoch is not called seven extra times, and warm-up rounds (first-call allocation, cudnn autotuning, kernel
-compilation) are run but not counted.
+Rounds are timed with ``benchmark.pedantic(rounds=, iterations=1)``: no calibration, so a slow epoch is not called
+seven extra times. The scale's warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run
+before it and are not counted. A worker of an interleaved run may time more rounds than the scale's, as the
+coordinator decides (interleave.Scheduler._size).
 """
 
 from __future__ import annotations
@@ -129,16 +130,18 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: P
     devices.reset_peak_memory(config.device)
     done: list[RoundStats] = []
     turns: list[int] = []
-    total = scale.warmup_rounds + scale.rounds
+    planned = {"rounds": scale.rounds}
+    held_turn: list[int] = []  # the first timed round's turn, taken when the rounds were sized
 
     def wait_for_turn() -> None:  # pedantic's setup: called before every round, outside its clock
-        turns.append(gate.before_round())
+        turns.append(held_turn.pop() if held_turn else gate.before_round())
 
     def one_round() -> None:
         stats = run.run_round()
         done.append(stats)
         if progress is not None:
-            progress(len(done), total, scale.warmup_rounds, stats, run.samples_per_round)
+            progress(len(done), scale.warmup_rounds + planned["rounds"], scale.warmup_rounds, stats,
+                     run.samples_per_round)
 
     # Python's periodic full collection walks every object torch, timm and the data put on the heap (~0.2 s)
     # and lands in whichever round crosses its threshold (seen: the same round of every quick seed run, 1.8x
@@ -151,7 +154,17 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: P
     # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
     benchmark.has_error = True
     try:
-        benchmark.pedantic(one_round, rounds=scale.rounds, warmup_rounds=scale.warmup_rounds, iterations=1,
+        # Warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run here rather than in
+        # pedantic, so that a worker of an interleaved run can learn how many rounds to time from them.
+        for _ in range(scale.warmup_rounds):
+            if gate is not None:
+                wait_for_turn()
+            one_round()
+        if gate is not None:
+            last_warmup = done[-1].seconds if done else None
+            turn, planned["rounds"] = gate.first_timed_round(scale.rounds, last_warmup)
+            held_turn.append(turn)
+        benchmark.pedantic(one_round, rounds=planned["rounds"], warmup_rounds=0, iterations=1,
                            setup=wait_for_turn if gate is not None else None)
     finally:
         gc.unfreeze()

@@ -60,9 +60,11 @@ FIELDS: dict[str, str] = {
     "cudnn_allow_tf32": "torch.backends.cudnn.allow_tf32",
     "matmul_allow_tf32": "torch.backends.cuda.matmul.allow_tf32",
     "float32_matmul_precision": "torch.get_float32_matmul_precision()",
-    "compile_cache": "fresh (this process compiled from an empty torch.compile cache) or shared",
-    "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch made this fraction "
-                                 "longer on the device; 0 for a real measurement. Not part of the identity, so "
+    "compile_cache": "fresh (this process compiled from an empty torch.compile cache), shared (the user's), or "
+                     "kept (the compiled code of earlier workers of the same environment, launch configurations "
+                     "picked anew)",
+    "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch and validation pass "
+                                 "made this fraction longer on the device; 0 for a real measurement. Not part of the identity, so "
                                  "a planted run compares with a clean one",
     # workload and pipeline options
     "workers": "DataLoader workers (resnet18_cifar seed)",

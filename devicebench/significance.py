@@ -32,6 +32,14 @@ the pair means when the design is balanced, as it is here, and is harder to expl
 differences, rather than their mean, keeps one disturbed round from moving its pair. The smallest detectable
 change uses the same t with n-1 degrees of freedom.
 
+**When a change counts.** A change is reported when it is significant and a change of the threshold's size is
+not ruled out: the far end of its 95% confidence interval reaches the threshold. The point estimate alone would
+not do: a real change of exactly the threshold's size (the planted 5% slowdown) has its estimate under the
+threshold half the time, so requiring the estimate to pass it would miss it that often, and a gate built on it
+would pass half the regressions it exists for. A significant change whose whole interval lies inside the
+threshold is real but smaller than what was asked about ("below threshold"). Single-process verdicts have no
+interval and keep the estimate.
+
 **Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread: their verdict uses
 Mann-Whitney U on the rounds, as before, and says that the variation between processes was not measured.
 """
@@ -59,6 +67,7 @@ class Verdict:
     processes: tuple[int, int]  # (baseline, candidate)
     spread: float | None = None  # pooled standard deviation between processes, as a fraction
     detectable: float | None = None  # smallest change this data could detect, as a fraction
+    interval: tuple[float, float] | None = None  # 95% confidence interval of the ratio (process-level verdicts)
 
     paired: bool = False  # judged as interleaved worker pairs (processes[0] == processes[1] pairs)
 
@@ -72,7 +81,13 @@ class Verdict:
 
     @property
     def beyond_threshold(self) -> bool:
-        return abs(math.log(self.ratio)) >= math.log1p(self.threshold)
+        """Could the change be of the threshold's size? The interval's far end reaches it ("When a change
+        counts" above); without an interval (a single process), the estimate does."""
+        limit = math.log1p(self.threshold)
+        if self.interval is None:
+            return abs(math.log(self.ratio)) >= limit
+        low, high = (math.log(bound) for bound in self.interval)
+        return high >= limit if self.ratio >= 1 else low <= -limit
 
     @property
     def is_change(self) -> bool:
@@ -99,14 +114,17 @@ class Verdict:
     def describe(self) -> str:
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
         if self.is_change:
-            text = f"{speed(self.ratio)} (p={p})"
+            text = f"{speed(self.ratio)} (p={p}{self._interval_text()})"
         elif self.inconclusive:
             text = (f"no significant change, inconclusive: processes spread too much to detect a "
                     f"{self.threshold:.0%} change ({speed(self.ratio)}, p={p})")
         else:
             reason = "below threshold" if self.significant else "not significant"
-            text = f"no significant change ({reason}; {speed(self.ratio)}, p={p})"
+            text = f"no significant change ({reason}; {speed(self.ratio)}, p={p}{self._interval_text()})"
         return text if self.process_level else f"{text} [single process]"
+
+    def _interval_text(self) -> str:
+        return "" if self.interval is None else f", 95% interval {self.interval[0]:.3f}-{self.interval[1]:.3f}x"
 
 
 def speed(ratio: float) -> str:
@@ -143,8 +161,12 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
     pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
     df = n_a + n_b - 2
     detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
+    # Welch's interval, to match its test: standard error and Welch-Satterthwaite degrees of freedom.
+    se_a, se_b = var_a / n_a, var_b / n_b
+    welch_df = (se_a + se_b) ** 2 / (se_a ** 2 / (n_a - 1) + se_b ** 2 / (n_b - 1)) if se_a + se_b > 0 else df
     return Verdict(ratio, p_value, threshold, (n_a, n_b), spread=math.expm1(pooled),
-                   detectable=math.expm1(detectable_log))
+                   detectable=math.expm1(detectable_log),
+                   interval=_interval(math.log(ratio), math.sqrt(se_a + se_b), welch_df))
 
 
 def _paired(base: list[list[float]], cand: list[list[float]], threshold: float) -> Verdict:
@@ -162,4 +184,11 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float) 
         p_value = float(stats.ttest_1samp(estimates, 0.0).pvalue)
     detectable_log = (stats.t.ppf(1 - ALPHA / 2, n - 1) + stats.t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
     return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(sd),
-                   detectable=math.expm1(detectable_log), paired=True)
+                   detectable=math.expm1(detectable_log), paired=True,
+                   interval=_interval(mean, sd / math.sqrt(n), n - 1))
+
+
+def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:
+    """The two-sided 95% confidence interval of a ratio, from its log's estimate and standard error."""
+    half = stats.t.ppf(1 - ALPHA / 2, df) * standard_error
+    return math.exp(log_ratio - half), math.exp(log_ratio + half)

@@ -35,9 +35,37 @@ def test_sync_happens_inside_every_timed_round(monkeypatch):
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
                        scale=scale_for("mnist_mlp", "quick"))
     extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu")
-    rounds = config.scale.warmup_rounds + config.scale.rounds
-    assert events == ["clock start", "sync", "sync", "clock stop"] * rounds  # after training, after validation
+    # Warm-up rounds run before pedantic's clock (their syncs too); every timed round syncs after training and
+    # after validation, inside the clock.
+    assert events == (["sync", "sync"] * config.scale.warmup_rounds
+                      + ["clock start", "sync", "sync", "clock stop"] * config.scale.rounds)
     assert len(extra["round_seconds"]) == config.scale.rounds  # warm-up rounds are not counted
+
+
+class SizingGate:
+    """A worker's gate whose coordinator asks for 7 timed rounds (interleave.Scheduler._size)."""
+
+    def __init__(self):
+        self.turn, self.sizing = 0, []
+
+    def before_round(self) -> int:
+        self.turn += 1
+        return self.turn
+
+    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None) -> tuple[int, int]:
+        self.sizing.append((minimum_rounds, warmup_seconds))
+        return self.before_round(), 7
+
+
+def test_a_worker_times_as_many_rounds_as_its_coordinator_sized_and_labels_each():
+    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
+                       scale=scale_for("mnist_mlp", "quick"))
+    gate = SizingGate()
+    extra = run_benchmark(RecordingBenchmark([]), mnist_mlp, config, "test cpu", gate=gate)
+    warmups = config.scale.warmup_rounds
+    assert len(extra["round_seconds"]) == 7 and extra["round_sequence"] == list(range(warmups + 1, warmups + 8))
+    [(minimum, warmup_seconds)] = gate.sizing
+    assert minimum == config.scale.rounds and warmup_seconds > 0  # the last warm-up round's length
 
 
 def run_pytest(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -61,6 +61,46 @@ def test_workers_at_the_same_place_in_different_tests_are_refused():
         scheduler.wait("B", Point(0, "test_y[cpu-seed]", 0))
 
 
+def test_the_rounds_to_time_are_sized_once_per_test_from_the_slowest_warm_up_for_every_worker():
+    scheduler = Scheduler(["A", "B"], round_seconds=6.0)
+    scheduler.wait("A", Point(0, "test_x", 2, minimum_rounds=10, warmup_seconds=0.1))
+    scheduler.wait("B", Point(0, "test_x", 2, minimum_rounds=10, warmup_seconds=0.2))
+    granted = [scheduler.next_turn() for _ in range(2)]
+    # 6 s at B's 0.2 s a round: 30 rounds, for A too (its own 0.1 s would have asked for 60).
+    assert [scheduler.timed_rounds(point) for _, _, point in granted] == [30, 30]
+    assert scheduler.timed_rounds(Point(0, "test_x", 3)) is None  # an ordinary turn carries no count
+    assert interleave.rounds_for(10, 2.0, 6.0) == 10  # never fewer than the scale's
+    assert interleave.rounds_for(10, 0.001, 6.0) == interleave.MAX_TIMED_ROUNDS
+    assert interleave.rounds_for(10, 0.1, None) == interleave.rounds_for(10, None, 6.0) == 10
+
+
+SIZED_WORKER = textwrap.dedent("""
+    import json, sys, time
+    from devicebench.interleave import gate_from_environment
+    gate = gate_from_environment()
+    gate.begin_test(0, "test_x")
+    gate.before_round()  # the warm-up round
+    time.sleep(float(sys.argv[2]))
+    sequence, rounds = gate.first_timed_round(3, float(sys.argv[2]))
+    sequences = [sequence] + [gate.before_round() for _ in range(rounds - 1)]
+    json.dump({"rounds": rounds, "sequences": sequences}, open(sys.argv[1], "w"))
+""")
+
+
+def test_real_workers_time_the_same_sized_number_of_rounds(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(SIZED_WORKER)
+    warmups = {"A": "0.05", "B": "0.2"}
+    commands = {label: [sys.executable, str(script), str(tmp_path / f"{label}.json"), warmups[label]]
+                for label in "AB"}
+    logs = {label: tmp_path / f"{label}.log" for label in "AB"}
+    codes, _ = interleave.run_workers(commands, Path(__file__).resolve().parents[1], logs, round_seconds=1.0)
+    assert codes == {"A": 0, "B": 0}, [log.read_text() for log in logs.values()]
+    done = {label: json.loads((tmp_path / f"{label}.json").read_text()) for label in "AB"}
+    assert done["A"]["rounds"] == done["B"]["rounds"] == 5  # 1 s at the slower warm-up's 0.2 s
+    assert len(set(done["A"]["sequences"]) | set(done["B"]["sequences"])) == 10
+
+
 WORKER = textwrap.dedent("""
     import json, sys, time
     from devicebench.interleave import gate_from_environment
@@ -138,6 +178,23 @@ def test_drift_shared_by_both_sides_cancels_in_the_paired_verdict():
     assert not unpaired.paired and not unpaired.is_change
 
 
+@pytest.mark.parametrize("estimates, flagged", [
+    # A 4.6% slowdown measured, its interval reaching past 5%: a 5% change is not ruled out, so it is one
+    # (the planted 5% slowdown measures under 5% about half the time).
+    ([0.035, 0.040, 0.045, 0.050, 0.055], True),
+    # A real 2% slowdown, its whole interval inside 5%: significant, but smaller than what was asked about.
+    ([0.018, 0.019, 0.020, 0.021, 0.022], False)])
+def test_a_change_counts_when_its_interval_reaches_the_threshold(estimates, flagged):
+    base = paired_row([[0.1] * 3 for _ in estimates])
+    cand = paired_row([[0.1 * math.exp(e)] * 3 for e in estimates])
+    verdict = significance.judge(base, cand, threshold=0.05)
+    assert verdict.significant and verdict.ratio < 1.05
+    assert verdict.is_regression is flagged
+    low, high = verdict.interval
+    assert low < verdict.ratio < high and (high >= 1.05) is flagged
+    assert ("below threshold" in verdict.describe()) is not flagged
+
+
 def test_a_per_process_offset_does_not_make_an_a_a_significant():
     # Every worker has its own 5% offset (what it compiled): of 200 A/A runs of 5 pairs, the paired test at the 5%
     # level flags about 5% (8 with these seeds); pooling the rounds as if independent flags 85 (the control).
@@ -176,7 +233,7 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
     offsets = [0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2, 0.9]
     started = []
 
-    def run_pair(environments, index, pytest_args, staging, echo, spent):
+    def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds):
         started.append(index)
         for env in environments:
             sign = 1 if env.label == "B" else 0
@@ -223,7 +280,7 @@ def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
     staging = tmp_path / ".r.processes"
     processes._claim_staging(staging, {"pytest_args": [], "environments": [vars(env) for env in ENVS]})
     for index in (1, 2):
-        processes._run_pair(ENVS, index, [], staging, print, 0.0)
+        processes._run_pair(ENVS, index, [], staging, print, 0.0, 1.0)
     started.clear()
     lines: list[str] = []
     processes.run_interleaved(ENVS, 10, [], tmp_path, "r", echo=lines.append, until=0.05)

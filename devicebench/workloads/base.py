@@ -45,8 +45,8 @@ class RunConfig:
     tuning: TuningOptions = field(default_factory=TuningOptions)
     seed: int = 0
     compile_cache: str = "shared"  # "fresh": this process compiles from an empty torch.compile cache (plugin.py)
-    # A planted slowdown for checking what a comparison detects: each training epoch made this fraction longer
-    # than its own length, on the device (run_round). 0: none.
+    # A planted slowdown for checking what a comparison detects: each training epoch and validation pass made this
+    # fraction longer than its own length, on the device (run_round). 0: none.
     slowdown_fraction: float = 0.0
 
 
@@ -136,6 +136,15 @@ class WorkloadRun(ABC):
         """
         return devices.to_device(torch.randperm(size, generator=self.order_generator), self.device)
 
+    def _planted_slowdown(self, since: float) -> None:
+        """--slowdown-fraction: make the part of the round that began at ``since`` that fraction longer.
+
+        Proportional to each part's own length (training epoch, validation pass), so the planted change is the
+        same size on every row and pipeline and in every time a comparison reads (round, training, validation),
+        a CUDA-graph epoch included (a host sleep inside module forwards would miss one)."""
+        if self.config.slowdown_fraction > 0:
+            devices.keep_busy(self.device, self.config.slowdown_fraction * (time.perf_counter() - since))
+
     def run_round(self) -> RoundStats:
         """One timed round: a training epoch and a validation pass, each ended by waiting for the device.
 
@@ -147,13 +156,11 @@ class WorkloadRun(ABC):
         start = time.perf_counter()
         train_loss = self.train_epoch(waits)
         devices.sync(self.device)
-        if self.config.slowdown_fraction > 0:
-            # Proportional to this epoch's own length, so the planted change is the same size on every row and
-            # pipeline, a CUDA-graph epoch included (a host sleep inside module forwards would miss one).
-            devices.keep_busy(self.device, self.config.slowdown_fraction * (time.perf_counter() - start))
+        self._planted_slowdown(start)
         trained = time.perf_counter()
         val_loss = self.validate(waits)
         devices.sync(self.device)
+        self._planted_slowdown(trained)
         end = time.perf_counter()
         return RoundStats(end - start, trained - start, end - trained, waits.seconds, float(train_loss),
                           float(val_loss))
