@@ -47,10 +47,13 @@ def test_workers_take_turns_a_b_b_a_and_stay_at_the_same_round():
     assert steps == sorted(steps)
 
 
-def test_three_environments_alternate_their_order_round_by_round():
-    plan = points(["test_x"], rounds=2)
-    order = drive(Scheduler(["A", "B", "C"]), {label: plan for label in "ABC"})
-    assert [label for label, _ in order] == list("ABC" "ABC" "CBA")
+def test_three_environments_turn_their_order_so_each_runs_twice_in_a_row_equally_often():
+    plan = points(["test_x"], rounds=6)
+    order = [label for label, _ in drive(Scheduler(["A", "B", "C"]), {label: plan for label in "ABC"})]
+    assert order == list("ABC" "ABC" "CAB" "BCA" "ABC" "CAB" "BCA")  # the start, then rounds 1-6
+    rounds = order[3:]
+    twice = [second for first, second in zip(rounds, rounds[1:]) if first == second]
+    assert sorted(twice) == ["A", "B", "B", "C", "C"]  # over rounds 1-6: each once per three rounds
 
 
 def test_workers_at_the_same_place_in_different_tests_are_refused():
