@@ -291,16 +291,22 @@ def _clock(seconds: float) -> str:
 
 
 def _claim_staging(staging: Path, plan: dict) -> None:
-    """Create the staging folder, or resume one left by the same command; refuse one left by another."""
+    """Create the staging folder, or resume one left by the same command; refuse one left by another that has
+    measured something, and take over one that has not."""
     plan_file = staging / "plan.json"
     if plan_file.exists():
         saved = json.loads(plan_file.read_text())
         saved.pop("interleave_id", None)
-        if saved != plan:
+        if saved != plan and not any(staging.glob("*-[0-9][0-9][0-9].json")):
+            # Another command's folder with nothing measured in it (it failed at once, e.g. on a mistyped
+            # option): nothing to lose, so this command takes it over rather than asking to delete it.
+            shutil.rmtree(staging)
+        elif saved != plan:
             raise UsageError(f"{staging} holds the unfinished processes of another `devicebench run` (other "
                              f"arguments or environments); re-run that command to finish it, delete the folder, "
                              f"or choose another --name")
-        return
+        else:
+            return
     staging.mkdir(parents=True, exist_ok=True)
     # Names the rows' worker pairs: pairs of another run (another id) are never matched with these.
     plan_file.write_text(json.dumps({**plan, "interleave_id": f"{staging.name.strip('.')}@{time.time():.0f}"}))

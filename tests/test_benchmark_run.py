@@ -267,7 +267,8 @@ def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_d
     storage = tmp_path / "results"
     saved_dir = storage / "Linux-CPython-3.11-64bit"
     saved_dir.mkdir(parents=True)
-    shutil.copy(REPO / "results" / "reference" / "h200" / "h200-host-cpu-standard.json", saved_dir / "0001_h200.json")
+    shutil.copy(REPO / "fixtures" / "runs" / "schema1" / "h200-host-cpu-standard.json",
+                saved_dir / "0001_h200.json")
     result = run_pytest(*QUICK_MNIST, "--pipeline", "seed", f"--benchmark-storage=file://{storage}",
                         "--benchmark-compare=0001", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -270,7 +270,7 @@ def test_the_gate_fails_closed_when_no_row_matches_the_baseline(capsys):
 
 
 def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2_run(tmp_path, capsys):
-    reference = Path(__file__).resolve().parents[1] / "results" / "reference" / "h200" / "h200-cuda-standard.json"
+    reference = RUNS / "schema1" / "h200-cuda-standard.json"
     fresh = json.loads(reference.read_text())  # the same machine measured again, as schema 2 writes its rows
     fresh["machine_info"]["devicebench_schema"] = 2
     for bench in fresh["benchmarks"]:
@@ -281,9 +281,22 @@ def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2
     assert "nothing to judge" in capsys.readouterr().err
 
 
-def test_compare_fits_a_screen_and_says_why_two_runs_do_not_line_up(capsys):
+def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
     reference = Path(__file__).resolve().parents[1] / "results" / "reference"
     h100, h200 = reference / "h100" / "h100-cuda-standard.json", reference / "h200" / "h200-cuda-standard.json"
+    assert cli.main(["compare", str(h100), str(h200)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 25, "\n".join(lines)
+    # Both in the current schema: five rows get the H200's ratio to the H100; resnet18_cifar tuned ran without
+    # CUDA graphs on the H100 and with them on the H200, another configuration, and one line per run says so.
+    assert sum(line.rstrip().endswith("[single process]") and "x faster" in line for line in lines) == 5
+    why = [line for line in lines if line.startswith("not side by side: ")]
+    assert len(why) == 2 and all("cuda_graphs" in line for line in why)
+
+
+def test_compare_fits_a_screen_and_says_why_two_runs_do_not_line_up(capsys):
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
+    h100, h200 = reference / "h100" / "h100-cuda-standard.json", RUNS / "schema1" / "h200-cuda-standard.json"
     assert cli.main(["compare", str(h100), str(h200)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) <= 25, "\n".join(lines)

@@ -290,6 +290,17 @@ def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
     assert lines[:2] == ["pair 1: already measured, kept", "pair 2: already measured, kept"] and started == [3]
 
 
+def test_a_staging_folder_of_another_command_is_refused_only_when_it_holds_measurements(tmp_path):
+    staging = tmp_path / ".s.processes"
+    processes._claim_staging(staging, {"pytest_args": ["--pretrained", "none"], "environments": []})
+    # That command failed before measuring anything (a mistyped option): the corrected one takes the folder over.
+    processes._claim_staging(staging, {"pytest_args": ["--pretrained", "no"], "environments": []})
+    assert json.loads((staging / "plan.json").read_text())["pytest_args"] == ["--pretrained", "no"]
+    (staging / "A-001.json").write_text("{}")
+    with pytest.raises(DevicebenchError, match="holds the unfinished processes of another `devicebench run`"):
+        processes._claim_staging(staging, {"pytest_args": [], "environments": []})
+
+
 def test_until_needs_two_environments_and_a_bound(tmp_path):
     with pytest.raises(DevicebenchError, match="--until needs two environments"):
         processes.run_interleaved(ENVS[:1], None, [], tmp_path, "x", until=0.05, budget_seconds=60)
