@@ -13,9 +13,10 @@ import pytest
 from devicebench import cli, history, processes, results, sweep
 from devicebench.errors import DevicebenchError
 
-# Small and quick: one pipeline of mnist_mlp at quick scale (~8 s a process on 2 cores, ~17 s slowed).
-PYTEST_ARGS = ["-k", "mnist", "--pipeline", "resident", "--device", "cpu", "--scale", "quick", "--data",
-               "synthetic", "--compile-cache", "shared"]
+# Small and quick: one pipeline of the tests' tiny workload (rounds of a few ms; a process is mostly its start).
+PYTEST_ARGS = ["-k", "tiny_linear", "--pipeline", "resident", "--device", "cpu", "--scale", "quick",
+               "--compile-cache", "shared"]
+ROUND_SECONDS = 0.001  # the scale's 5 rounds: sizing them is tested in test_interleave.py
 
 
 def wrapper(path: Path, extra: str = "", fail_while: Path | None = None, fail_on_call: int | None = None) -> Path:
@@ -31,42 +32,50 @@ def wrapper(path: Path, extra: str = "", fail_while: Path | None = None, fail_on
     return path
 
 
-def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_interruption(tmp_path, capsys):
+@pytest.fixture
+def tiny_workload(monkeypatch):
+    """Every worker the sweep starts registers tests/tiny_workload.py (they inherit the environment)."""
+    monkeypatch.setenv("DEVICEBENCH_WORKLOADS", "tests.tiny_workload")
+
+
+def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_interruption(tmp_path, capsys,
+                                                                                          tiny_workload):
     out, envs = tmp_path / "sweeps" / "t", tmp_path / "envs"
     environments = [processes.Environment("A", sys.executable),
                     processes.Environment("again", str(wrapper(tmp_path / "again"))),
                     processes.Environment("slowed", str(wrapper(tmp_path / "slowed",
-                                                                "-p fixtures.slowdown --slowdown-ms 5",
+                                                                "-p fixtures.slowdown --slowdown-ms 2",
                                                                 fail_on_call=2)))]
     lines: list[str] = []
     with pytest.raises(DevicebenchError, match="slowed: its worker of pair 2 exited with 3 .*; the pairs finished "
                                                "so far are kept"):
-        sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments, echo=lines.append)
+        sweep.run_sweep([], 2, PYTEST_ARGS, out, envs, "t", environments=environments, echo=lines.append,
+                        round_seconds=ROUND_SECONDS)
     assert not list(out.glob("*.json"))  # nothing half-done where compare or history would read it
     lines.clear()  # the interruption is over: the same command resumes
-    runs, skipped = sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments,
-                                    echo=lines.append)
+    runs, skipped = sweep.run_sweep([], 2, PYTEST_ARGS, out, envs, "t", environments=environments,
+                                    echo=lines.append, round_seconds=ROUND_SECONDS)
     assert lines[0] == "pair 1: already measured, kept" and lines[1].startswith("pair 2: A + again + slowed workers")
     assert [path.name for path in runs] == ["t-A.json", "t-again.json", "t-slowed.json"] and not skipped
     merged = json.loads(runs[0].read_text())
-    assert merged["devicebench_run"]["processes"] == 3 and merged["devicebench_run"]["sweep_position"] == 0
+    assert merged["devicebench_run"]["processes"] == 2 and merged["devicebench_run"]["sweep_position"] == 0
     row = merged["benchmarks"][0]["extra_info"]
-    assert len(row["processes"]) == 3 and len(row["train_seconds"]) == 3 * 10
-    assert [process["pair"] for process in row["processes"]] == [1, 2, 3] and row["interleave_id"]
+    assert len(row["processes"]) == 2 and len(row["train_seconds"]) == 2 * 5
+    assert [process["pair"] for process in row["processes"]] == [1, 2] and row["interleave_id"]
     # Every timed round is labelled with its turn: three environments, so three turns per round.
     turns = [process["round_sequence"] for process in row["processes"]]
-    assert all(len(sequence) == 10 and sequence == sorted(sequence) for sequence in turns)
+    assert all(len(sequence) == 5 and sequence == sorted(sequence) for sequence in turns)
 
     timeline, = history.timelines(results.load_runs([str(out)]))
     assert timeline.versions[1:] == [f"{timeline.runs[0][0].torch_version} [again]",
                                      f"{timeline.runs[0][0].torch_version} [slowed]"]
     key, = timeline.keys()
-    # The planted slowdown (5 ms in each of the MLP's 4 module forwards, 42 batches a round: ~6x slower) is a step
+    # The planted slowdown (2 ms before each forward of the one nn.Linear, 17 a round: ~8x slower) is a step
     # at the default 5% threshold. The same code against itself is not one at 50%: on the shared 2-core VMs this
-    # runs on, single A/A processes differed by 1.2x-1.8x (README); the means of three stay well inside 1.5x, and a
-    # test must not fail on the machine's noise.
+    # runs on, single A/A processes differed by 1.2x-1.8x (README); the pairs' estimates stay well inside 1.5x,
+    # and a test must not fail on the machine's noise.
     _, _, slowed_step = history.steps(timeline, key)
-    assert slowed_step.is_regression and slowed_step.process_level and slowed_step.ratio > 3
+    assert slowed_step.is_regression and slowed_step.process_level and slowed_step.ratio > 2
     _, aa_step, _ = history.steps(timeline, key, threshold=0.50)
     assert aa_step is not None and not aa_step.is_change
 
@@ -76,7 +85,7 @@ def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_inter
     assert "regression: " in text and "[slowed]" in text and png.stat().st_size > 5000
 
     lines.clear()  # a second sweep reuses what is measured
-    sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments[:1], echo=lines.append)
+    sweep.run_sweep([], 2, PYTEST_ARGS, out, envs, "t", environments=environments[:1], echo=lines.append)
     assert lines == [f"A: already measured ({out / 't-A.json'}); kept (--rerun measures it again)"]
 
 

@@ -188,7 +188,9 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
         out = tmp_path / f"tiny{index}.json"
         result = subprocess.run(
             [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "-k", "tiny_linear", "--device", "cpu",
-             "--scale", "quick", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q"],
+             "--scale", "quick", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q",
+             # the second run reuses the first's compiled code (the tuned row's C++ compile is most of a run)
+             "--compile-cache", "kept", "--compile-cache-dir", str(tmp_path / "compile-cache")],
             cwd=repo, capture_output=True, text=True, timeout=300,
             env={**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload"})
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
