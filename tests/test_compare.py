@@ -281,12 +281,20 @@ def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2
     assert "nothing to judge" in capsys.readouterr().err
 
 
-def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
-    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
-    h100, h200 = reference / "h100" / "h100-cuda-standard.json", reference / "h200" / "h200-cuda-standard.json"
-    assert cli.main(["compare", str(h100), str(h200)]) == 0
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
+H100_REFERENCE = REFERENCE / "h100" / "h100-cuda-standard.json"
+
+
+def compact_compare(capsys, *runs: Path) -> list[str]:
+    """``devicebench compare RUN...``'s default view, which must fit a screen: its lines."""
+    assert cli.main(["compare", *map(str, runs)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) <= 25, "\n".join(lines)
+    return lines
+
+
+def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
+    lines = compact_compare(capsys, H100_REFERENCE, REFERENCE / "h200" / "h200-cuda-standard.json")
     # Both in the current schema: five rows get the H200's ratio to the H100; resnet18_cifar tuned ran without
     # CUDA graphs on the H100 and with them on the H200, another configuration, and one line per run says so.
     assert sum(line.rstrip().endswith("[single process]") and "x faster" in line for line in lines) == 5
@@ -295,11 +303,8 @@ def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
 
 
 def test_compare_fits_a_screen_and_says_why_two_runs_do_not_line_up(capsys):
-    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
-    h100, h200 = reference / "h100" / "h100-cuda-standard.json", RUNS / "schema1" / "h200-cuda-standard.json"
-    assert cli.main(["compare", str(h100), str(h200)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) <= 25, "\n".join(lines)
+    h100, h200 = H100_REFERENCE, RUNS / "schema1" / "h200-cuda-standard.json"
+    lines = compact_compare(capsys, h100, h200)
     why = [line for line in lines if line.startswith("not side by side: ")]
     assert why and all("valid_samples" in line for line in why)
     assert any("rows of result schema 1 have no valid_samples: re-measure that machine" in line for line in why)
