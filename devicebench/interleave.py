@@ -13,8 +13,8 @@ start of each test, before each of its rounds) it writes where it stands, as one
 coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
 compiles included) while the others sit blocked on a pipe read, and each timed round is labelled with the
 sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
-answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that exits closes its pipes: the coordinator reads end-of-file, waits for
-the process and carries on with the others.
+answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that
+exits closes its pipes: the coordinator reads end-of-file, waits for the process and carries on with the others.
 
 Both workers run the same pytest arguments, so they reach the same tests in the same order; a test seen under
 another name at the same place is an error (the environments would not be timing the same rows).
@@ -107,10 +107,10 @@ class Scheduler:
     Why turn, not reverse. A worker that runs two rounds in a row starts its second with its caches warm, and on
     host-bound rows that is a few percent (H200 host, two workers A B, B A, A/A: B/A was 3-11% higher in the rounds
     A began warm than in those B began warm, in 5 of 6 row-runs of mnist_mlp resident and tuned and resnet18_cifar
-    tuned). Turning the order gives every worker its second
-    round in a row equally often: once in every N rounds of N workers. Reversing it did so for two workers but
-    not three: A B C, C B A left B, always in the middle, never running twice in a row, and an A/A of the H200
-    (A, B and a planted-slowdown C) called B 1.05x slower than A on mnist_mlp resident (p=0.02)."""
+    tuned). Turning the order gives every worker its second round in a row equally often: once in every N rounds
+    of N workers. Reversing it did so for two workers but not three: A B C, C B A left B, always in the middle,
+    never running twice in a row, and an A/A of the H200 (A, B and a planted-slowdown C) called B 1.05x slower
+    than A on mnist_mlp resident (p=0.02)."""
 
     labels: list[str]
     round_seconds: float | None = None  # each row's timed rounds last about this long per worker (None: as scaled)

@@ -297,16 +297,15 @@ def _claim_staging(staging: Path, plan: dict) -> None:
     if plan_file.exists():
         saved = json.loads(plan_file.read_text())
         saved.pop("interleave_id", None)
-        if saved != plan and not any(staging.glob("*-[0-9][0-9][0-9].json")):
-            # Another command's folder with nothing measured in it (it failed at once, e.g. on a mistyped
-            # option): nothing to lose, so this command takes it over rather than asking to delete it.
-            shutil.rmtree(staging)
-        elif saved != plan:
+        if saved == plan:
+            return
+        if any(staging.glob("*-[0-9][0-9][0-9].json")):
             raise UsageError(f"{staging} holds the unfinished processes of another `devicebench run` (other "
                              f"arguments or environments); re-run that command to finish it, delete the folder, "
                              f"or choose another --name")
-        else:
-            return
+        # Another command's folder with nothing measured in it (it failed at once, e.g. on a mistyped option):
+        # nothing to lose, so this command takes it over rather than asking to delete it.
+        shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     # Names the rows' worker pairs: pairs of another run (another id) are never matched with these.
     plan_file.write_text(json.dumps({**plan, "interleave_id": f"{staging.name.strip('.')}@{time.time():.0f}"}))
