@@ -8,11 +8,12 @@ cannot judge (an unreadable run, no row in common with the baseline); the messag
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
-from devicebench import compare, environment, history, processes, results, signals, significance, sweep
+from devicebench import calibration, compare, environment, history, processes, results, signals, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.processes import DEFAULT_ROUND_SECONDS
 
@@ -33,7 +34,55 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     for name, status, detail in environment.device_table():
         print(f"{name.ljust(5)} {status.ljust(10)} {detail}")
+    print()
+    print(_calibrated_rows(calibration.Calibration.load(args.calibration), environment.machine_key()))
     return 0
+
+
+def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
+    """What ``info`` says about this machine's calibration (calibration.py)."""
+    entries = found.rows_of(machine_key)
+    if not entries:
+        return (f"calibration: none for this machine in {found.path} (single-process comparisons claim only "
+                f"changes beyond {significance.SINGLE_PROCESS_FLOOR:.0f}x; run devicebench calibrate -- ARGS)")
+    lines = [f"calibration: {len(entries)} row(s) of this machine in {found.path}"]
+    for entry in sorted(entries, key=lambda e: (e["torch_version"], e["test"])):
+        pair = "-" if entry["pair_log_sd"] is None else f"{math.expm1(entry['pair_log_sd']):.1%}"
+        process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
+        identity = entry["identity"]
+        lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: "
+                     f"{entry['pairs']} pairs, spread between pairs {pair}, between processes {process} "
+                     f"({entry['measured'][:10]})")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """An A/A of worker pairs of this Python, its per-row noise kept in the calibration file (calibration.py)."""
+    if args.env or args.until is not None:
+        raise UsageError("devicebench calibrate runs one Python against itself (--python, default this one); "
+                         "--env and --until belong to devicebench run")
+    python = args.python or sys.executable
+    env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
+    count = args.processes if args.processes is not None or args.budget is not None else CALIBRATION_PAIRS
+    written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir), args.name,
+                                        budget_seconds=args.budget, round_seconds=args.round_time)
+    first, second = (results.load_run(path) for path in written)
+    if first is None or second is None:
+        raise DevicebenchError(f"the calibration's runs {', '.join(map(str, written))} could not be read back")
+    pairs = len(next(iter(first.rows)).pairs) if first.rows else 0
+    how = (f"A/A of {pairs} worker pairs, round time {args.round_time or processes.DEFAULT_ROUND_SECONDS:g}s "
+           f"(devicebench calibrate -- {' '.join(_pytest_args(args))}; runs {written[0].name}, {written[1].name})")
+    found = calibration.Calibration.load(args.calibration)
+    added = found.add(first, second, how)
+    if not added:
+        raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
+    path = found.save()
+    print(f"calibration of {len(added)} row(s) written to {path}:")
+    print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
+    return 0
+
+
+CALIBRATION_PAIRS = 6  # devicebench calibrate's worker pairs when neither --processes nor --budget is given
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -41,7 +90,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
     # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
     runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
-    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device)
+    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device,
+                                        calibration.Calibration.load(args.calibration))
     tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
     if args.details or args.markdown:
@@ -91,14 +141,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
                                     pip_args=args.pip_args.split(), environments=environments,
-                                    until=args.until, budget_seconds=args.budget, round_seconds=args.round_time)
+                                    until=args.until, budget_seconds=args.budget, round_seconds=args.round_time,
+                                    calibration=calibration.Calibration.load(args.calibration))
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
     measured = [run for run in runs if run.exists()]
     if measured:
         print(f"\nhistory of {output_dir} (each step judged across processes):\n")
         return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=args.threshold, png=args.png,
-                                              fail_on_regression=False))
+                                              fail_on_regression=False, calibration=args.calibration))
     return 1 if skipped else 0
 
 
@@ -110,13 +161,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
         [processes.Environment("current", sys.executable)]
     processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
-                              until=args.until, budget_seconds=args.budget, round_seconds=args.round_time)
+                              until=args.until, budget_seconds=args.budget, round_seconds=args.round_time,
+                              calibration=calibration.Calibration.load(args.calibration))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     runs = results.load_runs([args.dir], Path(args.dir))
-    lines = history.timelines(runs)
+    lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
     text, found = history.render(lines, args.threshold)
     print(text)
     if args.png:
@@ -172,15 +224,24 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
+    _add_calibration_option(parser)
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
                         help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+
+
+def _add_calibration_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                        help=f"this machine's measured noise (default $DEVICEBENCH_CALIBRATION or "
+                             f"{calibration.DEFAULT_PATH}; written by devicebench calibrate)")
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="devicebench", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="versions, backends and which devices can run here")
+    info = commands.add_parser("info", help="versions, backends, which devices can run here, and this machine's "
+                                            "calibrated rows")
+    _add_calibration_option(info)
     info.set_defaults(handler=lambda args: cmd_info(args))  # looked up when called (tests replace it)
 
     comparison = commands.add_parser("compare", help="compare saved runs (files, folders or run ids)")
@@ -203,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
                             help="exit 1 when any row is significantly slower than that row in the first run by "
                                  "more than the threshold (a CI gate; change view only)")
     comparison.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
+    _add_calibration_option(comparison)
     comparison.set_defaults(handler=cmd_compare)
 
     reporting = commands.add_parser("report", help="one self-contained HTML report of saved runs (opens offline)")
@@ -250,11 +312,27 @@ def parser() -> argparse.ArgumentParser:
     sweeping.add_argument("--png", metavar="PATH", help="also write the history chart")
     sweeping.set_defaults(handler=cmd_sweep)
 
+    calibrating = commands.add_parser(
+        "calibrate", help="measure this machine's noise per row once (an A/A of worker pairs) for later comparisons",
+        description="Runs `pytest benchmarks PYTEST_ARGS` as worker pairs of the same Python (an A/A: A and B "
+                    "alternate rounds) and keeps each row's spread between pairs and between processes in the "
+                    "calibration file, keyed by row, machine and torch version. Later comparisons of this machine "
+                    "use it: a single-process compare gets a verdict, and a devicebench run of a few pairs the "
+                    "degrees of freedom of many. Use the --round-time of the runs it will judge.")
+    _add_process_options(
+        calibrating, processes=None, output_dir="results/calibration",
+        processes_help=f"worker pairs (default {CALIBRATION_PAIRS}, or as many as --budget allows)",
+        env_help=argparse.SUPPRESS, name=time.strftime("calibration-%Y%m%d-%H%M%S"),
+        name_help="file name prefix of the A/A runs it keeps: OUTPUT_DIR/NAME-A.json and -B.json")
+    calibrating.add_argument("--python", help="the Python to calibrate (default: this one)")
+    calibrating.set_defaults(handler=cmd_calibrate)
+
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")
     past.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
     past.add_argument("--png", metavar="PATH", help="also write a line chart")
     past.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a step regressed")
+    _add_calibration_option(past)
     past.set_defaults(handler=cmd_history)
     return top
 

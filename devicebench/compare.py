@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from devicebench import fallback, schema
+from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
@@ -79,14 +80,16 @@ def choose_view(runs: list[Run], view: str) -> str:
 
 
 def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, view: str = "auto",
-                 baseline_device: str | None = None) -> tuple[str, list[Table]]:
-    """The chosen view's name and its tables (one per identity, or per configuration in the devices view)."""
+                 baseline_device: str | None = None,
+                 calibration: Calibration | None = None) -> tuple[str, list[Table]]:
+    """The chosen view's name and its tables (one per identity, or per configuration in the devices view).
+    ``calibration``: this machine's measured noise, used for rows of one machine in the change view."""
     view = choose_view(runs, view)
     if view == "change":
         if baseline_device is not None:
             raise UsageError("--baseline-device belongs to --view devices; the change view's baseline is the "
                              "first run given")
-        return view, change_tables(runs, threshold)
+        return view, change_tables(runs, threshold, calibration)
     return view, device_tables(runs, threshold, baseline_device)
 
 
@@ -100,22 +103,33 @@ def _group(columns: list[Column], key: Callable[[Row], Hashable]) -> dict[Hashab
     return groups
 
 
-def _verdicts(cells: list[Row], baseline: int | None, threshold: float) -> list[Verdict | None]:
+def _noise(calibration: Calibration | None, base: tuple[Column, Row], cand: tuple[Column, Row]) -> Noise | None:
+    """The calibrated noise for a change on one machine: the candidate's torch version's, else the baseline's.
+    Runs of two machines have no shared noise figure (each machine's is its own)."""
+    if calibration is None or base[0].run.machine_key != cand[0].run.machine_key:
+        return None
+    return calibration.noise_for(cand[0].run, cand[1]) or calibration.noise_for(base[0].run, base[1])
+
+
+def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold: float,
+              calibration: Calibration | None = None) -> list[Verdict | None]:
     """Each cell judged against the baseline cell (None for the baseline itself, when there is none, or when either
     device failed its parity check: a wrong result is never ranked, faster or slower)."""
+    cells = [row for _, row in members]
     if baseline is not None and cells[baseline].extra.get("parity_failed"):
         return [None] * len(cells)
     return [None if baseline is None or i == baseline or row.extra.get("parity_failed")
-            else judge(cells[baseline], row, threshold) for i, row in enumerate(cells)]
+            else judge(cells[baseline], row, threshold, _noise(calibration, members[baseline], members[i]))
+            for i, row in enumerate(cells)]
 
 
-def change_tables(runs: list[Run], threshold: float) -> list[Table]:
+def change_tables(runs: list[Run], threshold: float, calibration: Calibration | None = None) -> list[Table]:
     baseline_run = runs[0]
     tables = []
     for identity, members in _group(columns_of(runs), lambda row: row.identity).items():
         cells = [row for _, row in members]
         baseline = next((i for i, (column, _) in enumerate(members) if column.run is baseline_run), None)
-        verdicts = _verdicts(cells, baseline, threshold)
+        verdicts = _verdicts(members, baseline, threshold, calibration)
         notes = []
         if baseline is None:
             notes.append(f"not compared: {why_not_comparable(identity, baseline_run.rows)}")
@@ -155,7 +169,7 @@ def device_tables(runs: list[Run], threshold: float, baseline_device: str | None
         baseline = 0
         if baseline_device is not None:
             baseline = next((i for i, (column, _) in enumerate(members) if column.device == baseline_device), None)
-        verdicts = _verdicts(cells, baseline, threshold)
+        verdicts = _verdicts(members, baseline, threshold)
         notes = [] if baseline is not None else [f"no {baseline_device} row for this configuration: ratios omitted"]
         tables.append(Table(cells[0].identity.config_label(), [column for column, _ in members], cells, baseline,
                             verdicts, notes))

@@ -41,6 +41,13 @@ def software_facts() -> dict:
     }
 
 
+def machine_key() -> tuple:
+    """This machine as ``results.Run.machine_key`` names the machine of a saved run."""
+    import platform
+
+    return (platform.node(), devices.cpu_name(), tuple(a.get("name", "?") for a in devices.accelerators()))
+
+
 def update_machine_info(machine_info: dict) -> None:
     """Add our facts to pytest-benchmark's machine_info and drop the fields that change between runs."""
     machine_info.update(software_facts())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
+from devicebench.calibration import Calibration, Noise
 from devicebench.compare import plain_table
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
@@ -33,12 +34,21 @@ class Timeline:
     device_name: str
     versions: list[str]
     runs: list[list[Run]]
+    calibration: Calibration | None = None  # this machine's measured noise (calibration.py)
 
     def rows(self, key: RowIdentity) -> list[Row | None]:
         """Per torch version, the row of the latest run that has it."""
+        return [None if found is None else found[1] for found in self._runs_and_rows(key)]
+
+    def noise(self, key: RowIdentity) -> list[Noise | None]:
+        """Per torch version, that row's calibrated noise on this machine, where measured."""
+        return [None if found is None or self.calibration is None else self.calibration.noise_for(*found)
+                for found in self._runs_and_rows(key)]
+
+    def _runs_and_rows(self, key: RowIdentity) -> list[tuple[Run, Row] | None]:
         found = []
         for version_runs in self.runs:
-            rows = [r for run in version_runs for r in run.rows if r.identity == key]
+            rows = [(run, r) for run in version_runs for r in run.rows if r.identity == key]
             found.append(rows[-1] if rows else None)
         return found
 
@@ -54,7 +64,7 @@ def _version_key(text: str):
         return (1, Version("0"), text)
 
 
-def timelines(runs: list[Run]) -> list[Timeline]:
+def timelines(runs: list[Run], calibration: Calibration | None = None) -> list[Timeline]:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         for device in dict.fromkeys(row.device for row in run.rows):
@@ -68,19 +78,20 @@ def timelines(runs: list[Run]) -> list[Timeline]:
             order[run.version_label] = (_version_key(run.torch_version), run.sweep_position or 0)
         versions = sorted(by_version, key=order.__getitem__)
         name = next(row.device_name for row in group[0].rows if row.device == device)
-        result.append(Timeline(group[0].machine_label, device, name, versions, [by_version[v] for v in versions]))
+        result.append(Timeline(group[0].machine_label, device, name, versions, [by_version[v] for v in versions],
+                               calibration))
     return result
 
 
 def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list[Verdict | None]:
     """Verdict of each torch version against the previous one that has this row (None for the first)."""
-    verdicts, previous = [], None
-    for row in timeline.rows(key):
+    verdicts, previous, previous_noise = [], None, None
+    for row, noise in zip(timeline.rows(key), timeline.noise(key)):
         if row is None:
             verdicts.append(None)
             continue
-        verdicts.append(judge(previous, row, threshold) if previous is not None else None)
-        previous = row
+        verdicts.append(judge(previous, row, threshold, noise or previous_noise) if previous is not None else None)
+        previous, previous_noise = row, noise
     return verdicts
 
 

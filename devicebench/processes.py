@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench import interleave, stability
+from devicebench.calibration import Calibration
 from devicebench.errors import DevicebenchError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: benchmarks/, conftest.py and fixtures/ live here
@@ -55,8 +56,8 @@ def parse_environment(text: str) -> Environment:
 def run_interleaved(environments: list[Environment], processes: int | None, pytest_args: list[str],
                     output_dir: Path, name: str, echo: Callable[[str], None] = print,
                     sweep_positions: dict[str, int] | None = None, until: float | None = None,
-                    budget_seconds: float | None = None,
-                    round_seconds: float | None = None) -> list[Path]:
+                    budget_seconds: float | None = None, round_seconds: float | None = None,
+                    calibration: Calibration | None = None) -> list[Path]:
     """Measure the suite in every environment and write one merged run per environment.
 
     One environment: ``processes`` fresh pytest processes, one after another. Two or more: worker pairs (one live
@@ -64,6 +65,7 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
     added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time);
     ``round_seconds``: a worker times each row's rounds for about this long (interleave.Scheduler._size;
     default DEFAULT_ROUND_SECONDS), and its compiled code is kept between that environment's workers.
+    ``calibration``: this machine's measured noise, which the detectable changes of ``until`` use.
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
     """
@@ -85,7 +87,7 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
         count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, pytest_args, staging, echo)
     else:
         count = _run_pairs(environments, processes, pytest_args, staging, echo, until, budget_seconds,
-                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds)
+                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds, calibration)
     plan = json.loads((staging / "plan.json").read_text())
     written = []
     for env in environments:
@@ -144,7 +146,7 @@ def _run_sequential(env: Environment, processes: int, pytest_args: list[str], st
 
 def _run_pairs(environments: list[Environment], processes: int | None, pytest_args: list[str], staging: Path,
                echo: Callable[[str], None], until: float | None, budget_seconds: float | None,
-               round_seconds: float) -> int:
+               round_seconds: float, calibration: Calibration | None = None) -> int:
     """Worker pairs (one live worker per environment, rounds alternated) until the plan says stop; how many.
 
     Without ``until``: ``processes`` pairs (default 5). With it: pairs until every row's smallest detectable
@@ -170,7 +172,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
             index += 1
             continue
         done = index - 1
-        progress = _detectable_by_row(staging, environments, done) if done >= 2 else {}
+        progress = _detectable_by_row(staging, environments, done, calibration) if done >= 2 else {}
         if done and progress:
             echo(_progress_lines(progress, done, until))
         if until is not None and done >= MIN_PAIRS_FOR_UNTIL and progress \
@@ -187,7 +189,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         spent += pair_seconds
         index += 1
     if until is not None:
-        echo(_until_report(_detectable_by_row(staging, environments, done), until, done, spent))
+        echo(_until_report(_detectable_by_row(staging, environments, done, calibration), until, done, spent))
     return done
 
 
@@ -245,21 +247,25 @@ def _pair_seconds(staging: Path, index: int) -> float:
     return json.loads(meta.read_text())["seconds"] if meta.exists() else 0.0
 
 
-def _detectable_by_row(staging: Path, environments: list[Environment], pairs: int) -> dict[str, float | None]:
+def _detectable_by_row(staging: Path, environments: list[Environment], pairs: int,
+                       calibration: Calibration | None) -> dict[str, float | None]:
     """Each row's smallest detectable change after ``pairs`` pairs: the worst over each environment against the
-    first (None where a row cannot be judged)."""
+    first (None where a row cannot be judged), with this machine's calibration where it has the row."""
     if pairs < 2 or len(environments) < 2:
         return {}
     from devicebench import results, significance
 
     interleave_id = "in progress"
-    merged = [results.rows_of(_merged(staging, env, pairs, interleave_id)) for env in environments]
+    merged = [_merged(staging, env, pairs, interleave_id) for env in environments]
+    runs = [results.Run(staging, data["machine_info"], "", results.rows_of(data)) for data in merged]
     found: dict[str, float | None] = {}
-    for row in merged[0]:
+    for row in runs[0].rows:
         worst: float | None = 0.0
-        for others in merged[1:]:
-            other = next((candidate for candidate in others if candidate.test == row.test), None)
-            detectable = None if other is None else significance.judge(row, other).detectable
+        for other_run in runs[1:]:
+            other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
+            noise = None if calibration is None or other is None else (
+                calibration.noise_for(other_run, other) or calibration.noise_for(runs[0], row))
+            detectable = None if other is None else significance.judge(row, other, noise=noise).detectable
             worst = None if detectable is None or worst is None else max(worst, detectable)
         found[row.test] = worst
     return found

@@ -40,8 +40,23 @@ would pass half the regressions it exists for. A significant change whose whole 
 threshold is real but smaller than what was asked about ("below threshold"). Single-process verdicts have no
 interval and keep the estimate.
 
-**Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread: their verdict uses
-Mann-Whitney U on the rounds, as before, and says that the variation between processes was not measured.
+**Calibrated noise** (calibration.py: an A/A of worker pairs measured once on this machine, torch version and
+row). A t-test on three pairs has two degrees of freedom, so its detectable change is about five times the pairs'
+spread, and most of that factor is not knowing the spread. When the row is calibrated, the pairs' variance is
+pooled with the calibrated one, ``((n-1) s^2 + df_c s_c^2) / (n - 1 + df_c)`` on ``n - 1 + df_c`` degrees of
+freedom: the classic pooled-variance t-test, which assumes the spread is the machine's and the same now as then.
+That assumption is checked, not trusted: when this run's pairs spread significantly more than the calibration's
+(one-sided F-test at 5%), or its workers timed fewer than half the calibration's rounds (a noisier pair estimate),
+the calibration is not used and the noise line says why.
+
+**Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread of their own. With a
+calibration, one process a side is judged against the calibrated spread of one process's median from another's
+(``process_log_sd``, the same for both sides): a t-test of the log ratio with standard error ``sqrt(2)
+process_log_sd`` on the calibration's degrees of freedom. Without one, the rounds inside a process cannot say
+whether the processes differ (they move together), so no change is claimed unless it is beyond
+``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code this suite has
+measured on a quiet machine (1.45x: mnist_mlp tuned, 2-core VM); the verdict says what would settle it.
+Mann-Whitney U on the rounds still supplies the p-value shown.
 """
 
 from __future__ import annotations
@@ -52,11 +67,14 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from devicebench.calibration import Noise, pair_estimates
 from devicebench.results import Row
 
 ALPHA = 0.05
 POWER = 0.80
 DEFAULT_THRESHOLD = 0.05
+# Single-process comparisons without a calibration claim only changes beyond this ratio ("Single-process runs").
+SINGLE_PROCESS_FLOOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,7 @@ class Verdict:
     interval: tuple[float, float] | None = None  # 95% confidence interval of the ratio (process-level verdicts)
 
     paired: bool = False  # judged as interleaved worker pairs (processes[0] == processes[1] pairs)
+    calibration: str | None = None  # how the calibrated noise was used, or why it was not; None: no calibration
 
     @property
     def process_level(self) -> bool:
@@ -84,8 +103,8 @@ class Verdict:
         """Could the change be of the threshold's size? The interval's far end reaches it ("When a change
         counts" above); without an interval (a single process), the estimate does."""
         limit = math.log1p(self.threshold)
-        if self.interval is None:
-            return abs(math.log(self.ratio)) >= limit
+        if self.interval is None:  # one process a side, uncalibrated: only a change beyond any measured noise
+            return abs(math.log(self.ratio)) >= max(limit, math.log(SINGLE_PROCESS_FLOOR))
         low, high = (math.log(bound) for bound in self.interval)
         return high >= limit if self.ratio >= 1 else low <= -limit
 
@@ -102,12 +121,21 @@ class Verdict:
         """No change found, but the processes spread too much to have seen one of the threshold's size."""
         return not self.is_change and self.detectable is not None and self.detectable > self.threshold
 
+    @property
+    def uncalibrated_single(self) -> bool:
+        return not self.process_level and self.interval is None
+
     def noise(self) -> str:
+        calibrated = "" if self.calibration is None else f"; {self.calibration}"
+        if self.uncalibrated_single:
+            return (f"one process a side and no calibration of this row on this machine: only a change beyond "
+                    f"{SINGLE_PROCESS_FLOOR:.0f}x is claimed; run devicebench calibrate once, or devicebench run "
+                    f"for several processes a side")
         if not self.process_level:
-            return "single process: process-to-process variation not measured"
+            return f"one process a side, smallest detectable change {self.detectable:.1%}{calibrated}"
         if self.paired:
             return (f"{self.processes[0]} worker pairs, rounds alternated; spread between pairs {self.spread:.1%}, "
-                    f"smallest detectable change {self.detectable:.1%}")
+                    f"smallest detectable change {self.detectable:.1%}{calibrated}")
         return (f"{self.processes[0]} vs {self.processes[1]} processes, spread {self.spread:.1%}, "
                 f"smallest detectable change {self.detectable:.1%}")
 
@@ -115,13 +143,18 @@ class Verdict:
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
         if self.is_change:
             text = f"{speed(self.ratio)} (p={p}{self._interval_text()})"
+        elif self.uncalibrated_single:
+            text = (f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without a calibration "
+                    f"({speed(self.ratio)}, rounds p={p})")
         elif self.inconclusive:
             text = (f"no significant change, inconclusive: processes spread too much to detect a "
                     f"{self.threshold:.0%} change ({speed(self.ratio)}, p={p})")
         else:
             reason = "below threshold" if self.significant else "not significant"
             text = f"no significant change ({reason}; {speed(self.ratio)}, p={p}{self._interval_text()})"
-        return text if self.process_level else f"{text} [single process]"
+        if self.process_level:
+            return text
+        return f"{text} [single process{'' if self.uncalibrated_single else ', calibrated noise'}]"
 
     def _interval_text(self) -> str:
         return "" if self.interval is None else f", 95% interval {self.interval[0]:.3f}-{self.interval[1]:.3f}x"
@@ -131,22 +164,38 @@ def speed(ratio: float) -> str:
     return f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
 
 
-def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
-    """Compare two rows of the same identity (or, in the devices view, the same configuration)."""
+def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, noise: Noise | None = None) -> Verdict:
+    """Compare two rows of the same identity (or, in the devices view, the same configuration); ``noise``: the
+    row's calibration on the candidate's machine and torch version, where one exists."""
     common = sorted(baseline.pairs.keys() & candidate.pairs.keys())
     if len(common) >= 2:
         return _paired([baseline.pairs[key] for key in common], [candidate.pairs[key] for key in common],
-                       threshold)
+                       threshold, noise)
     base, cand = baseline.process_medians, candidate.process_medians
     counts = (len(base), len(cand))
     if min(counts) >= 2:
         return _process_level(base, cand, threshold)
     ratio = candidate.median_seconds / baseline.median_seconds
+    if noise is not None and noise.process_log_sd and noise.process_df > 0:
+        return _single_calibrated(ratio, counts, threshold, noise)
     a, b = baseline.all_seconds, candidate.all_seconds
     p_value = None
     if len(a) >= 2 and len(b) >= 2:
         p_value = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    return Verdict(ratio, p_value, threshold, counts)
+    detectable = SINGLE_PROCESS_FLOOR - 1  # what it can claim without a calibration
+    return Verdict(ratio, p_value, threshold, counts, detectable=detectable)
+
+
+def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, noise: Noise) -> Verdict:
+    """One process a side against the calibrated spread of one process's median from another's."""
+    log_ratio, df = math.log(ratio), noise.process_df
+    standard_error = math.sqrt(2) * noise.process_log_sd
+    p_value = float(2 * stats.t.sf(abs(log_ratio) / standard_error, df))
+    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * standard_error
+    return Verdict(ratio, p_value, threshold, counts, spread=math.expm1(noise.process_log_sd),
+                   detectable=math.expm1(detectable_log), interval=_interval(log_ratio, standard_error, df),
+                   calibration=f"one process's median from another's {math.expm1(noise.process_log_sd):.1%} "
+                               f"({noise.describe()})")
 
 
 def _process_level(base: list[float], cand: list[float], threshold: float) -> Verdict:
@@ -169,23 +218,39 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
                    interval=_interval(math.log(ratio), math.sqrt(se_a + se_b), welch_df))
 
 
-def _paired(base: list[list[float]], cand: list[list[float]], threshold: float) -> Verdict:
-    """The interleaved-pairs model above: per pair the median log ratio of adjacent rounds, then a t-test."""
-    estimates = []
-    for a_rounds, b_rounds in zip(base, cand):
-        count = min(len(a_rounds), len(b_rounds))
-        estimates.append(statistics.median(math.log(b_rounds[k]) - math.log(a_rounds[k]) for k in range(count)))
+def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, noise: Noise | None) -> Verdict:
+    """The interleaved-pairs model above: per pair the median log ratio of adjacent rounds, then a t-test, on the
+    pairs' spread pooled with the calibrated one where it applies ("Calibrated noise")."""
+    estimates = pair_estimates(base, cand)
     n = len(estimates)
     mean = statistics.fmean(estimates)
     sd = statistics.stdev(estimates)
-    if sd == 0:  # identical estimates (planted data): no spread to test against
+    variance, df = sd ** 2, n - 1
+    used = None
+    if noise is not None and noise.pair_log_sd is not None and noise.pair_df > 0:
+        rounds = statistics.median(min(len(a), len(b)) for a, b in zip(base, cand))
+        calibrated = noise.pair_log_sd ** 2
+        excess_p = float(stats.f.sf(variance / calibrated, n - 1, noise.pair_df)) if calibrated > 0 else 0.0
+        if rounds < noise.rounds_per_worker / 2:
+            used = (f"calibration not used: {rounds:.0f} rounds per worker against its {noise.rounds_per_worker} "
+                    f"(give the same --round-time)")
+        elif excess_p < ALPHA:
+            used = (f"calibration not used: these pairs spread {math.expm1(sd):.1%}, significantly more than the "
+                    f"calibrated {math.expm1(noise.pair_log_sd):.1%} (p={excess_p:.2g}); recalibrate if the "
+                    f"machine changed")
+        else:
+            variance = ((n - 1) * variance + noise.pair_df * calibrated) / (n - 1 + noise.pair_df)
+            df = n - 1 + noise.pair_df
+            used = f"pooled with the calibrated spread {math.expm1(noise.pair_log_sd):.1%} ({noise.describe()})"
+    standard_error = math.sqrt(variance / n)
+    if standard_error == 0:  # identical estimates (planted data): no spread to test against
         p_value = 1.0 if mean == 0 else 0.0
     else:
-        p_value = float(stats.ttest_1samp(estimates, 0.0).pvalue)
-    detectable_log = (stats.t.ppf(1 - ALPHA / 2, n - 1) + stats.t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
-    return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(sd),
+        p_value = float(2 * stats.t.sf(abs(mean) / standard_error, df))
+    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * standard_error
+    return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(math.sqrt(variance)),
                    detectable=math.expm1(detectable_log), paired=True,
-                   interval=_interval(mean, sd / math.sqrt(n), n - 1))
+                   interval=_interval(mean, standard_error, df), calibration=used)
 
 
 def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench import processes
+from devicebench.calibration import Calibration
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.tables import load_table
 
@@ -111,7 +112,7 @@ def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list
               envs_dir: Path, name: str, rerun: bool = False, pip_args: list[str] | None = None,
               environments: list[processes.Environment] | None = None,
               echo: Callable[[str], None] = print, until: float | None = None,
-              budget_seconds: float | None = None,
+              budget_seconds: float | None = None, calibration: Calibration | None = None,
               round_seconds: float | None = None) -> tuple[list[Path], list[Skipped]]:
     """Measure every version (or the given ``environments``, which need no build); return runs and skips."""
     if not versions and not environments:
@@ -135,5 +136,6 @@ def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list
     if todo:
         processes.run_interleaved(todo, processes_per_version, pytest_args, output_dir, name, echo,
                                   sweep_positions=positions, until=until if len(todo) > 1 else None,
-                                  budget_seconds=budget_seconds, round_seconds=round_seconds)
+                                  budget_seconds=budget_seconds, round_seconds=round_seconds,
+                                  calibration=calibration)
     return [Path(output_dir) / f"{name}-{env.label}.json" for env in ready], skipped

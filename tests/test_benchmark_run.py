@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,21 +68,35 @@ def test_unknown_device_is_a_usage_error(tmp_path):
 def test_saved_quick_runs_compare_and_a_slowed_run_fails_the_gate(tmp_path):
     """The CI recipe end to end: save runs with --benchmark-autosave, compare them, gate on regressions.
 
-    These are single-process runs, so the A/A pair is checked with a wide threshold: on the shared 2-core machines
-    this project runs on, processes of the same code differed by 1.2x-1.8x (README, "How much noise to
-    expect"), which no statistics inside one run can see. The slowed run sleeps 5 ms in each of the MLP's 4 module
-    forwards (~+0.84 s on rounds of ~0.15 s), far beyond that noise, and must fail the gate at the default 5%.
+    One process a side and no calibration: the gate claims only a change beyond 2x (significance.py,
+    "Single-process runs"). Two real runs of the same code cannot be the A/A check here: with the test command's
+    two workers on two cores, another test's process shares the machine, and an A/A of these runs once read 1.99x
+    (CI, 2026-12-02). So the A/A is the saved run against itself made 1.9x slower, just inside what is never
+    claimed from one process uncalibrated, and the real slowed run sleeps 10 ms in each of the MLP's 4 module
+    forwards (~+1.7 s on rounds of ~0.15-0.5 s), over 3x even if the baseline ran at its slowest.
     """
     storage = tmp_path / "results"
     common = [str(REPO / "benchmarks"), "-k", "mnist and not parity", "--pipeline", "resident", "--device",
               "cpu", "--scale", "quick", "--data", "synthetic", f"--benchmark-storage=file://{storage}",
               "--benchmark-autosave", "-q"]
-    for extra in ([], [], ["-p", "fixtures.slowdown", "--slowdown-ms", "5"]):
+    for extra in ([], ["-p", "fixtures.slowdown", "--slowdown-ms", "10"]):
         result = run_pytest(*common, *extra, cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    first, second, slowed = sorted(storage.rglob("*.json"))
-    assert cli_main(["compare", str(first), str(second), "--fail-on-regression", "--threshold", "0.5"]) == 0
-    assert cli_main(["compare", str(first), str(slowed), "--fail-on-regression"]) == 1
+    first, slowed = sorted(storage.rglob("*.json"))
+    no_calibration = ["--calibration", str(tmp_path / "no-calibration.json")]
+    assert cli_main(["compare", str(first), str(scaled_copy(first, 1.9, tmp_path / "aa.json")),
+                     "--fail-on-regression", *no_calibration]) == 0
+    assert cli_main(["compare", str(first), str(slowed), "--fail-on-regression", *no_calibration]) == 1
+
+
+def scaled_copy(run_file: Path, factor: float, target: Path) -> Path:
+    """The saved run with every timing multiplied by ``factor``."""
+    data = json.loads(run_file.read_text())
+    for bench in data["benchmarks"]:
+        for field in ("round_seconds", "train_seconds", "val_seconds"):
+            bench["extra_info"][field] = [value * factor for value in bench["extra_info"][field]]
+    target.write_text(json.dumps(data))
+    return target
 
 
 def cli_main(argv: list[str]) -> int:

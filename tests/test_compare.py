@@ -14,6 +14,7 @@ from scipy.stats import mannwhitneyu
 from devicebench import cli, compare, history, results, significance
 from devicebench.errors import UsageError
 from fixtures import compare_hooks
+from test_calibration import frozen_calibration
 
 RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +33,9 @@ def test_mps_machine_against_cuda_machine_is_the_devices_view_with_ratios(capsys
     assert view == "devices"
     resident = next(t for t in tables if t.workload == "resnet18_cifar")
     verdict = resident.verdicts[[c.device for c in resident.columns].index("cuda")]
-    assert verdict.is_change and verdict.describe().startswith("1.50x faster")
+    # One process a side, no calibration of either machine: 1.5x is within what processes of the same code have
+    # differed by, so the ratio is shown without a verdict (test_calibration.py has the calibrated case).
+    assert not verdict.is_change and "1.50x faster" in verdict.describe()
     assert "[single process]" in verdict.describe()  # old single-process files still load, and say so
 
 
@@ -47,26 +50,10 @@ def test_devices_view_takes_the_baseline_device_the_user_names(capsys):
                      "--fail-on-regression"]) == 2  # a slower device is not a regression
 
 
-def test_planted_ten_percent_slowdown_is_flagged_and_the_gate_fails(capsys):
-    code = cli.main(["compare", str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json"),
-                     "--fail-on-regression"])
-    out = capsys.readouterr().out
-    assert code == 1
-    assert "view: change" in out
-    assert "1.10x slower (p=" in out and "1 significant regression(s) beyond 5%" in out
-    assert "torch 2.13.0" in out and "torch 2.14.1" in out
-
-
-def test_a_slowdown_below_the_threshold_passes_the_gate(capsys):
-    code = cli.main(["compare", str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json"),
-                     "--fail-on-regression", "--threshold", "15%"])
-    assert code == 0 and "below threshold" in capsys.readouterr().out
-
-
 def test_a_a_pair_is_no_significant_change(capsys):
     code = cli.main(["compare", str(RUNS / "aa_first.json"), str(RUNS / "aa_second.json"), "--fail-on-regression"])
     out = capsys.readouterr().out
-    assert code == 0 and "no significant change" in out and "no significant regression" in out
+    assert code == 0 and "no verdict below 2x" in out and "no significant regression" in out
     # Same machine and torch: columns are told apart by file name.
     assert "aa_first" in out and "aa_second" in out
 
@@ -116,16 +103,21 @@ def test_run_ids_are_found_under_the_results_folder(tmp_path):
 
 
 def test_history_orders_by_torch_version_and_marks_the_regression(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
     for name in ("cpu_torch_2.14.json", "cpu_torch_2.13.json", "m1_mps.json"):
-        shutil.copy(RUNS / name, tmp_path)
+        shutil.copy(RUNS / name, runs)
     png = tmp_path / "history.png"
-    assert cli.main(["history", str(tmp_path), "--png", str(png), "--fail-on-regression"]) == 1
+    # Single-process runs: the step is claimed on this machine's calibrated noise (test_calibration.py).
+    calibrated = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    assert cli.main(["history", str(runs), "--png", str(png), "--fail-on-regression",
+                     "--calibration", str(calibrated)]) == 1
     out = capsys.readouterr().out
     assert out.index("torch 2.13.0") < out.index("torch 2.14.1")
     assert "REGRESSION 1.10x slower" in out and "regression: ci-box" in out
     assert "Apple M1 GPU" in out  # a different machine gets its own table, never merged
     assert png.read_bytes().startswith(PNG_SIGNATURE)
-    timelines = history.timelines(results.load_runs([str(tmp_path)]))
+    timelines = history.timelines(results.load_runs([str(runs)]))
     assert len(timelines) == 3  # ci-box cpu, macbook mps, macbook cpu
 
 

@@ -1,0 +1,159 @@
+"""This machine's measured noise, per row: an A/A measured once, kept, and used by every later comparison.
+
+TorchBench gates on a per-test noise figure measured by repeated runs on the gating machine; this is the same idea
+for devicebench. ``devicebench calibrate`` runs the same Python twice as worker pairs (``devicebench run --env
+A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the log of the round times:
+
+- ``pair_log_sd``: how much worker pairs' estimates of B/A vary when nothing changed (per-process state and what
+  round noise is left after pairing). An interleaved comparison of a few pairs pools it with its own spread
+  (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom of many.
+- ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
+  times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against.
+
+An entry applies only to the same row identity (schema.py), on the same machine (``results.Run.machine_key``) and
+torch version: noise is a property of all three. The file lives beside the results
+(``.benchmarks/devicebench-calibration.json`` by default, ``--calibration`` or ``DEVICEBENCH_CALIBRATION`` to
+choose another), is written atomically, and a file of another format is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from devicebench.errors import UsageError
+from devicebench.results import Row, Run
+
+CALIBRATION_SCHEMA = 1
+DEFAULT_PATH = Path(".benchmarks") / "devicebench-calibration.json"
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("DEVICEBENCH_CALIBRATION") or DEFAULT_PATH)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """One row's calibrated noise (logs of seconds; ``*_df``: the degrees of freedom each was estimated with)."""
+
+    pair_log_sd: float | None  # None when the calibration had a single pair
+    pair_df: int
+    process_log_sd: float | None
+    process_df: int
+    rounds_per_worker: int  # median timed rounds per worker: a pair's spread depends on it
+    measured: str  # when, ISO date
+    how: str  # what was run
+
+    def describe(self) -> str:
+        return f"calibrated {self.measured[:10]}, {self.how}"
+
+
+def _machine(run: Run) -> list:
+    node, cpu, accelerators = run.machine_key
+    return [node, cpu, list(accelerators)]
+
+
+def _key(machine: list, torch_version: str, identity: dict) -> str:
+    return json.dumps([machine, torch_version, identity], sort_keys=True)
+
+
+class Calibration:
+    """The entries of one calibration file, looked up by (machine, torch version, row identity)."""
+
+    def __init__(self, path: Path, entries: list[dict] | None = None):
+        self.path = Path(path)
+        self.entries = list(entries or [])
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Calibration:
+        """The file's entries; an empty calibration when there is no file."""
+        path = default_path() if path is None else Path(path)
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UsageError(f"{path}: not a readable calibration file ({error}); delete it and run devicebench "
+                             f"calibrate again") from error
+        if not isinstance(data, dict) or data.get("calibration_schema") != CALIBRATION_SCHEMA \
+                or not isinstance(data.get("entries"), list):
+            raise UsageError(f"{path}: not a devicebench calibration of format {CALIBRATION_SCHEMA} (written by "
+                             f"another version?); delete it and run devicebench calibrate again")
+        return cls(path, data["entries"])
+
+    def noise_for(self, run: Run, row: Row) -> Noise | None:
+        """The calibrated noise of this row on the machine and torch version of ``run``, if measured."""
+        key = _key(_machine(run), run.torch_version, _jsonable(row.identity.fields()))
+        for entry in self.entries:
+            if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
+                return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
+                             entry["rounds_per_worker"], entry["measured"], entry["how"])
+        return None
+
+    def rows_of(self, machine_key: tuple) -> list[dict]:
+        """The entries measured on one machine (``devicebench info``)."""
+        node, cpu, accelerators = machine_key
+        return [entry for entry in self.entries if entry["machine"] == [node, cpu, list(accelerators)]]
+
+    def add(self, first: Run, second: Run, how: str) -> list[dict]:
+        """The A/A runs' noise, per row both runs have; replaces older entries of the same key. Returns the new
+        entries."""
+        if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
+            raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
+        added = []
+        for row in first.rows:
+            other = next((candidate for candidate in second.rows if candidate.identity == row.identity), None)
+            if other is None or not row.pairs:
+                continue
+            added.append(_entry(first, row, other, how))
+        keys = {_key(e["machine"], e["torch_version"], e["identity"]) for e in added}
+        self.entries = [e for e in self.entries
+                        if _key(e["machine"], e["torch_version"], e["identity"]) not in keys] + added
+        return added
+
+    def save(self) -> Path:
+        """Written to a temporary file and renamed: a reader never sees half a file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".part")
+        temporary.write_text(json.dumps({"calibration_schema": CALIBRATION_SCHEMA, "entries": self.entries},
+                                        indent=1, sort_keys=True))
+        temporary.replace(self.path)
+        return self.path
+
+
+def _jsonable(fields: dict) -> dict:
+    """The identity as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(fields))
+
+
+def pair_estimates(base: list[list[float]], cand: list[list[float]]) -> list[float]:
+    """Per worker pair, the median over its rounds of log B - log A (significance.py's pair estimate)."""
+    estimates = []
+    for a_rounds, b_rounds in zip(base, cand):
+        count = min(len(a_rounds), len(b_rounds))
+        estimates.append(statistics.median(math.log(b_rounds[k]) - math.log(a_rounds[k]) for k in range(count)))
+    return estimates
+
+
+def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
+    keys = sorted(row.pairs.keys() & other.pairs.keys())
+    estimates = pair_estimates([row.pairs[k] for k in keys], [other.pairs[k] for k in keys])
+    # One process's median against another's: the spread of log medians within each side, pooled.
+    sides = [[math.log(v) for v in r.process_medians] for r in (row, other)]
+    process_df = sum(len(side) - 1 for side in sides)
+    process_var = (sum((len(side) - 1) * statistics.variance(side) for side in sides if len(side) > 1)
+                   / process_df) if process_df else None
+    rounds = [len(times) for times in row.processes + other.processes]
+    return {"machine": _machine(run), "torch_version": run.torch_version,
+            "identity": _jsonable(row.identity.fields()), "test": row.test,
+            "pairs": len(estimates),
+            "pair_log_sd": statistics.stdev(estimates) if len(estimates) > 1 else None,
+            "pair_df": len(estimates) - 1,
+            "process_log_sd": None if process_var is None else math.sqrt(process_var), "process_df": process_df,
+            "rounds_per_worker": int(statistics.median(rounds)),
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how}

@@ -1,0 +1,173 @@
+"""This machine's noise measured once (calibration.py) and the verdicts that use it (significance.py, "Calibrated
+noise" and "Single-process runs"): planted data, so every test knows the right answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devicebench import calibration, cli, results, significance
+from devicebench.calibration import Calibration
+from devicebench.errors import UsageError
+from devicebench.results import Run
+from pytest_runs import REPO
+from test_interleave import paired_row, planted_pairs
+
+RUNS = REPO / "fixtures" / "runs"
+MACHINE = {"node": "box", "cpu_name": "AMD EPYC", "torch_version": "2.14.1", "accelerators": []}
+
+
+def run_of(*rows, machine: dict = MACHINE) -> Run:
+    return Run(Path("planted.json"), dict(machine), "2026-12-01", list(rows))
+
+
+def calibrated(tmp_path: Path, process_sd: float, pairs: int = 12, seed: int = 1000) -> Calibration:
+    """A planted A/A of ``pairs`` worker pairs whose workers differ by ``process_sd``, kept as a calibration."""
+    base, cand = planted_pairs(seed=seed, pairs=pairs, rounds=10, effect=0.0, process_sd=process_sd, drift_sd=0.05)
+    found = Calibration(tmp_path / "calibration.json")
+    found.add(run_of(base), run_of(cand), "planted A/A")
+    found.save()
+    return Calibration.load(tmp_path / "calibration.json")
+
+
+def test_an_a_a_is_kept_per_row_machine_and_torch_version(tmp_path):
+    found = calibrated(tmp_path, process_sd=0.02)
+    [entry] = found.entries
+    assert entry["pairs"] == 12 and entry["pair_df"] == 11 and entry["process_df"] == 22
+    assert entry["rounds_per_worker"] == 10 and entry["how"] == "planted A/A" and entry["test"] == "test_x"
+    # Two workers' offsets of sd 2% each: their pair estimate's spread is about 2% x sqrt(2).
+    assert 0.015 < entry["pair_log_sd"] < 0.045 and 0.01 < entry["process_log_sd"] < 0.035
+    row = paired_row([[0.1] * 10])
+    assert found.noise_for(run_of(row), row).pair_df == 11
+    assert found.noise_for(run_of(row, machine={**MACHINE, "torch_version": "2.13.0"}), row) is None
+    assert found.noise_for(run_of(row, machine={**MACHINE, "node": "other-box"}), row) is None
+    assert not list(tmp_path.glob("*.part"))  # written through a temporary file
+
+
+def test_calibrating_again_replaces_the_row_instead_of_adding_a_second(tmp_path):
+    found = calibrated(tmp_path, process_sd=0.02)
+    base, cand = planted_pairs(seed=5, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
+    found.add(run_of(base), run_of(cand), "again")
+    assert [entry["how"] for entry in found.entries] == ["again"]
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"calibration_schema": 99, "entries": []})])
+def test_an_unreadable_calibration_file_is_refused_by_name_with_the_fix(tmp_path, text):
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=r"calibration.json.*delete it and run devicebench calibrate again"):
+        Calibration.load(path)
+
+
+def test_a_calibration_lets_three_pairs_see_what_they_could_not_alone(tmp_path):
+    # Workers differ by 2%: three pairs alone have two degrees of freedom, so their detectable change is about
+    # five times their spread, over 5%; pooled with a 12-pair calibration (11 more), it is under 5%, and a
+    # planted 8% slowdown is found.
+    found = calibrated(tmp_path, process_sd=0.02)
+    base, cand = planted_pairs(seed=3, pairs=3, rounds=10, effect=math.log(1.08), process_sd=0.02, drift_sd=0.1)
+    alone = significance.judge(base, cand)
+    pooled = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    assert alone.detectable > 0.05 and alone.calibration is None
+    assert pooled.detectable < 0.05 and pooled.is_regression
+    assert "pooled with the calibrated spread" in pooled.noise()
+
+
+def test_a_calibrated_a_a_of_three_pairs_is_flagged_at_about_the_test_level(tmp_path):
+    # 300 A/As of three pairs, each judged with the same calibration of that machine's noise: the pooled test
+    # stays at its 5% level (15 expected; 27 would be a clear excess), as a test that used it wrongly would not.
+    found = calibrated(tmp_path, process_sd=0.02, pairs=15)
+    flagged = 0
+    for seed in range(300):
+        base, cand = planted_pairs(seed=seed, pairs=3, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
+        flagged += significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand)).significant
+    assert 3 <= flagged <= 27
+
+
+def test_a_run_noisier_than_its_calibration_is_judged_alone_and_says_why(tmp_path):
+    found = calibrated(tmp_path, process_sd=0.005)
+    base, cand = planted_pairs(seed=4, pairs=4, rounds=10, effect=0.0, process_sd=0.08, drift_sd=0.05)
+    verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    assert "calibration not used: these pairs spread" in verdict.noise() and "recalibrate" in verdict.noise()
+    assert verdict.detectable == significance.judge(base, cand).detectable
+
+
+def test_fewer_rounds_than_the_calibration_timed_do_not_use_it(tmp_path):
+    found = calibrated(tmp_path, process_sd=0.01)  # 10 rounds per worker
+    base, cand = planted_pairs(seed=4, pairs=3, rounds=4, effect=0.0, process_sd=0.01, drift_sd=0.05)
+    verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    assert "4 rounds per worker against its 10" in verdict.noise()
+
+
+# ------------------------------------------------------------------------------------- one process a side
+def single(seconds: float) -> results.Row:
+    return paired_row([[seconds] * 5], interleave_id=None)
+
+
+@pytest.mark.parametrize("ratio, calibrated_sd, claimed", [
+    (1.10, None, False),  # uncalibrated: 1.10x is within what processes of the same code have differed by
+    (1.10, 0.02, True),  # calibrated at 2%: a 10% change is far outside one process's spread
+    (1.03, 0.02, False),  # calibrated at 2%: 3% is inside it
+    (2.5, None, True),  # beyond any difference between processes this suite has measured: claimed uncalibrated
+])
+def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ratio, calibrated_sd, claimed):
+    noise = None if calibrated_sd is None else calibration.Noise(None, 0, calibrated_sd, 20, 5, "2026-12-01", "A/A")
+    verdict = significance.judge(single(0.1), single(0.1 * ratio), noise=noise)
+    assert verdict.is_regression is claimed
+    if calibrated_sd is None and not claimed:
+        assert verdict.inconclusive and "no verdict below 2x" in verdict.describe()
+        assert "devicebench calibrate" in verdict.noise()
+    if calibrated_sd is not None:
+        assert "calibrated noise" in verdict.describe() and verdict.interval is not None
+
+
+# ------------------------------------------------------------------------------------------ the commands
+def frozen_calibration(tmp_path: Path, run_file: str, process_sd: float) -> Path:
+    """A calibration of every row of a frozen run's machine and torch version (what calibrate would keep)."""
+    run = results.load_run(RUNS / run_file)
+    entries = [{"machine": calibration._machine(run), "torch_version": run.torch_version,
+                "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": 11,
+                "pair_log_sd": process_sd, "pair_df": 10, "process_log_sd": process_sd, "process_df": 20,
+                "rounds_per_worker": 10, "measured": "2026-12-01T10:00:00", "how": "planted"} for row in run.rows]
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"calibration_schema": calibration.CALIBRATION_SCHEMA, "entries": entries}))
+    return path
+
+
+def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what_an_uncalibrated_one_needs(
+        tmp_path, capsys):
+    pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(tmp_path / "none.json")]) == 0
+    out = capsys.readouterr().out
+    assert "no verdict below 2x" in out and "run devicebench calibrate once" in out
+    path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1.10x slower (p=" in out and "calibrated noise" in out
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path),
+                     "--threshold", "20%"]) == 0  # its whole interval (1.04-1.17x) inside 20%
+    assert "below threshold" in capsys.readouterr().out
+
+
+def test_history_marks_a_calibrated_step_and_leaves_an_uncalibrated_one_open(tmp_path, capsys):
+    for name in ("cpu_torch_2.14.json", "cpu_torch_2.13.json"):
+        shutil.copy(RUNS / name, tmp_path)
+    path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    assert cli.main(["history", str(tmp_path), "--fail-on-regression", "--calibration", str(path)]) == 1
+    assert "REGRESSION 1.10x slower" in capsys.readouterr().out
+    assert cli.main(["history", str(tmp_path), "--fail-on-regression", "--calibration",
+                     str(tmp_path / "none.json")]) == 0
+    assert "(inconclusive)" in capsys.readouterr().out
+
+
+def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch):
+    path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    run = results.load_run(RUNS / "cpu_torch_2.14.json")
+    monkeypatch.setattr("devicebench.environment.machine_key", lambda: run.machine_key)
+    assert cli.main(["info", "--calibration", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "calibration: 2 row(s) of this machine" in out and "test_mnist_mlp[cpu-seed] · standard" in out
+    assert "spread between pairs 2.0%" in out
