@@ -48,9 +48,11 @@ class Noise:
     rounds_per_worker: int  # median timed rounds per worker: a pair's spread depends on it
     measured: str  # when, ISO date
     how: str  # what was run
+    sources: tuple[str, ...] = ()  # interleave ids of the A/A runs it came from: their own pairs never use it
+    pairs: int = 0
 
     def describe(self) -> str:
-        return f"calibrated {self.measured[:10]}, {self.how}"
+        return f"calibrated {self.measured[:10]} from {self.pairs} pairs"
 
 
 def _machine(run: Run) -> list:
@@ -92,7 +94,8 @@ class Calibration:
         for entry in self.entries:
             if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
                 return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
-                             entry["rounds_per_worker"], entry["measured"], entry["how"])
+                             entry["rounds_per_worker"], entry["measured"], entry["how"],
+                             tuple(entry.get("sources", ())), entry["pairs"])
         return None
 
     def rows_of(self, machine_key: tuple) -> list[dict]:
@@ -101,19 +104,25 @@ class Calibration:
         return [entry for entry in self.entries if entry["machine"] == [node, cpu, list(accelerators)]]
 
     def add(self, first: Run, second: Run, how: str) -> list[dict]:
-        """The A/A runs' noise, per row both runs have; replaces older entries of the same key. Returns the new
-        entries."""
+        """The A/A runs' noise, per row both runs have, pooled with an earlier calibration of the same key when
+        its workers timed a like number of rounds (else replacing it). Returns the new entries."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
         added = []
         for row in first.rows:
             other = next((candidate for candidate in second.rows if candidate.identity == row.identity), None)
-            if other is None or not row.pairs:
+            if other is None or len(row.pairs.keys() & other.pairs.keys()) < 1:
                 continue
-            added.append(_entry(first, row, other, how))
-        keys = {_key(e["machine"], e["torch_version"], e["identity"]) for e in added}
-        self.entries = [e for e in self.entries
-                        if _key(e["machine"], e["torch_version"], e["identity"]) not in keys] + added
+            entry = _entry(first, row, other, how)
+            key = _key(entry["machine"], entry["torch_version"], entry["identity"])
+            earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
+                           None)
+            if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
+                    and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2:
+                entry = _pooled(earlier, entry)
+            self.entries = [e for e in self.entries
+                            if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
+            added.append(entry)
         return added
 
     def save(self) -> Path:
@@ -140,6 +149,22 @@ def pair_estimates(base: list[list[float]], cand: list[list[float]]) -> list[flo
     return estimates
 
 
+def _pooled(earlier: dict, new: dict) -> dict:
+    """Two calibrations of one row, machine and torch version as one: variances weighted by their degrees of
+    freedom, as one longer A/A would have given them."""
+    def pool(field: str, df_field: str) -> float | None:
+        parts = [(e[field], e[df_field]) for e in (earlier, new) if e[field] is not None and e[df_field] > 0]
+        df = sum(d for _, d in parts)
+        return math.sqrt(sum(d * sd ** 2 for sd, d in parts) / df) if df else None
+
+    return {**new, "pairs": earlier["pairs"] + new["pairs"],
+            "pair_log_sd": pool("pair_log_sd", "pair_df"), "pair_df": earlier["pair_df"] + new["pair_df"],
+            "process_log_sd": pool("process_log_sd", "process_df"),
+            "process_df": earlier["process_df"] + new["process_df"],
+            "sources": [*earlier.get("sources", ()), *new["sources"]],
+            "how": f"{earlier['how']}; then {new['how']}"}
+
+
 def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
     keys = sorted(row.pairs.keys() & other.pairs.keys())
     estimates = pair_estimates([row.pairs[k] for k in keys], [other.pairs[k] for k in keys])
@@ -156,4 +181,5 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
             "pair_df": len(estimates) - 1,
             "process_log_sd": None if process_var is None else math.sqrt(process_var), "process_df": process_df,
             "rounds_per_worker": int(statistics.median(rounds)),
-            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how}
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,
+            "sources": sorted({interleave_id for interleave_id, _ in keys})}

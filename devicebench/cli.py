@@ -61,23 +61,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.env or args.until is not None:
         raise UsageError("devicebench calibrate runs one Python against itself (--python, default this one); "
                          "--env and --until belong to devicebench run")
-    python = args.python or sys.executable
-    env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
-    count = args.processes if args.processes is not None or args.budget is not None else CALIBRATION_PAIRS
-    written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir), args.name,
-                                        budget_seconds=args.budget, round_seconds=args.round_time)
+    if args.from_runs:
+        written = [Path(path) for path in args.from_runs]
+        how = f"A/A runs {written[0].name}, {written[1].name}"
+    else:
+        python = args.python or sys.executable
+        env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
+        count = args.processes if args.processes is not None or args.budget is not None else CALIBRATION_PAIRS
+        written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir),
+                                            args.name, budget_seconds=args.budget, round_seconds=args.round_time)
+        how = (f"devicebench calibrate, round time {args.round_time or processes.DEFAULT_ROUND_SECONDS:g}s: "
+               f"{' '.join(_pytest_args(args))} (runs {written[0].name}, {written[1].name})")
     first, second = (results.load_run(path) for path in written)
     if first is None or second is None:
-        raise DevicebenchError(f"the calibration's runs {', '.join(map(str, written))} could not be read back")
-    pairs = len(next(iter(first.rows)).pairs) if first.rows else 0
-    how = (f"A/A of {pairs} worker pairs, round time {args.round_time or processes.DEFAULT_ROUND_SECONDS:g}s "
-           f"(devicebench calibrate -- {' '.join(_pytest_args(args))}; runs {written[0].name}, {written[1].name})")
+        raise UsageError(f"{', '.join(map(str, written))}: could not be read as devicebench runs (see above)")
+    if not any(row.pairs for row in first.rows):
+        raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
+                         f"devicebench run --env A=PY --env B=PY (the same Python twice)")
     found = calibration.Calibration.load(args.calibration)
     added = found.add(first, second, how)
     if not added:
         raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
     path = found.save()
-    print(f"calibration of {len(added)} row(s) written to {path}:")
+    print(f"calibration of {len(added)} row(s) written to {path} (pooled with earlier ones of the same row):")
     print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
     return 0
 
@@ -325,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
         env_help=argparse.SUPPRESS, name=time.strftime("calibration-%Y%m%d-%H%M%S"),
         name_help="file name prefix of the A/A runs it keeps: OUTPUT_DIR/NAME-A.json and -B.json")
     calibrating.add_argument("--python", help="the Python to calibrate (default: this one)")
+    calibrating.add_argument("--from-runs", nargs=2, metavar=("A_RUN", "B_RUN"),
+                             help="measure nothing: keep the noise of an A/A already run (the two files of one "
+                                  "devicebench run --env A=PY --env B=PY of the same Python)")
     calibrating.set_defaults(handler=cmd_calibrate)
 
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")

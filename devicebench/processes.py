@@ -80,7 +80,8 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
     if until is not None and budget_seconds is None and processes is None:
         raise UsageError("--until needs a bound: --budget (e.g. --budget 15m) or --processes as the most pairs; a "
                          "row that cannot get there would otherwise add pairs forever")
-    staging = Path(output_dir) / f".{name}.processes"
+    output_dir = Path(output_dir).resolve()  # workers run in the checkout (REPO), not where this was started
+    staging = output_dir / f".{name}.processes"
     _claim_staging(staging, {"pytest_args": pytest_args, "environments": [vars(env) for env in environments]})
     started = time.monotonic()
     if len(environments) == 1:

@@ -170,7 +170,7 @@ def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, n
     common = sorted(baseline.pairs.keys() & candidate.pairs.keys())
     if len(common) >= 2:
         return _paired([baseline.pairs[key] for key in common], [candidate.pairs[key] for key in common],
-                       threshold, noise)
+                       threshold, noise, {interleave_id for interleave_id, _ in common})
     base, cand = baseline.process_medians, candidate.process_medians
     counts = (len(base), len(cand))
     if min(counts) >= 2:
@@ -194,8 +194,8 @@ def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, 
     detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * standard_error
     return Verdict(ratio, p_value, threshold, counts, spread=math.expm1(noise.process_log_sd),
                    detectable=math.expm1(detectable_log), interval=_interval(log_ratio, standard_error, df),
-                   calibration=f"one process's median from another's {math.expm1(noise.process_log_sd):.1%} "
-                               f"({noise.describe()})")
+                   calibration=f"one process's median from another's {math.expm1(noise.process_log_sd):.1%}, "
+                               f"{noise.describe()}")
 
 
 def _process_level(base: list[float], cand: list[float], threshold: float) -> Verdict:
@@ -218,7 +218,8 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
                    interval=_interval(math.log(ratio), math.sqrt(se_a + se_b), welch_df))
 
 
-def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, noise: Noise | None) -> Verdict:
+def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, noise: Noise | None,
+            sources: set[str]) -> Verdict:
     """The interleaved-pairs model above: per pair the median log ratio of adjacent rounds, then a t-test, on the
     pairs' spread pooled with the calibrated one where it applies ("Calibrated noise")."""
     estimates = pair_estimates(base, cand)
@@ -227,7 +228,9 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
     sd = statistics.stdev(estimates)
     variance, df = sd ** 2, n - 1
     used = None
-    if noise is not None and noise.pair_log_sd is not None and noise.pair_df > 0:
+    if noise is not None and sources & set(noise.sources):
+        used = "calibration not used: these are its own pairs"
+    elif noise is not None and noise.pair_log_sd is not None and noise.pair_df > 0:
         rounds = statistics.median(min(len(a), len(b)) for a, b in zip(base, cand))
         calibrated = noise.pair_log_sd ** 2
         excess_p = float(stats.f.sf(variance / calibrated, n - 1, noise.pair_df)) if calibrated > 0 else 0.0
@@ -241,7 +244,7 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
         else:
             variance = ((n - 1) * variance + noise.pair_df * calibrated) / (n - 1 + noise.pair_df)
             df = n - 1 + noise.pair_df
-            used = f"pooled with the calibrated spread {math.expm1(noise.pair_log_sd):.1%} ({noise.describe()})"
+            used = f"pooled with the calibrated spread {math.expm1(noise.pair_log_sd):.1%}, {noise.describe()}"
     standard_error = math.sqrt(variance / n)
     if standard_error == 0:  # identical estimates (planted data): no spread to test against
         p_value = 1.0 if mean == 0 else 0.0
