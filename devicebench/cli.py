@@ -70,7 +70,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         count = args.processes if args.processes is not None or args.budget is not None else CALIBRATION_PAIRS
         written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir),
                                             args.name, budget_seconds=args.budget, round_seconds=args.round_time)
-        how = (f"devicebench calibrate, round time {args.round_time or processes.DEFAULT_ROUND_SECONDS:g}s: "
+        round_time = processes.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
+        how = (f"devicebench calibrate, round time {round_time:g}s: "
                f"{' '.join(_pytest_args(args))} (runs {written[0].name}, {written[1].name})")
     first, second = (results.load_run(path) for path in written)
     if first is None or second is None:
@@ -121,7 +122,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     for line in compare.inconclusive(tables):
         print(f"inconclusive at {args.threshold:.0%}: {line}")
-    found = compare.regressions(tables)
+    found = compare.regressions(tables) + compare.count_regressions(tables, args.threshold)
     if found:
         print(f"{len(found)} significant regression(s) beyond {args.threshold:.0%}:")
         for line in found:
@@ -213,6 +214,11 @@ def _duration(text: str) -> float:
     return total
 
 
+def _round_time(text: str) -> float:
+    """A --round-time: a time as _duration reads it, or 0 for the scale's rounds alone."""
+    return 0.0 if text.strip() in ("0", "0s") else _duration(text)
+
+
 def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | None, output_dir: str,
                          processes_help: str, env_help: str, name: str, name_help: str) -> None:
     """The options of the commands that run the suite as several processes (run, sweep)."""
@@ -223,10 +229,11 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     parser.add_argument("--budget", type=_duration, metavar="TIME",
                         help="stop adding worker pairs once this much time is measured (e.g. 10m, 1h); a pair is "
                              "started only if it fits")
-    parser.add_argument("--round-time", type=_duration, metavar="TIME",
+    parser.add_argument("--round-time", type=_round_time, metavar="TIME",
                         help="with two or more --env: each worker times every row's rounds for about this long "
                              f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
-                             "more rounds for fast rows, a tighter estimate per pair")
+                             "more rounds for fast rows, a tighter estimate per pair; 0: the scale's rounds, as "
+                             "a plain pytest run times them (calibrate so for single-process comparisons)")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")

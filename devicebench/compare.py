@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from devicebench import fallback, schema
+from devicebench import counts, fallback, schema
 from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
@@ -183,6 +183,30 @@ def regressions(tables: list[Table]) -> list[str]:
             if verdict is not None and verdict.is_regression]
 
 
+def count_changes(tables: list[Table]) -> list[tuple[Table, Column, list[tuple[str, float, float]]]]:
+    """Change view: every row whose step counts (counts.py) differ from its baseline's; exact from one process."""
+    found = []
+    for table in tables:
+        if table.baseline is None:
+            continue
+        base = table.cells[table.baseline].extra
+        for index, (column, cell) in enumerate(zip(table.columns, table.cells)):
+            changed = counts.changes(base, cell.extra) if index != table.baseline else []
+            if changed:
+                found.append((table, column, changed))
+    return found
+
+
+def count_regressions(tables: list[Table], threshold: float) -> list[str]:
+    """Rows whose step counts grew beyond the threshold: a gate failure from one process a side."""
+    lines = []
+    for table, column, changed in count_changes(tables):
+        grown = counts.increases_beyond(changed, threshold)
+        if grown:
+            lines.append(f"{table.title} on {column.label}: counts per step grew: {counts.describe(grown)}")
+    return lines
+
+
 def inconclusive(tables: list[Table]) -> list[str]:
     return [f"{table.title} on {column.label}: {verdict.noise()}"
             for table in tables for column, verdict in zip(table.columns, table.verdicts)
@@ -224,6 +248,9 @@ def _cell_lines(row: Row, verdict: Verdict | None, is_baseline: bool) -> dict[st
         lines["cpu fallback"] = fallback.summary(extra["cpu_fallback_ops"])
     if extra.get("unstable"):
         lines["unstable"] = str(extra.get("unstable_reason"))
+    for field in counts.FIELDS:
+        if extra.get(field) is not None:
+            lines[field.replace("_", " ")] = f"{extra[field]:,.4g}"
     return lines | _profile_lines(extra.get("profile"))
 
 
@@ -242,9 +269,9 @@ def _profile_lines(profile: dict | None) -> dict[str, str]:
 def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: float) -> str:
     """One line per row and run (pyperf's ``compare_to`` habit): the figure, the verdict and its noise; one line
     per run saying why, where its rows have no counterpart in another run. ``--details``: the full tables."""
-    counts = sorted({len(cell.processes) for table in tables for cell in table.cells})
+    process_counts = sorted({len(cell.processes) for table in tables for cell in table.cells})
     lines = [_view_header(view, tables),
-             f"threshold {threshold:.0%}; processes per row: {', '.join(map(str, counts)) or 'none'}; "
+             f"threshold {threshold:.0%}; processes per row: {', '.join(map(str, process_counts)) or 'none'}; "
              f"--details for every figure", ""]
     grid = [["row", "run", "epoch", "samples/s", "vs baseline"]]
     apart: dict[tuple[str, str], int] = {}  # (run label, why) -> rows
@@ -256,8 +283,12 @@ def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: f
             title += f" · {identity.device}"
         for index, (column, cell, verdict) in enumerate(zip(table.columns, table.cells, table.verdicts)):
             label = column.label + (" (interrupted run)" if column.run.interrupted else "")
+            outcome = _outcome(cell, verdict, index == table.baseline)
+            if view == "change" and table.baseline is not None and index != table.baseline:
+                changed = counts.changes(table.cells[table.baseline].extra, cell.extra)
+                outcome += f"; counts: {counts.describe(changed)}" if changed else ""
             grid.append([title if index == 0 else "", label, f"{cell.median_seconds * 1e3:,.4g} ms",
-                         f"{cell.samples_per_s:,.0f}", _outcome(cell, verdict, index == table.baseline)])
+                         f"{cell.samples_per_s:,.0f}", outcome])
         if len(table.cells) == 1 and len(runs) > 1:
             others = [row for run in runs if run is not table.columns[0].run for row in run.rows]
             key = (table.columns[0].label, why_not_comparable(identity, others, across_devices=view == "devices"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
+from devicebench import counts
 from devicebench.calibration import Calibration, Noise
 from devicebench.compare import plain_table
 from devicebench.results import Row, RowIdentity, Run
@@ -103,12 +104,19 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
         headers = [f"torch {v} ({runs[-1].datetime[:10]})" for v, runs in zip(timeline.versions, timeline.runs)]
         body = []
         for key in timeline.keys():
-            cells, previous_version = [], None
+            cells, previous_version, previous_row = [], None, None
             for version, row, verdict in zip(timeline.versions, timeline.rows(key), steps(timeline, key, threshold)):
                 if row is None:
                     cells.append("-")
                     continue
                 text = f"{row.samples_per_s:,.0f}"
+                changed = counts.changes(previous_row.extra, row.extra) if previous_row is not None else []
+                grown = counts.increases_beyond(changed, threshold)
+                if grown:
+                    found.append(f"regression: {title}: {key.config_label()}: torch {previous_version} -> "
+                                 f"{version}: counts per step grew: {counts.describe(grown)}")
+                if changed:
+                    text += f" [counts: {counts.describe(changed)}]"
                 if verdict is not None and verdict.is_change:
                     kind = "REGRESSION" if verdict.is_regression else "STEP"
                     text += f" {kind} {verdict.describe()}"
@@ -117,7 +125,7 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
                 elif verdict is not None and verdict.inconclusive:
                     text += " (inconclusive)"
                 cells.append(text)
-                previous_version = version
+                previous_version, previous_row = version, row
             body.append([key.config_label()] + cells)
         out += [plain_table(title, headers, body, corner="samples/s"), ""]
     return "\n".join(out), found

@@ -201,8 +201,10 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
     echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
     parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
     logs = {env.label: _staged(staging, env.label, index).with_suffix(".log") for env in environments}
-    commands = {env.label: _pytest_command(env, [*_kept_compile_cache(pytest_args, staging, env), *pytest_args],
-                                           parts[env.label]) for env in environments}
+    # Counts (counts.py) are the same in every process of one code: the first pair's workers make them.
+    counting = [] if index == 1 or "--no-step-counts" in pytest_args else ["--no-step-counts"]
+    commands = {env.label: _pytest_command(env, [*_kept_compile_cache(pytest_args, staging, env), *counting,
+                                                 *pytest_args], parts[env.label]) for env in environments}
     started = time.monotonic()
     try:
         codes, schedule = interleave.run_workers(commands, REPO, logs, round_seconds)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 import devicebench
-from devicebench import devices, efficiency, fallback, profiling, schema, stability
+from devicebench import counts, devices, efficiency, fallback, profiling, schema, stability
 from devicebench.errors import DevicebenchError, DeviceOutOfMemory
 from devicebench.interleave import RoundGate
 from devicebench.tuning import apply_backend_flags
@@ -31,13 +31,14 @@ ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
 
 def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
                   progress: ProgressCallback | None = None, profile_trace: Path | None = None,
-                  gate: RoundGate | None = None, checks: dict | None = None) -> dict:
+                  gate: RoundGate | None = None, checks: dict | None = None, count_steps: bool = True) -> dict:
     """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``.
 
     With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
     With ``gate`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
     waits for its turn first (interleave.py), untimed; the timed rounds' turn numbers go into the row.
-    ``checks``: fields of checks made before the row (the parity check's), saved with it.
+    ``checks``: fields of checks made before the row (the parity check's), saved with it. ``count_steps``: one
+    untimed epoch after the timed rounds counts what a step dispatches (counts.py).
     """
     scale, device = config.scale, config.device
     benchmark.group = f"{workload.NAME} ({scale.name})"
@@ -45,7 +46,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     devices.empty_cache(device)
     try:
         with fallback.watch(device) as cpu_fallback_ops:
-            timing = _time_rounds(benchmark, workload, config, progress, profile_trace, gate)
+            timing = _time_rounds(benchmark, workload, config, progress, profile_trace, gate, count_steps)
     except Exception as error:
         if devices.is_out_of_memory(error):
             devices.empty_cache(device)
@@ -91,6 +92,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                                           flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
     extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
                                               device_name, peak_dtype))
+    extra.update(timing.step_counts)
     if timing.profile is not None:
         extra["profile"] = timing.profile
     if gate is not None:
@@ -115,10 +117,11 @@ class _Timed:
     val_loss: float
     val_accuracy: float
     profile: dict | None
+    step_counts: dict  # counts.py's fields; {} when not counted
 
 
 def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: ProgressCallback | None,
-                 profile_trace: Path | None, gate: RoundGate | None) -> _Timed | dict:
+                 profile_trace: Path | None, gate: RoundGate | None, count_steps: bool) -> _Timed | dict:
     """Build the row and time its rounds; the smoke run's dict instead under --benchmark-disable."""
     scale = config.scale
     run = build(workload, config)
@@ -169,8 +172,9 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: P
     finally:
         gc.unfreeze()
     val_loss, val_accuracy = run.final_evaluation()
+    step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turns, val_loss, val_accuracy, profile)
+    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts)
 
 
 _FLOP_COUNTS: dict = {}

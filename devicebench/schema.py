@@ -81,6 +81,14 @@ FIELDS: dict[str, str] = {
     "compile_options": "tuned, compiled: inductor settings that keep it from picking kernels by timing "
                        "(tuning.FIXED_CHOICE_OPTIONS, those this torch has); {} where timed picks are kept",
     "tuning_notes": "tuned: what it could not use, and why",
+    # counts of one untimed training epoch per optimizer step (counts.py): the same in every process of one code
+    "ops_per_step": "aten operators dispatched on the host per training step (nested calls included)",
+    "kernels_per_step": "device kernels launched per step (cuda: CUPTI's kernel records; cpu, mps: aten operators "
+                        "that call no other)",
+    "syncs_per_step": "cuda: host waits for the device per step (stream/device/event synchronize, blocking "
+                      "cudaMemcpy); null elsewhere",
+    "allocations_per_step": "cuda: caching-allocator allocations per step; null on cpu and mps",
+    "counted_steps": "training steps the counts are the mean of (counts.py says which)",
     # --profile (profiling.py)
     "profile": "one extra, untimed round under torch.profiler: basis, round_seconds (perf_counter), "
                "traced_seconds, seconds per kind, host_gaps_in_optimizer_step, trace (its path)",

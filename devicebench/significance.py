@@ -52,7 +52,9 @@ the calibration is not used and the noise line says why.
 **Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread of their own. With a
 calibration, one process a side is judged against the calibrated spread of one process's median from another's
 (``process_log_sd``, the same for both sides): a t-test of the log ratio with standard error ``sqrt(2)
-process_log_sd`` on the calibration's degrees of freedom. Without one, the rounds inside a process cannot say
+process_log_sd`` on the calibration's degrees of freedom. A median of fewer than half the rounds the calibration's
+workers timed is noisier than what it measured, so such a calibration is not used (``devicebench calibrate
+--round-time 0`` times the scale's rounds, as a plain pytest run does). Without one, the rounds inside a process cannot say
 whether the processes differ (they move together), so no change is claimed unless it is beyond
 ``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code this suite has
 measured on a quiet machine (1.45x: mnist_mlp tuned, 2-core VM); the verdict says what would settle it.
@@ -128,9 +130,10 @@ class Verdict:
     def noise(self) -> str:
         calibrated = "" if self.calibration is None else f"; {self.calibration}"
         if self.uncalibrated_single:
-            return (f"one process a side and no calibration of this row on this machine: only a change beyond "
-                    f"{SINGLE_PROCESS_FLOOR:.0f}x is claimed; run devicebench calibrate once, or devicebench run "
-                    f"for several processes a side")
+            why = self.calibration or "no calibration of this row on this machine"
+            return (f"one process a side and {why}: only a change beyond {SINGLE_PROCESS_FLOOR:.0f}x is claimed; "
+                    f"run devicebench calibrate --round-time 0 once, or devicebench run for several processes a "
+                    f"side")
         if not self.process_level:
             return f"one process a side, smallest detectable change {self.detectable:.1%}{calibrated}"
         if self.paired:
@@ -176,14 +179,18 @@ def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, n
     if min(counts) >= 2:
         return _process_level(base, cand, threshold)
     ratio = candidate.median_seconds / baseline.median_seconds
-    if noise is not None and noise.process_log_sd and noise.process_df > 0:
+    rounds = min(len(baseline.all_seconds), len(candidate.all_seconds))
+    # A median of fewer rounds than the calibration's workers timed is noisier than it measured: not used.
+    if noise is not None and noise.process_log_sd and noise.process_df > 0 and rounds >= noise.rounds_per_worker / 2:
         return _single_calibrated(ratio, counts, threshold, noise)
     a, b = baseline.all_seconds, candidate.all_seconds
     p_value = None
     if len(a) >= 2 and len(b) >= 2:
         p_value = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     detectable = SINGLE_PROCESS_FLOOR - 1  # what it can claim without a calibration
-    return Verdict(ratio, p_value, threshold, counts, detectable=detectable)
+    unused = None if noise is None else (f"calibration not used: {rounds} rounds a process against its "
+                                         f"{noise.rounds_per_worker} (calibrate with --round-time 0)")
+    return Verdict(ratio, p_value, threshold, counts, detectable=detectable, calibration=unused)
 
 
 def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, noise: Noise) -> Verdict:

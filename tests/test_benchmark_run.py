@@ -18,6 +18,7 @@ from devicebench.workloads import mnist_mlp
 from devicebench.workloads.base import RunConfig
 from fixtures.fakes import RecordingBenchmark
 from pytest_runs import QUICK_MNIST, QUICK_TINY, REPO, TINY_WORKLOAD, run_pytest
+from test_calibration import frozen_calibration
 
 
 def test_sync_happens_inside_every_timed_round(monkeypatch):
@@ -79,10 +80,20 @@ def test_saved_quick_runs_compare_and_a_slowed_run_fails_the_gate(tmp_path):
     common = [str(REPO / "benchmarks"), "-k", "mnist and not parity", "--pipeline", "resident", "--device",
               "cpu", "--scale", "quick", "--data", "synthetic", f"--benchmark-storage=file://{storage}",
               "--benchmark-autosave", "-q"]
-    for extra in ([], ["-p", "fixtures.slowdown", "--slowdown-ms", "10"]):
-        result = run_pytest(*common, *extra, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    first, slowed = sorted(storage.rglob("*.json"))
+    result = run_pytest(*common, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [first] = storage.rglob("*.json")
+    # The slowed run compared with it by pytest-benchmark's own gate, on a calibration of this machine's noise
+    # for the row (planted at 3%): pytest-benchmark fails it, and devicebench's line says it is beyond that noise.
+    calibrated = frozen_calibration(tmp_path, first, process_sd=0.03)
+    result = run_pytest(*common, "-p", "fixtures.slowdown", "--slowdown-ms", "10", "--benchmark-compare=0001",
+                        "--benchmark-compare-fail=median:5%", cwd=tmp_path,
+                        env_extra={"DEVICEBENCH_CALIBRATION": str(calibrated)})
+    assert result.returncode != 0 and "Performance has regressed" in result.stdout + result.stderr
+    assert "devicebench: against the compared run" in result.stdout
+    assert ("test_mnist_mlp[cpu-resident] against 0001_" in result.stdout
+            and "--benchmark-compare-fail failed it; beyond this machine's measured noise for this row" in result.stdout)
+    slowed = next(path for path in storage.rglob("*.json") if path != first)
     no_calibration = ["--calibration", str(tmp_path / "no-calibration.json")]
     assert cli_main(["compare", str(first), str(scaled_copy(first, 1.9, tmp_path / "aa.json")),
                      "--fail-on-regression", *no_calibration]) == 0
@@ -185,3 +196,26 @@ def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_d
     # The saved row is the standard scale, this one quick: another experiment, not paired with it.
     assert ("test_mnist_mlp[cpu-resident]: saved row not shown, another experiment: scale standard (saved) vs "
             "quick" in text)
+
+
+def test_step_counts_are_the_same_in_two_processes_and_a_planted_clone_fails_the_gate(tmp_path):
+    """Counts noise cannot move (counts.py), from one process a side: two processes of the same code count the
+    same; one clone() planted after every optimizer step is a change the gate fails on."""
+    runs = []
+    for name, extra in (("first", []), ("second", []), ("planted", ["-p", "fixtures.extra_op",
+                                                                    "--extra-clone-per-step"])):
+        out = tmp_path / f"{name}.json"
+        result = run_pytest(*QUICK_TINY, *extra, "--benchmark-json", str(out), cwd=tmp_path,
+                            env_extra=TINY_WORKLOAD)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        runs.append(out)
+    from devicebench import counts, results
+
+    first, second, planted = ([row.extra for row in results.load_run(path).rows] for path in runs)
+    for one, other in zip(first, second):
+        assert all(one[field] == other[field] for field in ("ops_per_step", "kernels_per_step"))
+        assert one["ops_per_step"] > 0 and one["counted_steps"] == counts.COUNTED_STEPS
+    assert all(p["ops_per_step"] > f["ops_per_step"] for f, p in zip(first, planted))
+    no_calibration = ["--calibration", str(tmp_path / "none.json")]
+    assert cli_main(["compare", str(runs[0]), str(runs[1]), "--fail-on-regression", *no_calibration]) == 0
+    assert cli_main(["compare", str(runs[0]), str(runs[2]), "--fail-on-regression", *no_calibration]) == 1

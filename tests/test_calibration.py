@@ -27,7 +27,8 @@ def run_of(*rows, machine: dict = MACHINE) -> Run:
 
 def calibrated(tmp_path: Path, process_sd: float, pairs: int = 12, seed: int = 1000) -> Calibration:
     """A planted A/A of ``pairs`` worker pairs whose workers differ by ``process_sd``, kept as a calibration."""
-    base, cand = planted_pairs(seed=seed, pairs=pairs, rounds=10, effect=0.0, process_sd=process_sd, drift_sd=0.05)
+    base, cand = (paired_row(row.processes, interleave_id="calibration@1") for row in
+                  planted_pairs(seed=seed, pairs=pairs, rounds=10, effect=0.0, process_sd=process_sd, drift_sd=0.05))
     found = Calibration(tmp_path / "calibration.json")
     found.add(run_of(base), run_of(cand), "planted A/A")
     found.save()
@@ -48,11 +49,12 @@ def test_an_a_a_is_kept_per_row_machine_and_torch_version(tmp_path):
     assert not list(tmp_path.glob("*.part"))  # written through a temporary file
 
 
-def test_calibrating_again_replaces_the_row_instead_of_adding_a_second(tmp_path):
+def test_calibrating_from_the_same_runs_again_does_not_count_them_twice(tmp_path):
     found = calibrated(tmp_path, process_sd=0.02)
-    base, cand = planted_pairs(seed=5, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
-    found.add(run_of(base), run_of(cand), "again")
-    assert [entry["how"] for entry in found.entries] == ["again"]
+    base, cand = (paired_row(row.processes, interleave_id="calibration@1") for row in
+                  planted_pairs(seed=1000, pairs=12, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05))
+    [entry] = found.add(run_of(base), run_of(cand), "again")
+    assert entry["pairs"] == 12 and entry["how"] == "again" and len(found.entries) == 1
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"calibration_schema": 99, "entries": []})])
@@ -124,9 +126,57 @@ def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ra
         assert "calibrated noise" in verdict.describe() and verdict.interval is not None
 
 
+def test_a_single_process_with_fewer_rounds_than_the_calibration_does_not_use_it():
+    noise = calibration.Noise(None, 0, 0.02, 20, 40, "2026-12-01", "A/A with --round-time 6s")
+    verdict = significance.judge(single(0.1), single(0.11), noise=noise)  # 5 rounds a process against 40
+    assert not verdict.is_change and "calibration not used: 5 rounds a process against its 40" in verdict.noise()
+
+
+def test_an_a_a_never_uses_the_calibration_made_from_its_own_pairs(tmp_path):
+    base, cand = planted_pairs(seed=6, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
+    found = Calibration(tmp_path / "calibration.json")
+    found.add(run_of(base), run_of(cand), "its own")
+    verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    assert "calibration not used: these are its own pairs" in verdict.noise()
+    assert verdict.detectable == significance.judge(base, cand).detectable
+
+
+def test_two_calibrations_of_a_row_pool_into_one_with_both_degrees_of_freedom(tmp_path):
+    found = Calibration(tmp_path / "calibration.json")
+    first = planted_pairs(seed=7, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
+    second = [paired_row(row.processes, interleave_id="run@2")
+              for row in planted_pairs(seed=8, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)]
+    [one] = found.add(run_of(first[0]), run_of(first[1]), "first")
+    sd_one = one["pair_log_sd"]
+    [alone] = Calibration(tmp_path / "other.json").add(run_of(second[0]), run_of(second[1]), "second")
+    [both] = found.add(run_of(second[0]), run_of(second[1]), "second")
+    assert both["pairs"] == 10 and both["pair_df"] == 3 + 5 and both["sources"] == ["run@1", "run@2"]
+    assert both["pair_log_sd"] == pytest.approx(math.sqrt((3 * sd_one ** 2 + 5 * alone["pair_log_sd"] ** 2) / 8))
+    assert both["how"] == "first; then second" and len(found.entries) == 1
+
+
+def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):
+    base, cand = planted_pairs(seed=9, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
+    files = []
+    for label, row in (("A", base), ("B", cand)):
+        bench = {"name": "test_x", "extra_info": {**row.extra, "valid_samples": 10, "batch_size": 10,
+                                                   "valid_batch_size": 10, "samples_per_s": 1000.0}}
+        path = tmp_path / f"aa-{label}.json"
+        path.write_text(json.dumps({"machine_info": {**MACHINE, "devicebench_schema": 2}, "benchmarks": [bench]}))
+        files.append(str(path))
+    target = tmp_path / "calibration.json"
+    assert cli.main(["calibrate", "--from-runs", *files, "--calibration", str(target)]) == 0
+    assert "calibration of 1 row(s) written" in capsys.readouterr().out
+    assert Calibration.load(target).entries[0]["pairs"] == 4
+    assert cli.main(["calibrate", "--from-runs", str(RUNS / "aa_first.json"), str(RUNS / "aa_second.json"),
+                     "--calibration", str(target)]) == 2
+    assert "not a run of worker pairs" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ the commands
-def frozen_calibration(tmp_path: Path, run_file: str, process_sd: float) -> Path:
-    """A calibration of every row of a frozen run's machine and torch version (what calibrate would keep)."""
+def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float) -> Path:
+    """A calibration of every row of a run's machine and torch version (what calibrate would keep); ``run_file``:
+    a frozen run's name, or a path."""
     run = results.load_run(RUNS / run_file)
     entries = [{"machine": calibration._machine(run), "torch_version": run.torch_version,
                 "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": 11,
@@ -142,7 +192,7 @@ def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what
     pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
     assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(tmp_path / "none.json")]) == 0
     out = capsys.readouterr().out
-    assert "no verdict below 2x" in out and "run devicebench calibrate once" in out
+    assert "no verdict below 2x" in out and "run devicebench calibrate --round-time 0 once" in out
     path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
     assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == 1
     out = capsys.readouterr().out

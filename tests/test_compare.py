@@ -325,3 +325,39 @@ def test_the_summary_after_a_run_has_one_line_a_row_with_the_ratio_to_a_referenc
     ratio = results.load_run(folder / "ref.json").rows[0].median_seconds / matched
     assert f"{ratio:.2f}x the speed of reference" in lines[0]
     assert "the speed of reference" not in lines[-1] and "UNSTABLE" in lines[-1]  # another experiment: no ratio
+
+
+def with_counts(tmp_path, name: str, ops: float, kernels: float) -> str:
+    """A frozen run with step counts planted in every row."""
+    data = json.loads((RUNS / name).read_text())
+    for bench in data["benchmarks"]:
+        bench["extra_info"].update(ops_per_step=ops, kernels_per_step=kernels, syncs_per_step=None,
+                                   allocations_per_step=None, counted_steps=2)
+    path = tmp_path / f"counted-{name}"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_a_change_in_step_counts_is_shown_exactly_and_fails_the_gate_beyond_the_threshold(tmp_path, capsys):
+    base = with_counts(tmp_path, "aa_first.json", ops=280, kernels=146)
+    same = with_counts(tmp_path, "aa_second.json", ops=280, kernels=146)
+    assert cli.main(["compare", base, same, "--fail-on-regression"]) == 0
+    assert "counts:" not in capsys.readouterr().out
+    more = with_counts(tmp_path, "aa_second.json", ops=296, kernels=148)  # +5.7% ops, +1.4% kernels
+    assert cli.main(["compare", base, more, "--fail-on-regression"]) == 1
+    out = capsys.readouterr().out
+    assert "counts: ops +16 per step (+5.7%), kernels +2 per step (+1.4%)" in out
+    assert "counts per step grew: ops +16 per step (+5.7%)" in out and "kernels +2" not in out.split("grew:")[1]
+    assert cli.main(["compare", base, more, "--fail-on-regression", "--threshold", "10%"]) == 0
+    assert cli.main(["compare", base, more, "--details"]) == 0
+    assert "ops per step" in capsys.readouterr().out
+
+
+def test_history_marks_a_torch_version_that_adds_work_per_step(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with_counts(runs, "cpu_torch_2.13.json", ops=280, kernels=146)
+    with_counts(runs, "cpu_torch_2.14.json", ops=300, kernels=146)
+    assert cli.main(["history", str(runs), "--fail-on-regression", "--calibration", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert "[counts: ops +20 per step (+7.1%)]" in out and "counts per step grew: ops +20" in out

@@ -9,10 +9,10 @@ import types
 import pytest
 import torch
 
-from devicebench import efficiency, stability
+from devicebench import counts, efficiency, stability
 from devicebench.flops import FlopCounts
 from devicebench.runner import run_benchmark
-from devicebench.scales import Scale
+from devicebench.scales import Scale, scale_for
 from devicebench.workloads import mnist_mlp, resnet18_cifar
 from devicebench.workloads import base
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
@@ -185,3 +185,46 @@ def test_a_bad_slowdown_fraction_is_a_usage_error(option, variable, monkeypatch)
     config = types.SimpleNamespace(getoption=lambda name: option)
     with pytest.raises(pytest.UsageError, match="fraction"):
         plugin.slowdown_fraction(config)
+
+
+# ------------------------------------------------------------------------------ counts noise cannot move (counts.py)
+def counted(pipeline: str) -> dict:
+    config = RunConfig(device=torch.device("cpu"), pipeline=pipeline, data_mode="synthetic",
+                       scale=scale_for("mnist_mlp", "quick"))
+    return counts.count_step(base.build(mnist_mlp, config))
+
+
+def lone_clone_counts() -> tuple[int, int]:
+    """aten operators and kernels (operators calling no other) of one clone() of a parameter, as the profiler sees."""
+    parameter = torch.nn.Parameter(torch.rand(4, 4))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, torch.no_grad():
+        parameter.clone()
+    fields = counts.per_step(profiler.events(), 1, on_cuda=False, allocations=None)
+    return fields["ops_per_step"], fields["kernels_per_step"]
+
+
+def test_one_planted_clone_per_step_adds_exactly_its_operators_and_kernels():
+    from fixtures.extra_op import clone_after_every_step
+
+    before = counted("resident")
+    handle = clone_after_every_step()
+    try:
+        after = counted("resident")
+    finally:
+        handle.remove()
+    ops, kernels = lone_clone_counts()
+    assert ops >= 1 and kernels >= 1 and before["counted_steps"] == after["counted_steps"] > 1
+    assert after["ops_per_step"] - before["ops_per_step"] == pytest.approx(ops, abs=1e-9)
+    assert after["kernels_per_step"] - before["kernels_per_step"] == pytest.approx(kernels, abs=1e-9)
+    assert before["syncs_per_step"] is None and before["allocations_per_step"] is None  # not reported on the cpu
+
+
+def test_per_step_counts_cuda_kernels_syncs_and_leaves_copies_out():
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [types.SimpleNamespace(name=name, device_type=kind, cpu_children=[]) for name, kind in [
+        ("aten::mm", cpu), ("aten::add_", cpu), ("cudaLaunchKernel", cpu), ("cudaStreamSynchronize", cpu),
+        ("ampere_sgemm_128x64", cuda), ("vectorized_elementwise_kernel", cuda), ("Memcpy DtoH (Device -> Pinned)",
+                                                                                 cuda)]]
+    fields = counts.per_step(events, 2, on_cuda=True, allocations=6)
+    assert fields == {"ops_per_step": 1.0, "kernels_per_step": 1.0, "syncs_per_step": 0.5,
+                      "allocations_per_step": 3.0, "counted_steps": 2}
