@@ -137,7 +137,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from devicebench import report
 
     runs = results.load_runs(args.runs, Path(args.results_dir))
-    path = report.write_report(runs, Path(args.output), args.threshold)
+    path = report.write_report(runs, Path(args.output), args.threshold, calibration.Calibration.load(args.calibration))
     print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
     return 0
 
@@ -285,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     reporting.add_argument("-o", "--output", default="report.html", help="the HTML file (default %(default)s)")
     reporting.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
     reporting.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
+    _add_calibration_option(reporting)
     reporting.set_defaults(handler=cmd_report)
 
     run = commands.add_parser(

@@ -7,7 +7,8 @@ from a network when it opens). Four parts, each present when the runs hold what 
   processes (fastest to slowest process) as the error bar;
 - **change**: each row against the same row (the same experiment) in the first run that has it, the ratio with
   the smallest change the data could detect as its band, coloured by verdict (significance.py's verdicts, as
-  ``compare`` prints them);
+  ``compare`` prints them, with this machine's calibrated noise where ``devicebench calibrate`` measured it; the
+  hover text says which noise was used);
 - **history**: samples/s over torch versions per machine and device, steps marked (history.py);
 - **profiles**: where a ``--profile`` round's time went, by kind, per row.
 """
@@ -18,19 +19,21 @@ import html
 from pathlib import Path
 
 from devicebench import compare, history, schema
+from devicebench.calibration import Calibration
 from devicebench.results import Row, Run
 from devicebench.significance import Verdict, judge
 
 VERDICT_COLOURS = {"slower": "#c0392b", "faster": "#27ae60", "no change": "#7f8c8d", "inconclusive": "#e6a23c"}
 
 
-def write_report(runs: list[Run], path: Path, threshold: float) -> Path:
+def write_report(runs: list[Run], path: Path, threshold: float, calibration: Calibration | None = None) -> Path:
     """Write the report for ``runs`` to ``path`` (atomically) and return it."""
     import plotly.graph_objects as go  # imported here: only this command needs plotly
 
     sections = [("Devices: training samples/s", _devices_figure(go, runs, threshold)),
-                ("Change: each row against the first run that has it", _change_figure(go, runs, threshold)),
-                ("History over torch versions", _history_figure(go, runs, threshold)),
+                ("Change: each row against the first run that has it",
+                 _change_figure(go, runs, threshold, calibration)),
+                ("History over torch versions", _history_figure(go, runs, threshold, calibration)),
                 ("Where the time goes (--profile)", _profile_figure(go, runs))]
     parts, first = [], True
     for title, figure in sections:
@@ -84,7 +87,7 @@ def _verdict_kind(verdict: Verdict) -> str:
     return "inconclusive" if verdict.inconclusive else "no change"
 
 
-def _change_figure(go, runs: list[Run], threshold: float):
+def _change_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):
     """Each row identity seen in several runs: every later run's row against the first run that has it."""
     by_identity: dict = {}
     for run in runs:
@@ -94,15 +97,18 @@ def _change_figure(go, runs: list[Run], threshold: float):
     for kind, colour in VERDICT_COLOURS.items():
         x, y, band, text = [], [], [], []
         for members in by_identity.values():
-            _, baseline = members[0]
+            base_run, baseline = members[0]
             for run, row in members[1:]:
-                verdict = judge(baseline, row, threshold)
+                noise = None
+                if calibration is not None and base_run.machine_key == run.machine_key:
+                    noise = calibration.noise_for(run, row) or calibration.noise_for(base_run, baseline)
+                verdict = judge(baseline, row, threshold, noise)
                 if _verdict_kind(verdict) != kind:
                     continue
                 x.append(f"{bar_label(row)}:{row.device} {run.path.stem[:30]}")
                 y.append(verdict.ratio)
                 band.append(verdict.detectable or 0.0)
-                text.append(f"against {members[0][0].path.name}: {verdict.describe()}")
+                text.append(f"against {base_run.path.name}: {verdict.describe()}; noise: {verdict.noise()}")
         if x:
             shown += len(x)
             figure.add_scatter(name=kind, x=x, y=y, mode="markers", marker=dict(color=colour, size=11), text=text,
@@ -117,8 +123,8 @@ def _change_figure(go, runs: list[Run], threshold: float):
     return figure
 
 
-def _history_figure(go, runs: list[Run], threshold: float):
-    lines = [timeline for timeline in history.timelines(runs) if len(timeline.versions) > 1]
+def _history_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):
+    lines = [timeline for timeline in history.timelines(runs, calibration) if len(timeline.versions) > 1]
     if not lines:
         return None
     figure = go.Figure()

@@ -27,3 +27,15 @@ def test_the_report_holds_every_row_of_every_run_and_loads_nothing_from_outside(
     for section in ("Devices: training samples/s", "History over torch versions"):
         assert section in page
     assert not list(tmp_path.glob("*.part"))  # written atomically
+
+
+def test_the_report_judges_a_change_on_this_machines_calibrated_noise(tmp_path):
+    from test_calibration import frozen_calibration
+
+    pair = [results.load_run(RUNS / name) for name in ("cpu_torch_2.13.json", "cpu_torch_2.14.json")]
+    calibrated = report.write_report(pair, tmp_path / "calibrated.html", 0.05,
+                                     cli.calibration.Calibration.load(
+                                         frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)))
+    alone = report.write_report(pair, tmp_path / "alone.html", 0.05)
+    assert "1.10x slower (p=" in calibrated.read_text() and "calibrated 2026-12-01 from 11 pairs" in calibrated.read_text()
+    assert "no verdict below 2x" in alone.read_text()
