@@ -67,7 +67,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         python = args.python or sys.executable
         env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
-        count = args.processes if args.processes is not None or args.budget is not None else CALIBRATION_PAIRS
+        # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
+        count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
         written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir),
                                             args.name, budget_seconds=args.budget, round_seconds=args.round_time)
         round_time = processes.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
@@ -90,6 +91,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 CALIBRATION_PAIRS = 6  # devicebench calibrate's worker pairs when neither --processes nor --budget is given
+CALIBRATION_MAX_PAIRS = 100  # with --budget alone: the budget decides
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -155,7 +155,8 @@ def test_two_calibrations_of_a_row_pool_into_one_with_both_degrees_of_freedom(tm
     assert both["how"] == "first; then second" and len(found.entries) == 1
 
 
-def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):
+def planted_a_a_files(tmp_path: Path) -> list[str]:
+    """The two files of a planted A/A of four worker pairs, as devicebench run writes them."""
     base, cand = planted_pairs(seed=9, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05)
     files = []
     for label, row in (("A", base), ("B", cand)):
@@ -164,6 +165,26 @@ def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_p
         path = tmp_path / f"aa-{label}.json"
         path.write_text(json.dumps({"machine_info": {**MACHINE, "devicebench_schema": 2}, "benchmarks": [bench]}))
         files.append(str(path))
+    return files
+
+
+@pytest.mark.parametrize("options, pairs", [([], 6), (["--budget", "10m"], 100), (["--processes", "3"], 3)])
+def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs):
+    asked = {}
+
+    def run_interleaved(environments, processes, pytest_args, output_dir, name, **options):
+        asked.update(processes=processes, pythons={env.python for env in environments}, budget=options["budget_seconds"])
+        return [Path(path) for path in planted_a_a_files(tmp_path)]
+
+    monkeypatch.setattr("devicebench.processes.run_interleaved", run_interleaved)
+    target = tmp_path / "calibration.json"
+    assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
+    assert asked["processes"] == pairs and len(asked["pythons"]) == 1  # one Python against itself
+    assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time 6s: --device cpu")
+
+
+def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):
+    files = planted_a_a_files(tmp_path)
     target = tmp_path / "calibration.json"
     assert cli.main(["calibrate", "--from-runs", *files, "--calibration", str(target)]) == 0
     assert "calibration of 1 row(s) written" in capsys.readouterr().out
