@@ -67,13 +67,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         python = args.python or sys.executable
         env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
+        pytest_args = _pytest_args(args)
+        if args.round_time == 0 and not any(arg.startswith("--compile-cache") for arg in pytest_args):
+            # For single-process comparisons: each worker compiles anew, as a plain pytest run does. Kept code
+            # hid what fresh compiles differ by (mnist_mlp tuned, 2-core VM: 3.2% between kept-code workers,
+            # 1.21x between two plain runs of the same code).
+            pytest_args = [*pytest_args, "--compile-cache", "fresh"]
         # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
         count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
-        written = processes.run_interleaved([env_a, env_b], count, _pytest_args(args), Path(args.output_dir),
+        written = processes.run_interleaved([env_a, env_b], count, pytest_args, Path(args.output_dir),
                                             args.name, budget_seconds=args.budget, round_seconds=args.round_time)
         round_time = processes.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
         how = (f"devicebench calibrate, round time {round_time:g}s: "
-               f"{' '.join(_pytest_args(args))} (runs {written[0].name}, {written[1].name})")
+               f"{' '.join(pytest_args)} (runs {written[0].name}, {written[1].name})")
     first, second = (results.load_run(path) for path in written)
     if first is None or second is None:
         raise UsageError(f"{', '.join(map(str, written))}: could not be read as devicebench runs (see above)")

@@ -26,7 +26,7 @@ def test_sync_happens_inside_every_timed_round(monkeypatch):
     monkeypatch.setattr(devices, "sync", lambda device: events.append("sync"))
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
                        scale=scale_for("mnist_mlp", "quick"))
-    extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu")
+    extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu", count_steps=False)
     # Warm-up rounds run before pedantic's clock (their syncs too); every timed round syncs after training and
     # after validation, inside the clock.
     assert events == (["sync", "sync"] * config.scale.warmup_rounds
@@ -196,26 +196,3 @@ def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_d
     # The saved row is the standard scale, this one quick: another experiment, not paired with it.
     assert ("test_mnist_mlp[cpu-resident]: saved row not shown, another experiment: scale standard (saved) vs "
             "quick" in text)
-
-
-def test_step_counts_are_the_same_in_two_processes_and_a_planted_clone_fails_the_gate(tmp_path):
-    """Counts noise cannot move (counts.py), from one process a side: two processes of the same code count the
-    same; one clone() planted after every optimizer step is a change the gate fails on."""
-    runs = []
-    for name, extra in (("first", []), ("second", []), ("planted", ["-p", "fixtures.extra_op",
-                                                                    "--extra-clone-per-step"])):
-        out = tmp_path / f"{name}.json"
-        result = run_pytest(*QUICK_TINY, *extra, "--benchmark-json", str(out), cwd=tmp_path,
-                            env_extra=TINY_WORKLOAD)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        runs.append(out)
-    from devicebench import counts, results
-
-    first, second, planted = ([row.extra for row in results.load_run(path).rows] for path in runs)
-    for one, other in zip(first, second):
-        assert all(one[field] == other[field] for field in ("ops_per_step", "kernels_per_step"))
-        assert one["ops_per_step"] > 0 and one["counted_steps"] == counts.COUNTED_STEPS
-    assert all(p["ops_per_step"] > f["ops_per_step"] for f, p in zip(first, planted))
-    no_calibration = ["--calibration", str(tmp_path / "none.json")]
-    assert cli_main(["compare", str(runs[0]), str(runs[1]), "--fail-on-regression", *no_calibration]) == 0
-    assert cli_main(["compare", str(runs[0]), str(runs[2]), "--fail-on-regression", *no_calibration]) == 1

@@ -114,6 +114,7 @@ def single(seconds: float) -> results.Row:
     (1.10, 0.02, True),  # calibrated at 2%: a 10% change is far outside one process's spread
     (1.03, 0.02, False),  # calibrated at 2%: 3% is inside it
     (2.5, None, True),  # beyond any difference between processes this suite has measured: claimed uncalibrated
+    (2.2, 0.40, True),  # a calibration of a drifting machine (40% between processes) does not hide a 2.2x change
 ])
 def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ratio, calibrated_sd, claimed):
     noise = None if calibrated_sd is None else calibration.Noise(None, 0, calibrated_sd, 20, 5, "2026-12-01", "A/A")
@@ -124,6 +125,8 @@ def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ra
         assert "devicebench calibrate" in verdict.noise()
     if calibrated_sd is not None:
         assert "calibrated noise" in verdict.describe() and verdict.interval is not None
+    if calibrated_sd == 0.40:
+        assert not verdict.significant and "beyond 2x, rounds p=" in verdict.describe()
 
 
 def test_a_single_process_with_fewer_rounds_than_the_calibration_does_not_use_it():
@@ -168,19 +171,26 @@ def planted_a_a_files(tmp_path: Path) -> list[str]:
     return files
 
 
-@pytest.mark.parametrize("options, pairs", [([], 6), (["--budget", "10m"], 100), (["--processes", "3"], 3)])
-def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs):
+@pytest.mark.parametrize("options, pairs, worker_args", [
+    ([], 6, ["--device", "cpu"]),
+    (["--budget", "10m"], 100, ["--device", "cpu"]),
+    (["--processes", "3"], 3, ["--device", "cpu"]),
+    # For single-process comparisons: the scale's rounds, and every worker compiles anew as a plain run does.
+    (["--round-time", "0"], 6, ["--device", "cpu", "--compile-cache", "fresh"])])
+def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs,
+                                                                          worker_args):
     asked = {}
 
     def run_interleaved(environments, processes, pytest_args, output_dir, name, **options):
-        asked.update(processes=processes, pythons={env.python for env in environments}, budget=options["budget_seconds"])
+        asked.update(processes=processes, pythons={env.python for env in environments}, pytest_args=pytest_args)
         return [Path(path) for path in planted_a_a_files(tmp_path)]
 
     monkeypatch.setattr("devicebench.processes.run_interleaved", run_interleaved)
     target = tmp_path / "calibration.json"
     assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
     assert asked["processes"] == pairs and len(asked["pythons"]) == 1  # one Python against itself
-    assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time 6s: --device cpu")
+    assert asked["pytest_args"] == worker_args
+    assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time ")
 
 
 def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):

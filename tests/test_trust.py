@@ -9,10 +9,10 @@ import types
 import pytest
 import torch
 
-from devicebench import counts, efficiency, stability
+from devicebench import efficiency, stability
 from devicebench.flops import FlopCounts
 from devicebench.runner import run_benchmark
-from devicebench.scales import Scale, scale_for
+from devicebench.scales import Scale
 from devicebench.workloads import mnist_mlp, resnet18_cifar
 from devicebench.workloads import base
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
@@ -79,7 +79,8 @@ def test_run_with_an_injected_slow_round_is_flagged_unstable(sleeps, unstable, m
     monkeypatch.setattr(base, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=1, rounds=5)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
-    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps, sleep=clock.advance), config, "test cpu")
+    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps, sleep=clock.advance), config, "test cpu",
+                          count_steps=False)  # the sleepy workload has its rounds' sleeps only
     assert extra["unstable"] is unstable
     assert (extra["unstable_reason"] is not None) is unstable
 
@@ -120,7 +121,8 @@ def test_training_throughput_comes_from_training_time_alone():
     # 20 ms of training and 30 ms of validation a round: 100 samples / 0.02 s, not / 0.05 s.
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=0, rounds=3)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
-    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu")
+    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu",
+                          count_steps=False)
     # Deterministic relations only (sleeps stretch on a loaded machine): throughput is from training time alone.
     assert extra["samples_per_s"] == pytest.approx(100 / statistics.median(extra["train_seconds"]))
     assert all(t >= 0.02 for t in extra["train_seconds"]) and all(v >= 0.03 for v in extra["val_seconds"])
@@ -158,7 +160,7 @@ def test_the_planted_slowdown_lengthens_each_cpu_epoch_and_validation_by_its_fra
     for fraction in (0.0, 0.05):
         config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale, slowdown_fraction=fraction)
         workload = sleepy_workload([0.04] * 6, validation_sleep=0.02, sleep=spin_for)
-        extra = run_benchmark(RecordingBenchmark([]), workload, config, "cpu")
+        extra = run_benchmark(RecordingBenchmark([]), workload, config, "cpu", count_steps=False)
         assert extra["planted_slowdown_fraction"] == fraction
         medians[fraction] = {field: statistics.median(extra[field])
                              for field in ("train_seconds", "val_seconds", "round_seconds")}
@@ -185,46 +187,3 @@ def test_a_bad_slowdown_fraction_is_a_usage_error(option, variable, monkeypatch)
     config = types.SimpleNamespace(getoption=lambda name: option)
     with pytest.raises(pytest.UsageError, match="fraction"):
         plugin.slowdown_fraction(config)
-
-
-# ------------------------------------------------------------------------------ counts noise cannot move (counts.py)
-def counted(pipeline: str) -> dict:
-    config = RunConfig(device=torch.device("cpu"), pipeline=pipeline, data_mode="synthetic",
-                       scale=scale_for("mnist_mlp", "quick"))
-    return counts.count_step(base.build(mnist_mlp, config))
-
-
-def lone_clone_counts() -> tuple[int, int]:
-    """aten operators and kernels (operators calling no other) of one clone() of a parameter, as the profiler sees."""
-    parameter = torch.nn.Parameter(torch.rand(4, 4))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, torch.no_grad():
-        parameter.clone()
-    fields = counts.per_step(profiler.events(), 1, on_cuda=False, allocations=None)
-    return fields["ops_per_step"], fields["kernels_per_step"]
-
-
-def test_one_planted_clone_per_step_adds_exactly_its_operators_and_kernels():
-    from fixtures.extra_op import clone_after_every_step
-
-    before = counted("resident")
-    handle = clone_after_every_step()
-    try:
-        after = counted("resident")
-    finally:
-        handle.remove()
-    ops, kernels = lone_clone_counts()
-    assert ops >= 1 and kernels >= 1 and before["counted_steps"] == after["counted_steps"] > 1
-    assert after["ops_per_step"] - before["ops_per_step"] == pytest.approx(ops, abs=1e-9)
-    assert after["kernels_per_step"] - before["kernels_per_step"] == pytest.approx(kernels, abs=1e-9)
-    assert before["syncs_per_step"] is None and before["allocations_per_step"] is None  # not reported on the cpu
-
-
-def test_per_step_counts_cuda_kernels_syncs_and_leaves_copies_out():
-    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
-    events = [types.SimpleNamespace(name=name, device_type=kind, cpu_children=[]) for name, kind in [
-        ("aten::mm", cpu), ("aten::add_", cpu), ("cudaLaunchKernel", cpu), ("cudaStreamSynchronize", cpu),
-        ("ampere_sgemm_128x64", cuda), ("vectorized_elementwise_kernel", cuda), ("Memcpy DtoH (Device -> Pinned)",
-                                                                                 cuda)]]
-    fields = counts.per_step(events, 2, on_cuda=True, allocations=6)
-    assert fields == {"ops_per_step": 1.0, "kernels_per_step": 1.0, "syncs_per_step": 0.5,
-                      "allocations_per_step": 3.0, "counted_steps": 2}
