@@ -98,6 +98,13 @@ class Calibration:
                              tuple(entry.get("sources", ())), entry["pairs"])
         return None
 
+    def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
+        """The noise of a change on one machine: the candidate's torch version's, else the baseline's. Runs of two
+        machines have no shared noise figure (each machine's is its own)."""
+        if base_run.machine_key != run.machine_key:
+            return None
+        return self.noise_for(run, row) or self.noise_for(base_run, base_row)
+
     def rows_of(self, machine_key: tuple) -> list[dict]:
         """The entries measured on one machine (``devicebench info``)."""
         node, cpu, accelerators = machine_key

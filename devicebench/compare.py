@@ -104,11 +104,7 @@ def _group(columns: list[Column], key: Callable[[Row], Hashable]) -> dict[Hashab
 
 
 def _noise(calibration: Calibration | None, base: tuple[Column, Row], cand: tuple[Column, Row]) -> Noise | None:
-    """The calibrated noise for a change on one machine: the candidate's torch version's, else the baseline's.
-    Runs of two machines have no shared noise figure (each machine's is its own)."""
-    if calibration is None or base[0].run.machine_key != cand[0].run.machine_key:
-        return None
-    return calibration.noise_for(cand[0].run, cand[1]) or calibration.noise_for(base[0].run, base[1])
+    return None if calibration is None else calibration.noise_between(base[0].run, base[1], cand[0].run, cand[1])
 
 
 def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold: float,

@@ -266,8 +266,8 @@ def _detectable_by_row(staging: Path, environments: list[Environment], pairs: in
         worst: float | None = 0.0
         for other_run in runs[1:]:
             other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
-            noise = None if calibration is None or other is None else (
-                calibration.noise_for(other_run, other) or calibration.noise_for(runs[0], row))
+            noise = None if calibration is None or other is None else \
+                calibration.noise_between(runs[0], row, other_run, other)
             detectable = None if other is None else significance.judge(row, other, noise=noise).detectable
             worst = None if detectable is None or worst is None else max(worst, detectable)
         found[row.test] = worst

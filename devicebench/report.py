@@ -99,9 +99,7 @@ def _change_figure(go, runs: list[Run], threshold: float, calibration: Calibrati
         for members in by_identity.values():
             base_run, baseline = members[0]
             for run, row in members[1:]:
-                noise = None
-                if calibration is not None and base_run.machine_key == run.machine_key:
-                    noise = calibration.noise_for(run, row) or calibration.noise_for(base_run, baseline)
+                noise = None if calibration is None else calibration.noise_between(base_run, baseline, run, row)
                 verdict = judge(baseline, row, threshold, noise)
                 if _verdict_kind(verdict) != kind:
                     continue
