@@ -53,10 +53,11 @@ class WorkloadTraits:
 
     has_convolutions: bool  # channels_last only helps convolutions
     launch_bound: bool  # many tiny kernels per step: CUDA graphs remove the launch overhead
-    graph_safe_optimizer: bool  # the optimizer step never reads values back to the host (capturable)
-    # A frozen part of the forward (nothing in it trains, nothing reads back to the host) can be captured apart
-    # from the step, through torch.compile's reduce-overhead mode, whatever the optimizer does.
-    frozen_forward: bool = False
+    # The optimizer step never reads values back to the host and keeps its schedule on the device (capturable).
+    graph_safe_optimizer: bool
+    # The optimizer's step is many small kernels (Ranger21: ~70 a step), which a graph launches as one even where
+    # the rest of the step is compute-bound.
+    small_kernel_optimizer: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ class TuningPlan:
 #   cpu   inductor generates C++: needs a C++ compiler on PATH.
 #   mps   not used: inductor's Metal backend is still maturing and this project has not verified these models
 #         on it (and cannot: no Apple hardware here).
-# CUDA graphs: cuda only. The whole step only for launch-bound workloads whose optimizer is capturable, and not
-#   with float16, whose GradScaler reads the inf check back to the host every step; a frozen forward (no
-#   trainable parameter, no host read) whatever the optimizer, through torch.compile's reduce-overhead mode.
+# CUDA graphs: cuda only. The whole step, for workloads whose step is launch-bound (or whose optimizer is many
+#   small kernels) and whose optimizer is capturable, and not with float16, whose GradScaler reads the inf check
+#   back to the host every step.
 CUDA_BF16_MIN_CAPABILITY = (8, 0)
 CUDA_FP16_MIN_CAPABILITY = (7, 0)
 CUDA_TRITON_MIN_CAPABILITY = (7, 0)
@@ -188,15 +189,15 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
     if compile_blocker:
         notes.append(f"compile: {compile_blocker}")
 
-    whole_step = not traits.frozen_forward  # what a graph would hold: the whole step, or the frozen forward
+    # A graph holds the whole training step.
     graphs_blocker = _first_blocker(
         (facts.device_type != "cuda", "CUDA graphs exist on cuda only"),
-        (traits.frozen_forward and compile_blocker is not None,
-         f"the frozen forward is captured through torch.compile (reduce-overhead), which is off: {compile_blocker}"),
-        (whole_step and not traits.launch_bound, "not used: this workload is compute-bound, launch overhead is small"),
-        (whole_step and not traits.graph_safe_optimizer,
-         "the optimizer reads values back to the host each step, which a graph cannot capture"),
-        (whole_step and dtype == "float16", "float16 needs a GradScaler, whose inf check syncs every step"),
+        (not (traits.launch_bound or traits.small_kernel_optimizer),
+         "not used: this workload is compute-bound, launch overhead is small"),
+        (not traits.graph_safe_optimizer,
+         "the optimizer reads values back to the host or keeps its schedule in host numbers, which a graph "
+         "would freeze"),
+        (dtype == "float16", "float16 needs a GradScaler, whose inf check syncs every step"),
         (not options.cuda_graphs, "switched off by --no-cuda-graphs"))
     if graphs_blocker:
         notes.append(f"cuda_graphs: {graphs_blocker}")
@@ -263,18 +264,16 @@ def fixed_choice_options() -> dict[str, bool]:
     return {name: value for name, value in FIXED_CHOICE_OPTIONS.items() if known(name)}
 
 
-def compile_static(fn, capture: bool = False, options: dict | None = None):
+def compile_static(fn, options: dict | None = None):
     """``torch.compile`` with static shapes only, and the inductor ``options`` given (a plan's compile_options).
 
     A round's shapes are fixed by the scale, so nothing needs dynamic shapes; left on, automatic dynamic shapes
     (and their cache shared between processes) let one run compile other kernels than the next, and two runs of
     the same code disagreed by up to 3x on a 2-core CPU. Static compilation keeps the compiled code a function of
-    the shapes alone. ``capture``: also replay it as a CUDA graph (what mode="reduce-overhead" sets, given here as
-    an option because torch.compile takes a mode or options, not both); each call's output is overwritten by the
-    next call's, so a caller that keeps outputs clones them.
+    the shapes alone. CUDA graphs are captured by the workloads themselves (the whole step, torch.cuda.graphs'
+    recipe), not through torch.compile's reduce-overhead mode.
     """
-    options = {**(options or {}), **({"triton.cudagraphs": True} if capture else {})}
-    return torch.compile(fn, dynamic=False, options=options)
+    return torch.compile(fn, dynamic=False, options=options or {})
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,

@@ -8,8 +8,8 @@ from devicebench.tuning import FIXED_CHOICE_OPTIONS, BackendFacts, TuningOptions
 
 MLP = WorkloadTraits(has_convolutions=False, launch_bound=True, graph_safe_optimizer=True)
 CNN_RANGER = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False)
-FROZEN_CNN = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=False,
-                            frozen_forward=True)
+CNN_TENSOR_RANGER = WorkloadTraits(has_convolutions=True, launch_bound=False, graph_safe_optimizer=True,
+                                   small_kernel_optimizer=True)
 H100 = BackendFacts("cuda", (2, 11), cuda_capability=(9, 0), has_triton=True, has_cxx_compiler=True)
 V100 = BackendFacts("cuda", (2, 11), cuda_capability=(7, 0), has_triton=True, has_cxx_compiler=True)
 GTX1060 = BackendFacts("cuda", (2, 11), cuda_capability=(6, 1), has_triton=True, has_cxx_compiler=True)
@@ -113,13 +113,13 @@ def test_prepare_leaves_weights_batchnorm_statistics_and_optimizer_state_as_they
     assert setup.compile_seconds > 0
 
 
-def test_a_frozen_forward_is_captured_whatever_the_optimizer_but_only_through_compile():
-    assert plan_tuning(H100, FROZEN_CNN, TuningOptions()).cuda_graphs
-    assert plan_tuning(H100, FROZEN_CNN, TuningOptions(dtype="float16")).cuda_graphs  # the scaler is outside it
-    off = plan_tuning(H100, FROZEN_CNN, TuningOptions(compile=False))
-    assert not off.cuda_graphs and any("reduce-overhead" in note for note in off.notes)
-    assert not plan_tuning(H100, FROZEN_CNN, TuningOptions(cuda_graphs=False)).cuda_graphs
-    assert not plan_tuning(CPU, FROZEN_CNN, TuningOptions()).cuda_graphs
+def test_a_compute_bound_step_is_captured_when_its_optimizer_is_small_kernels_on_the_device():
+    assert plan_tuning(H100, CNN_TENSOR_RANGER, TuningOptions()).cuda_graphs
+    assert plan_tuning(H100, CNN_TENSOR_RANGER, TuningOptions(compile=False)).cuda_graphs  # eager kernels too
+    fp16 = plan_tuning(H100, CNN_TENSOR_RANGER, TuningOptions(dtype="float16"))
+    assert not fp16.cuda_graphs and "GradScaler" in " ".join(fp16.notes)
+    assert not plan_tuning(H100, CNN_TENSOR_RANGER, TuningOptions(cuda_graphs=False)).cuda_graphs
+    assert not plan_tuning(CPU, CNN_TENSOR_RANGER, TuningOptions()).cuda_graphs
 
 
 def test_launch_bound_workloads_compile_with_no_kernel_picked_by_timing():

@@ -27,6 +27,7 @@ from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
 from devicebench.errors import UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
+from devicebench.tensor_ranger21 import TensorRanger21
 from devicebench.tuning import WorkloadTraits, backward_and_step
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 from devicebench.workloads.tuned import TunedSetup
@@ -113,9 +114,11 @@ class _CifarRun(WorkloadRun):
         self.net = make_model(config.seed, weights_path).to(self.device)
         self.loss = nn.CrossEntropyLoss()
         total_epochs = scale.warmup_rounds + scale.rounds
-        self.optimizer = make_optimizer(config.optimizer, self.net, total_epochs,
-                                        batches_per_epoch(scale.train_samples, scale.batch_size))
+        self.optimizer = self.make_optimizer(total_epochs, batches_per_epoch(scale.train_samples, scale.batch_size))
         self.scheduler = make_scheduler(self.optimizer)
+
+    def make_optimizer(self, num_epochs: int, num_batches_per_epoch: int):
+        return make_optimizer(self.config.optimizer, self.net, num_epochs, num_batches_per_epoch)
 
     @property
     def samples_per_round(self) -> int:
@@ -270,33 +273,35 @@ class FrozenBackbone(nn.Module):
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
 
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.cuda.graphs' docs require
+
+
 class TunedRun(TunedSetup, ResidentRun):
-    """``resident`` made fast: autocast (bf16 / fp16 + GradScaler), channels_last, torch.compile, and the frozen
-    backbone computed apart from the one layer that trains.
+    """``resident`` made fast: autocast (bf16 / fp16 + GradScaler), channels_last, torch.compile, Ranger21 as
+    device tensor operations, and on cuda the whole training step as one CUDA graph.
 
     The math is the post's: every image goes through the whole network in train mode (BatchNorm statistics update
     in the same order), ``fc`` is trained by the chosen optimizer on each batch in turn. What changes is how:
 
     - Nothing before ``fc`` trains and the input needs no gradient, so the backbone runs without autograd (the
       same values; no graph is recorded) and is compiled as an inference graph, input conversion included.
-    - Nothing before ``fc`` depends on ``fc`` either, so the next batch's backbone is queued before this batch's
-      optimizer step: Ranger21's host reads then wait while the GPU computes it, rather than leaving it idle.
-
-    - On cuda the backbone is replayed as a CUDA graph (torch.compile's reduce-overhead mode): its ~100 kernel
-      launches become one, so the host gets through them, and back to the optimizer, sooner. Ranger21's host reads
-      keep the rest of the step out of any graph.
+    - Ranger21 is ``tensor_ranger21.TensorRanger21``: the same update (checked against ``ranger21.Ranger21`` in
+      tests/test_tensor_ranger21.py), with its schedule on the device, so a step never reads back to the host.
+    - On cuda, one step (backbone, head forward and backward, Ranger21's update) is captured as a CUDA graph and
+      replayed per batch, the batch gathered into the graph's input buffer first: ~100 backbone kernels and ~70
+      small optimizer kernels become one launch, and the host queues batch after batch without waiting.
+    - Elsewhere (cpu, mps, or an optimizer whose schedule lives in host numbers), the next batch's backbone is
+      queued before this batch's optimizer step.
 
     Compilation and capture happen before any round (tuned.TunedSetup.prepare, ``compile_s``), which leaves every
-    weight and BatchNorm statistic as it was.
+    weight, BatchNorm statistic and optimizer state as it was.
 
-    Measured on the H100 (torch 2.11, standard scale, training images/s): the captured backbone 158,346 and
-    157,069 in two processes, interleaved with the same code uncaptured (117,354 and 121,946) and with the
-    second-stream variant below (139,521 and 137,780): two processes a side, within the 1.2x spread an A/A of the
-    earlier version showed, so a direction rather than a verdict. Tried and not kept:
-    - the whole network compiled as one training graph (the previous version): 108,479 against 162,727 in one
-      process; in separate processes 164,232 and 121,546 against 116,798 and 146,832, so this version is not
-      shown faster in training time; it is kept because its profiled rounds idle less (host_gaps 60.2 against
-      88.4 ms in a paired run) and it is the simpler description of the work;
+    Measured on the H100 (torch 2.11, standard scale, training images/s), the versions before this one: the
+    backbone alone captured through torch.compile's reduce-overhead mode, with the ranger21 package's step eager
+    (Ranger21 read its variance sum to the host every step), 158,346 and 157,069 in two processes. Tried and not
+    kept, with that optimizer:
+    - the whole network compiled as one training graph: 108,479 against 162,727 in one process; in separate
+      processes 164,232 and 121,546 against 116,798 and 146,832;
     - the next batch's backbone on a second CUDA stream, so the optimizer's host reads do not wait for it:
       131,987 and 138,430, rounds drifting from 63 to 95 ms;
     - ``torch.compile(mode="max-autotune-no-cudagraphs")`` (Triton templates tried against cuDNN per
@@ -305,26 +310,34 @@ class TunedRun(TunedSetup, ResidentRun):
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
+        tensor_optimizer = isinstance(self.optimizer, TensorRanger21)
         self.plan_tuned(WorkloadTraits(has_convolutions=HAS_CONVOLUTIONS, launch_bound=False,
-                                       graph_safe_optimizer=config.optimizer != "ranger21", frozen_forward=True))
+                                       graph_safe_optimizer=tensor_optimizer, small_kernel_optimizer=True))
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.backbone = self.compiled(FrozenBackbone(self.net, self.plan.channels_last), capture=True)
-        self.add_tuning_note("backbone: the frozen layers run without autograd, compiled as an inference graph; "
-                             "the next batch's is queued before this batch's optimizer step")
+        self.backbone = self.compiled(FrozenBackbone(self.net, self.plan.channels_last))
+        self.add_tuning_note("backbone: the frozen layers run without autograd, compiled as an inference graph")
+        if tensor_optimizer:
+            self.add_tuning_note("optimizer: Ranger21's update as device tensor operations (TensorRanger21): its "
+                                 "schedule on the device, no host read per step")
         if self.plan.cuda_graphs:
-            self.add_tuning_note("cuda_graphs: the frozen backbone only, replayed as a CUDA graph (torch.compile "
-                                 "reduce-overhead); the head and the optimizer run eagerly")
-        # Compile, then (reduce-overhead records on the second call) capture, in training and in validation mode.
-        self.prepare(self.net, self.optimizer, self._compile_training, self._compile_training,
-                     self._compile_validation, self._compile_validation)
+            self.add_tuning_note("cuda_graphs: the whole training step (backbone, head forward and backward, "
+                                 "optimizer) replayed as one CUDA graph per batch")
+        else:
+            self.add_tuning_note("backbone: the next batch's is queued before this batch's optimizer step")
+        self.graph = None
+        self.prepare(self.net, self.optimizer, self._capture_or_compile_training, self._compile_validation)
+
+    def make_optimizer(self, num_epochs: int, num_batches_per_epoch: int):
+        if self.config.optimizer != "ranger21":
+            return super().make_optimizer(num_epochs, num_batches_per_epoch)
+        params = [param for param in self.net.parameters() if param.requires_grad]
+        return TensorRanger21(params, lr=LR, weight_decay=0, num_epochs=num_epochs,
+                              num_batches_per_epoch=num_batches_per_epoch, use_warmup=False, use_madgrad=False)
 
     def features(self, uint8_images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            features = self.backbone(uint8_images)
-        # A captured backbone's next replay overwrites its output; the next batch's is computed before this one's
-        # is used, so the (1024 x 512) features are copied out.
-        return features.clone() if self.plan.cuda_graphs else features
+            return self.backbone(uint8_images)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -347,6 +360,8 @@ class TunedRun(TunedSetup, ResidentRun):
 
     def train_epoch(self, waits: Stopwatch) -> torch.Tensor:
         self.net.train()
+        if self.graph is not None:
+            return self._replayed_epoch(waits)
         batch_size = self.config.scale.batch_size
         order = self.shuffled_order(len(self.train_x))
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -360,12 +375,65 @@ class TunedRun(TunedSetup, ResidentRun):
         self.scheduler.step()
         return loss  # the last batch's loss, as the post reports
 
-    def _compile_training(self) -> None:
+    def _replayed_epoch(self, waits: Stopwatch) -> torch.Tensor:
+        """Each full batch gathered into the graph's input buffers, then one replay; a last, smaller batch (the
+        full scale's 848 images) does not fit the captured shapes and runs eagerly."""
+        batch_size = self.config.scale.batch_size
+        order = self.shuffled_order(len(self.train_x))
+        self.optimizer.load_schedule()  # this epoch's lr and beta1, as CyclicLR left them
+        self.static_correct.zero_()
+        loss = self.static_loss
+        for start in waits.iterate(range(0, len(order), batch_size)):
+            index = order[start:start + batch_size]
+            if len(index) < batch_size:
+                loss, batch_correct = self.step(self.features(self.train_x[index]), self.train_y[index])
+                self.static_correct += batch_correct
+                continue
+            torch.index_select(self.train_x, 0, index, out=self.static_x)
+            torch.index_select(self.train_y, 0, index, out=self.static_y)
+            self.graph.replay()
+        self.scheduler.step()
+        return loss.clone()  # the last batch's loss, as the post reports
+
+    def _graph_step(self) -> None:
+        """One training step on the graph's input buffers, graph-safe: no host read, nothing kept between calls
+        but the parameters, the optimizer's tensors, the loss and the correct count."""
+        output = self.head(self.features(self.static_x))
+        with self.autocast():
+            loss = self.loss(output, self.static_y)
+        loss.backward()
+        self.optimizer.update()
+        # Set to None, as torch.cuda.graphs' whole-network example does: the next captured backward writes fresh
+        # gradients (in the graph's memory pool) instead of adding into zeroed ones.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.static_loss.copy_(loss.detach())
+        self.static_correct += (output.argmax(1) == self.static_y).sum()
+
+    def _capture_or_compile_training(self) -> None:
+        """Capture the training step (which compiles the backbone on the way), or compile it on real shapes."""
         batch = self.config.scale.batch_size
         self.net.train()
-        with self.autocast():
-            loss = self.loss(self.head(self.features(self.train_x[:batch])), self.train_y[:batch])
-        loss.backward()
+        if not self.plan.cuda_graphs:
+            with self.autocast():
+                loss = self.loss(self.head(self.features(self.train_x[:batch])), self.train_y[:batch])
+            loss.backward()
+            return
+        self.static_x = self.train_x[:batch].clone()
+        self.static_y = self.train_y[:batch].clone()
+        self.static_loss = torch.zeros((), device=self.device)
+        self.static_correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.optimizer.load_schedule()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._graph_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._graph_step()
+        # Weights, BatchNorm statistics and the optimizer's state are restored by prepare().
 
     def _compile_validation(self) -> None:
         valid_batch = self.config.scale.valid_batch_size

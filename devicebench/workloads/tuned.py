@@ -42,12 +42,11 @@ class TunedSetup:
         """Say in the row's ``tuning_notes`` what a change the workload makes beyond the plan does."""
         self.workload_notes = (*self.workload_notes, note)
 
-    def compiled(self, fn: Callable, capture: bool = False) -> Callable:
-        """``fn`` compiled as the plan allows; with ``capture`` (and the plan's CUDA graphs) also replayed as a CUDA
-        graph, whose output the next call overwrites."""
+    def compiled(self, fn: Callable) -> Callable:
+        """``fn`` compiled as the plan allows."""
         if not self.plan.compiled:
             return fn
-        return compile_static(fn, capture=capture and self.plan.cuda_graphs, options=self.plan.compile_options())
+        return compile_static(fn, options=self.plan.compile_options())
 
     def autocast(self):
         # The autocast weight-cast cache must be off while capturing a CUDA graph: cached casts would be freed
@@ -60,7 +59,8 @@ class TunedSetup:
 
         Afterwards the module's parameters and buffers (BatchNorm statistics) hold their values from before, in
         place (a captured graph holds these very tensors), gradients are zero, and optimizer state created by the
-        steps is zeroed in place: a fresh Adam's moments and step count are zeros.
+        steps is zeroed in place: a fresh Adam's moments and step count are zeros (an optimizer with a
+        ``reset_state()`` method is reset by it).
         """
         start = time.perf_counter()
         before = {name: value.detach().clone() for name, value in module.state_dict(keep_vars=True).items()}
@@ -73,7 +73,9 @@ class TunedSetup:
             for param in module.parameters():
                 if param.grad is not None:
                     param.grad.zero_()
-            if fresh_optimizer:
+            if hasattr(optimizer, "reset_state"):  # an optimizer that knows its fresh state (TensorRanger21)
+                optimizer.reset_state()
+            elif fresh_optimizer:
                 for state in optimizer.state.values():
                     for tensor in state.values():
                         if torch.is_tensor(tensor):
