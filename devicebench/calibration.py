@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devicebench.errors import UsageError
+from devicebench import results
 from devicebench.results import Row, Run
 
 CALIBRATION_SCHEMA = 1
@@ -134,12 +135,8 @@ class Calibration:
 
     def save(self) -> Path:
         """Written to a temporary file and renamed: a reader never sees half a file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".part")
-        temporary.write_text(json.dumps({"calibration_schema": CALIBRATION_SCHEMA, "entries": self.entries},
-                                        indent=1, sort_keys=True))
-        temporary.replace(self.path)
-        return self.path
+        return results.write_json_atomically(self.path, {"calibration_schema": CALIBRATION_SCHEMA,
+                                                         "entries": self.entries}, sort_keys=True)
 
 
 def _jsonable(fields: dict) -> dict:

@@ -181,6 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peer(args: argparse.Namespace) -> int:
+    """timm's own ResNet18 benchmark beside the tuned row, on the same GPU, in one call (peer.py)."""
+    from devicebench import peer
+
+    output = Path(args.output or f"results/reference/{args.machine}/peer-timm.json")
+    peer.run_peer(Path(args.script), output, args.processes, args.device, args.scale, args.amp_dtype, args.profile)
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     runs = results.load_runs([args.dir], Path(args.dir))
     lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
@@ -351,6 +360,25 @@ def parser() -> argparse.ArgumentParser:
                              help="measure nothing: keep the noise of an A/A already run (the two files of one "
                                   "devicebench run --env A=PY --env B=PY of the same Python)")
     calibrating.set_defaults(handler=cmd_calibrate)
+
+    peering = commands.add_parser(
+        "peer", help="timm's own resnet18 benchmark beside the tuned resnet18_cifar row, on the same GPU",
+        description="Alternates timm's benchmark.py (inference, the tuned row's image size, batch, 10 classes, "
+                    "mixed precision, channels_last, torch.compile) and the suite's resnet18_cifar tuned row as "
+                    "separate processes, and writes both medians and their ratio.")
+    peering.add_argument("--script", required=True, metavar="PATH",
+                         help="timm's benchmark.py (huggingface/pytorch-image-models); not shipped here")
+    peering.add_argument("--machine", required=True, help="a name for this machine: the file goes to "
+                                                          "results/reference/MACHINE/peer-timm.json")
+    peering.add_argument("-o", "--output", help="write the peer file here instead")
+    peering.add_argument("--processes", type=int, default=2, help="processes of each side (default %(default)s)")
+    peering.add_argument("--device", default="cuda")
+    peering.add_argument("--scale", default="standard")
+    peering.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"),
+                         help="timm's --amp-dtype: the tuned row's dtype on this GPU (default %(default)s)")
+    peering.add_argument("--profile", action="store_true",
+                         help="one more tuned process under torch.profiler: where the remaining time goes")
+    peering.set_defaults(handler=cmd_peer)
 
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")

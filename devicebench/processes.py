@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from devicebench import interleave, stability
+from devicebench import interleave, results, stability
 from devicebench.calibration import Calibration
 from devicebench.errors import DevicebenchError, UsageError
 
@@ -97,7 +97,7 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
         merged = _merged(staging, env, count, plan.get("interleave_id") if len(environments) > 1 else None)
         if sweep_positions is not None:
             merged["devicebench_run"]["sweep_position"] = sweep_positions[env.label]
-        written.append(_write_atomically(Path(output_dir) / f"{name}-{env.label}.json", merged))
+        written.append(results.write_json_atomically(Path(output_dir) / f"{name}-{env.label}.json", merged))
     shutil.rmtree(staging)
     echo(f"{count} process(es) per environment in {_elapsed(started)}; runs written: "
          f"{', '.join(map(str, written))}")
@@ -256,7 +256,7 @@ def _detectable_by_row(staging: Path, environments: list[Environment], pairs: in
     first (None where a row cannot be judged), with this machine's calibration where it has the row."""
     if pairs < 2 or len(environments) < 2:
         return {}
-    from devicebench import results, significance
+    from devicebench import significance
 
     interleave_id = "in progress"
     merged = [_merged(staging, env, pairs, interleave_id) for env in environments]
@@ -407,11 +407,6 @@ def _stats(values: list[float]) -> dict:
     return {**stats.as_dict(), "data": values}
 
 
-def _write_atomically(path: Path, data: dict) -> Path:
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(path)
-    return path
 
 
 def _summary(run: dict) -> str:

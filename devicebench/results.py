@@ -166,6 +166,16 @@ class Run:
         return f"{self.machine_info.get('node', '?')} ({', '.join([self.machine_info.get('cpu_name', '?'), *names])})"
 
 
+def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Path:
+    """Written to a temporary file beside ``path`` and renamed: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=sort_keys))
+    partial.replace(path)
+    return path
+
+
 def warn(message: str) -> None:
     print(f"devicebench: warning: {message}", file=sys.stderr)
 

@@ -1,0 +1,151 @@
+"""``devicebench peer``: the tuned ResNet18 row beside timm's own benchmark of the same network, on the same GPU.
+
+A user who reads "tuned" takes it as what the device can do; the yardstick is the best public implementation of
+the same network measured in the same call: timm's ``benchmark.py`` (huggingface/pytorch-image-models), an
+inference benchmark of resnet18 at the suite's image size, batch and 10 classes, mixed precision, channels_last,
+torch.compile. Its forward is a lower bound on our training step's time (the step also runs BatchNorm in train
+mode, the head's backward and Ranger21), so ``ratio`` = ours / theirs is at most about 1.
+
+The two run as separate processes, alternated timm, suite, suite, timm, ... (``--processes`` of each), so the
+machine's drift over the call falls on both; each side's figure is the median of its processes. With ``--profile``
+one more suite process runs under torch.profiler, and the peer file keeps its breakdown (where the remaining time
+goes). The script is the user's copy (``--script``): this project neither ships nor imports it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from devicebench import processes, results
+from devicebench.errors import DevicebenchError, UsageError
+from devicebench.scales import scale_for
+
+WORKLOAD, PIPELINE = "resnet18_cifar", "tuned"
+RESULT_MARKER = "--result\n"  # timm's benchmark.py prints its JSON summary after this line
+
+
+def timm_command(script: Path, batch_size: int, image_size: int, amp_dtype: str, device: str) -> list[str]:
+    """timm's inference benchmark with the tuned row's configuration."""
+    return [sys.executable, str(script), "--model", "resnet18", "--bench", "inference", "--img-size",
+            str(image_size), "-b", str(batch_size), "--num-classes", "10", "--amp", "--amp-dtype", amp_dtype,
+            "--channels-last", "--torchcompile", "--device", device]
+
+
+def suite_command(json_path: Path, device: str, scale: str, profile: bool) -> list[str]:
+    return [sys.executable, "-m", "pytest", str(processes.REPO / "benchmarks" / "test_resnet18_cifar.py"), "-q",
+            "-p", "no:cacheprovider", "--device", device, "--pipeline", PIPELINE, "--scale", scale,
+            "--benchmark-json", str(json_path), *(["--profile"] if profile else [])]
+
+
+def parse_timm_output(output: str) -> dict:
+    """The JSON summary timm's benchmark.py prints last; a clear error when it printed none."""
+    if RESULT_MARKER not in output:
+        raise DevicebenchError("timm's benchmark printed no '--result' summary; its output ended:\n"
+                               + "\n".join(output.strip().splitlines()[-8:]))
+    summary = json.loads(output.rsplit(RESULT_MARKER, 1)[1])
+    if "infer_samples_per_sec" not in summary:
+        raise DevicebenchError(f"timm's benchmark summary has no infer_samples_per_sec: {sorted(summary)}")
+    return summary
+
+
+def tuned_row(json_path: Path) -> dict:
+    """The tuned resnet18_cifar row of a suite run's JSON file (its ``extra_info``)."""
+    run = results.load_run(json_path)
+    for row in run.rows if run is not None else []:
+        if row.extra.get("workload") == WORKLOAD and row.extra.get("pipeline") == PIPELINE:
+            return row.extra
+    raise DevicebenchError(f"{json_path} holds no {WORKLOAD} {PIPELINE} row (did the device skip it? run "
+                           f"pytest with -rs to see why)")
+
+
+def run_peer(script: Path, output: Path, processes_each: int, device: str, scale_name: str, amp_dtype: str,
+             profile: bool, echo: Callable[[str], None] = print,
+             run: Callable[[list[str]], subprocess.CompletedProcess] | None = None) -> dict:
+    """Alternate timm's benchmark and the suite's tuned row, write the peer file, return what it holds."""
+    script = Path(script).resolve()
+    if not script.is_file():
+        raise UsageError(f"--script {script}: no such file; give the path of timm's benchmark.py "
+                         f"(huggingface/pytorch-image-models)")
+    if processes_each < 1:
+        raise UsageError("--processes must be at least 1")
+    run = run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, cwd=processes.REPO))
+    scale = scale_for(WORKLOAD, scale_name)
+    from devicebench.workloads.resnet18_cifar import IMAGE_SIZE
+
+    timm_argv = timm_command(script, scale.batch_size, IMAGE_SIZE, amp_dtype, device)
+    timm_figures, suite_figures, rows = [], [], []
+    order = [side for index in range(processes_each) for side in (("timm", "suite") if index % 2 == 0
+                                                                   else ("suite", "timm"))]
+    with tempfile.TemporaryDirectory(prefix="devicebench-peer-") as scratch:
+        for number, side in enumerate(order + (["profile"] if profile else []), 1):
+            echo(f"[{number}/{len(order) + profile}] {side} ...")
+            if side == "timm":
+                completed = _checked(run(timm_argv), "timm's benchmark")
+                summary = parse_timm_output(completed.stdout)
+                timm_figures.append(float(summary["infer_samples_per_sec"]))
+                echo(f"    timm resnet18 inference: {timm_figures[-1]:,.0f} images/s")
+                continue
+            json_path = Path(scratch, f"{side}-{number}.json")
+            _checked(run(suite_command(json_path, device, scale_name, side == "profile")), "the suite's tuned row")
+            row = tuned_row(json_path)
+            if side == "profile":
+                rows.append(row)
+                seconds = (row.get("profile") or {}).get("seconds", {})
+                echo("    profiled round: " + ", ".join(f"{kind} {value * 1e3:.1f} ms" for kind, value in
+                                                       seconds.items()))
+                continue
+            suite_figures.append(float(row["samples_per_s"]))
+            rows.append(row)
+            echo(f"    devicebench {WORKLOAD} {PIPELINE}: {suite_figures[-1]:,.0f} training images/s")
+    timm_median, suite_median = statistics.median(timm_figures), statistics.median(suite_figures)
+    last = rows[-1]
+    peer = {
+        "timm_infer_samples_per_sec": timm_median,
+        "devicebench_tuned_samples_per_s": suite_median,
+        "ratio": suite_median / timm_median,
+        "timm_infer_samples_per_sec_per_process": timm_figures,
+        "devicebench_tuned_samples_per_s_per_process": suite_figures,
+        "order": order,
+        "device_name": last.get("device_name"),
+        "torch_version": _version("torch"),
+        "timm_version": _version("timm"),
+        "scale": scale_name,
+        "batch_size": scale.batch_size,
+        "image_size": IMAGE_SIZE,
+        "amp_dtype": amp_dtype,
+        "tuned_dtype": last.get("dtype"),
+        "tuning_notes": last.get("tuning_notes"),
+        "timm_command": " ".join(timm_argv[1:]),
+        "timm_script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
+        "suite_command": " ".join(suite_command(Path("RUN.json"), device, scale_name, False)[1:]),
+        "profile": rows[-1].get("profile") if profile else None,
+        "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    results.write_json_atomically(output, peer)
+    echo(f"timm {timm_median:,.0f} images/s (inference), devicebench tuned {suite_median:,.0f} training images/s: "
+         f"ratio {peer['ratio']:.3f}; written to {output}")
+    return peer
+
+
+def _checked(completed: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+    if completed.returncode != 0:
+        tail = "\n".join((completed.stdout + completed.stderr).strip().splitlines()[-12:])
+        raise DevicebenchError(f"{what} failed (exit {completed.returncode}); its output ended:\n{tail}")
+    return completed
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
