@@ -15,6 +15,7 @@ where ``compare`` would read it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -185,6 +186,12 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         if budget_seconds is not None and done and spent + spent / done > budget_seconds:
             echo(f"budget {_clock(budget_seconds)} spent ({_clock(spent)} measured; a pair takes about "
                  f"{_clock(spent / done)}): stopping after {done} pairs")
+            if until is not None and done < MIN_PAIRS_FOR_UNTIL:
+                # Say what would let --until judge, rather than leave the user with "0 of 0 rows".
+                needed = math.ceil(MIN_PAIRS_FOR_UNTIL * spent / done / 60)
+                echo(f"    --until judges from {MIN_PAIRS_FOR_UNTIL} pairs on, and at {_clock(spent / done)} a pair "
+                     f"this budget holds {done}: give --budget {needed}m or more, or fewer rows (-k); the same "
+                     f"command resumes after the pairs measured")
             break
         pair_seconds = _run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds)
         spent += pair_seconds
@@ -284,6 +291,9 @@ def _progress_lines(detectable: dict[str, float | None], pairs: int, until: floa
 
 
 def _until_report(detectable: dict[str, float | None], until: float, pairs: int, spent: float) -> str:
+    if not detectable:
+        return (f"--until {until:.1%}: not judged: {pairs} pair(s) measured ({_clock(spent)}), and a smallest "
+                f"detectable change needs at least 2")
     reached = [test for test, value in detectable.items() if value is not None and value <= until]
     missed = {test: value for test, value in detectable.items() if test not in reached}
     lines = [f"--until {until:.1%}: {len(reached)} of {len(detectable)} rows reached it in {pairs} pairs "

@@ -19,23 +19,15 @@ ROW_FIELDS = ("workload", "workload_version", "device", "device_name", "pipeline
 
 
 @pytest.fixture(scope="module")
-def kept_compile_cache(tmp_path_factory) -> list[str]:
-    """The options that make this module's pytest runs share their compiled code: the quick run compiles the
-    tuned rows once (~60 s of C++ on 2 cores), and the smoke run of the same shapes reuses it."""
-    return ["--compile-cache", "kept", "--compile-cache-dir", str(tmp_path_factory.mktemp("compile-cache"))]
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, kept_compile_cache):
+def quick_run(tmp_path_factory):
     """One quick cpu run of every benchmark, as CI exercises them, profiled (an extra round after everything is
     recorded): (completed process, parsed JSON); the traces are beside the JSON."""
     tmp = tmp_path_factory.mktemp("quick")
     out = tmp / "out.json"
     result = run_pytest(str(REPO / "benchmarks"), "--scale", "quick", "--data", "synthetic", "--pretrained", "no",
-                        "--benchmark-json", str(out), "--profile", "-rs", "-k", "not parity", *kept_compile_cache,
-                        cwd=tmp)
+                        "--benchmark-json", str(out), "--profile", "-rs", "-k", "not parity", cwd=tmp)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result, json.loads(out.read_text())
+    return result, json.loads(out.read_text()), tmp
 
 
 def test_profile_breaks_every_row_down_by_kind_summing_to_the_round(quick_run):
@@ -45,8 +37,9 @@ def test_profile_breaks_every_row_down_by_kind_summing_to_the_round(quick_run):
 
     from devicebench.profiling import KINDS, ROUND_RANGE
 
-    result, data = quick_run
+    result, data, run_folder = quick_run
     folder = Path(data["benchmarks"][0]["extra_info"]["profile"]["trace"]).parent
+    assert folder == run_folder  # beside --benchmark-json's file, not in the working directory
     for bench in data["benchmarks"]:
         profile = bench["extra_info"]["profile"]
         assert set(profile["seconds"]) == set(KINDS) and min(profile["seconds"].values()) >= 0
@@ -63,7 +56,7 @@ def test_profile_breaks_every_row_down_by_kind_summing_to_the_round(quick_run):
 
 
 def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):
-    _, data = quick_run
+    _, data, _ = quick_run
     machine = data["machine_info"]
     for field in MACHINE_FIELDS:
         assert field in machine, field
@@ -89,7 +82,7 @@ TUNED_VAL_LOSS_RTOL, TUNED_VAL_LOSS_ATOL = 0.05, 0.01
 
 
 def test_tuned_rows_record_their_choices_and_still_train(quick_run):
-    _, data = quick_run
+    _, data, _ = quick_run
     rows = {bench["name"]: bench["extra_info"] for bench in data["benchmarks"]}
     for workload in ("mnist_mlp", "resnet18_cifar"):
         tuned, resident = rows[f"test_{workload}[cpu-tuned]"], rows[f"test_{workload}[cpu-resident]"]
@@ -103,7 +96,7 @@ def test_tuned_rows_record_their_choices_and_still_train(quick_run):
 
 
 def test_absent_devices_are_skipped_with_their_reasons(quick_run):
-    result, _ = quick_run
+    result, _, _ = quick_run
     assert "warm-up" not in result.stdout  # progress stays off when output is not a terminal
     if not devices.probe("cuda").available:
         assert "SKIPPED" in result.stdout and "cuda: " in result.stdout
@@ -111,10 +104,10 @@ def test_absent_devices_are_skipped_with_their_reasons(quick_run):
         assert "mps: this torch build has no MPS support" in result.stdout or "mps: torch is built" in result.stdout
 
 
-def test_benchmark_disable_is_a_one_round_smoke_run_that_saves_nothing(tmp_path, quick_run, kept_compile_cache):
+def test_benchmark_disable_is_a_one_round_smoke_run_that_saves_nothing(tmp_path, quick_run):
     out = tmp_path / "out.json"
     result = run_pytest(*QUICK_MNIST, "--benchmark-disable", "--benchmark-max-time", "3",
-                        "--benchmark-json", str(out), *kept_compile_cache, cwd=tmp_path)
+                        "--benchmark-json", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "3 passed" in result.stdout and not out.exists()
     assert "--benchmark-max-time does not apply to devicebench's rows" in result.stdout

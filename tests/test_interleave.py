@@ -278,6 +278,16 @@ def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(mon
     assert report[1].startswith("    reached: test_steady (") and report[2].startswith("    not reached: test_noisy (")
 
 
+def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch, tmp_path):
+    started = fake_pairs(monkeypatch, 332.0, {"test_steady": 0.01})  # the H200's whole-suite triple: 5m32s
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, None, [], tmp_path, "h", echo=lines.append, until=0.05, budget_seconds=600)
+    assert started == [1]
+    assert "--until judges from 3 pairs on, and at 5m32s a pair this budget holds 1: give --budget 17m or more" \
+        in "\n".join(lines)
+    assert any(line.startswith("--until 5.0%: not judged: 1 pair(s) measured") for line in lines)
+
+
 def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
     staging = tmp_path / ".r.processes"

@@ -181,6 +181,7 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
     from pathlib import Path
 
     from devicebench import cli
+    from pytest_runs import KEPT_COMPILE_CACHE
 
     repo = Path(__file__).resolve().parents[1]
     outputs = []
@@ -190,7 +191,7 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
             [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "-k", "tiny_linear", "--device", "cpu",
              "--scale", "quick", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q",
              # the second run reuses the first's compiled code (the tuned row's C++ compile is most of a run)
-             "--compile-cache", "kept", "--compile-cache-dir", str(tmp_path / "compile-cache")],
+             *KEPT_COMPILE_CACHE],
             cwd=repo, capture_output=True, text=True, timeout=300,
             env={**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload"})
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
