@@ -206,6 +206,10 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
     tuned = rows["test_workload[tiny_linear-tuned-cpu]"]
     assert tuned["compiled"] is True and tuned["compile_s"] > 0 and tuned["cuda_graphs"] is False
     assert "cuda_graphs: CUDA graphs exist on cuda only" in tuned["tuning_notes"]
+    # Counts noise cannot move (counts.py): the second process, compiled code and all, counts what the first did.
+    second = {bench["name"]: bench["extra_info"] for bench in json.loads(outputs[1].read_text())["benchmarks"]}
+    for name, extra in rows.items():
+        assert all(extra[field] == second[name][field] for field in ("ops_per_step", "kernels_per_step")), name
     assert cli.main(["compare", str(outputs[0]), str(outputs[1])]) == 0
 
 
