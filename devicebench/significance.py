@@ -70,10 +70,16 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats
-
 from devicebench.calibration import Noise, pair_estimates
 from devicebench.results import Row
+
+
+def _stats():
+    """scipy.stats, imported on first use: it takes ~1 s to import on a 2-core VM, and every benchmark process
+    imports this module (the plugin's compare hooks) though most judge nothing."""
+    from scipy import stats
+
+    return stats
 
 ALPHA = 0.05
 POWER = 0.80
@@ -197,7 +203,7 @@ def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, n
     a, b = baseline.all_seconds, candidate.all_seconds
     p_value = None
     if len(a) >= 2 and len(b) >= 2:
-        p_value = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        p_value = float(_stats().mannwhitneyu(a, b, alternative="two-sided").pvalue)
     rounds = min(len(a), len(b))
     # A median of fewer rounds than the calibration's workers timed is noisier than it measured: not used.
     if noise is not None and noise.process_log_sd and noise.process_df > 0 and rounds >= noise.rounds_per_worker / 2:
@@ -214,8 +220,8 @@ def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, 
     """One process a side against the calibrated spread of one process's median from another's."""
     log_ratio, df = math.log(ratio), noise.process_df
     standard_error = math.sqrt(2) * noise.process_log_sd
-    p_value = float(2 * stats.t.sf(abs(log_ratio) / standard_error, df))
-    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * standard_error
+    p_value = float(2 * _stats().t.sf(abs(log_ratio) / standard_error, df))
+    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * standard_error
     return Verdict(ratio, p_value, threshold, counts, spread=math.expm1(noise.process_log_sd),
                    detectable=math.expm1(detectable_log), interval=_interval(log_ratio, standard_error, df),
                    rounds_p_value=rounds_p_value,
@@ -230,11 +236,11 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
     if var_a == 0 and var_b == 0:  # identical values on each side (planted data): equal means nothing varies
         p_value = 1.0 if ratio == 1 else 0.0
     else:
-        p_value = float(stats.ttest_ind(log_b, log_a, equal_var=False).pvalue)
+        p_value = float(_stats().ttest_ind(log_b, log_a, equal_var=False).pvalue)
     n_a, n_b = len(log_a), len(log_b)
     pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
     df = n_a + n_b - 2
-    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
+    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
     # Welch's interval, to match its test: standard error and Welch-Satterthwaite degrees of freedom.
     se_a, se_b = var_a / n_a, var_b / n_b
     welch_df = (se_a + se_b) ** 2 / (se_a ** 2 / (n_a - 1) + se_b ** 2 / (n_b - 1)) if se_a + se_b > 0 else df
@@ -258,7 +264,7 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
     elif noise is not None and noise.pair_log_sd is not None and noise.pair_df > 0:
         rounds = statistics.median(min(len(a), len(b)) for a, b in zip(base, cand))
         calibrated = noise.pair_log_sd ** 2
-        excess_p = float(stats.f.sf(variance / calibrated, n - 1, noise.pair_df)) if calibrated > 0 else 0.0
+        excess_p = float(_stats().f.sf(variance / calibrated, n - 1, noise.pair_df)) if calibrated > 0 else 0.0
         if rounds < noise.rounds_per_worker / 2:
             used = (f"calibration not used: {rounds:.0f} rounds per worker against its {noise.rounds_per_worker} "
                     f"(give the same --round-time)")
@@ -274,8 +280,8 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
     if standard_error == 0:  # identical estimates (planted data): no spread to test against
         p_value = 1.0 if mean == 0 else 0.0
     else:
-        p_value = float(2 * stats.t.sf(abs(mean) / standard_error, df))
-    detectable_log = (stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * standard_error
+        p_value = float(2 * _stats().t.sf(abs(mean) / standard_error, df))
+    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * standard_error
     return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(math.sqrt(variance)),
                    detectable=math.expm1(detectable_log), paired=True,
                    interval=_interval(mean, standard_error, df), calibration=used)
@@ -283,5 +289,5 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
 
 def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:
     """The two-sided 95% confidence interval of a ratio, from its log's estimate and standard error."""
-    half = stats.t.ppf(1 - ALPHA / 2, df) * standard_error
+    half = _stats().t.ppf(1 - ALPHA / 2, df) * standard_error
     return math.exp(log_ratio - half), math.exp(log_ratio + half)
