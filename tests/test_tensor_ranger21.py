@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import CyclicLR
 
-from devicebench.tensor_ranger21 import TensorRanger21
+from devicebench.tensor_ranger21 import TensorRanger21, schedule_dtype
 
 EPOCHS, BATCHES = 5, 10  # 50 steps: lookahead merges, both momentum parities, and the warm-down from step 36
 
@@ -108,3 +108,8 @@ def test_options_it_does_not_implement_are_refused_by_name():
     with pytest.raises(ValueError, match="one parameter group"):
         TensorRanger21([{"params": params[:2]}, {"params": params[2:]}], lr=0.1, num_epochs=1,
                        num_batches_per_epoch=1)
+
+
+def test_the_schedule_is_float64_except_on_mps_which_has_none():
+    assert schedule_dtype(torch.device("cpu")) == schedule_dtype(torch.device("cuda")) == torch.float64
+    assert schedule_dtype(torch.device("mps")) == torch.float32
