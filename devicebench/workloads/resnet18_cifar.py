@@ -288,13 +288,18 @@ class TunedRun(TunedSetup, ResidentRun):
     - Ranger21 is ``tensor_ranger21.TensorRanger21``: the same update (checked against ``ranger21.Ranger21`` in
       tests/test_tensor_ranger21.py), with its schedule on the device, so a step never reads back to the host.
     - On cuda, one step (backbone, head forward and backward, Ranger21's update) is captured as a CUDA graph and
-      replayed per batch, the batch gathered into the graph's input buffer first: ~100 backbone kernels and ~70
-      small optimizer kernels become one launch, and the host queues batch after batch without waiting.
+      replayed per batch, the batch gathered into the graph's input buffer first: the step's kernels (287 counted
+      on an H200) become one launch, and the host queues batch after batch without waiting.
     - Elsewhere (cpu, mps, or an optimizer whose schedule lives in host numbers), the next batch's backbone is
       queued before this batch's optimizer step.
 
     Compilation and capture happen before any round (tuned.TunedSetup.prepare, ``compile_s``), which leaves every
     weight, BatchNorm statistic and optimizer state as it was.
+
+    Measured on an NVIDIA H200 (torch 2.11.0+cu130, standard scale): 236,479 training images/s (median of two
+    processes of ``devicebench peer``; 234,595-241,691 over ten processes), 0.866x timm's own compiled inference
+    benchmark of the same network in the same call (results/reference/h200/peer-timm.json); the version before,
+    184,836.
 
     Measured on the H100 (torch 2.11, standard scale, training images/s), the versions before this one: the
     backbone alone captured through torch.compile's reduce-overhead mode, with the ranger21 package's step eager
