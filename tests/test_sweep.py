@@ -91,7 +91,16 @@ def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_inter
     assert lines == [f"A: already measured ({out / 't-A.json'}); kept (--rerun measures it again)"]
 
 
-def test_a_version_pip_cannot_install_is_skipped_with_its_reason_and_leaves_nothing(tmp_path):
+@pytest.fixture
+def enough_disk(monkeypatch):
+    """These tests are about pip's answers, not this machine's free space (CI once had 5.4 GiB free)."""
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sweep.shutil, "disk_usage", lambda _: usage(100 * 2**30, 0, 100 * 2**30))
+
+
+def test_a_version_pip_cannot_install_is_skipped_with_its_reason_and_leaves_nothing(tmp_path, enough_disk):
     empty_index = tmp_path / "index"
     empty_index.mkdir()
     envs = tmp_path / "envs"
@@ -105,7 +114,7 @@ def test_a_version_pip_cannot_install_is_skipped_with_its_reason_and_leaves_noth
     assert not sweep.environment_path(envs, "2.14.1").exists()  # no half-built environment left to trust
 
 
-def test_an_incomplete_environment_is_rebuilt_not_trusted(tmp_path):
+def test_an_incomplete_environment_is_rebuilt_not_trusted(tmp_path, enough_disk):
     envs = tmp_path / "envs"
     half_built = sweep.environment_path(envs, "2.14.1")
     (half_built / "bin").mkdir(parents=True)  # an earlier build stopped before it was marked complete
