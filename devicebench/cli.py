@@ -156,7 +156,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
                                     pip_args=args.pip_args.split(), environments=environments,
-                                    until=args.until, budget_seconds=args.budget, round_seconds=args.round_time,
+                                    until=_until_target(args.until), budget_seconds=args.budget,
+                                    round_seconds=args.round_time,
                                     calibration=calibration.Calibration.load(args.calibration))
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
@@ -176,8 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     environments = [processes.parse_environment(text) for text in args.env] or \
         [processes.Environment("current", sys.executable)]
     processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
-                              until=args.until, budget_seconds=args.budget, round_seconds=args.round_time,
-                              calibration=calibration.Calibration.load(args.calibration))
+                              until=_until_target(args.until), budget_seconds=args.budget,
+                              round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration))
     return 0
 
 
@@ -217,6 +218,33 @@ def _threshold(text: str) -> float:
     return value
 
 
+PIPELINES = ("seed", "resident", "tuned")
+
+
+def _until_part(text: str) -> tuple[str | None, float]:
+    """One ``--until``: ``5%`` for every row, or ``seed=10%`` for one pipeline's rows."""
+    pipeline, _, size = text.rpartition("=")
+    if pipeline and pipeline not in PIPELINES:
+        raise argparse.ArgumentTypeError(f"{text!r}: {pipeline!r} is not a pipeline; give one of "
+                                         f"{', '.join(PIPELINES)}, as in seed=10%")
+    value = _threshold(size)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size above zero, such as 5%")
+    return pipeline or None, value
+
+
+def _until_target(parts: list[tuple[str | None, float]] | None) -> processes.UntilTarget | None:
+    """The ``--until`` options as one target: the size for every row and the sizes asked of single pipelines."""
+    if not parts:
+        return None
+    defaults = [value for pipeline, value in parts if pipeline is None]
+    if len(defaults) != 1:
+        raise UsageError("--until: give one size for every row (e.g. --until 5%), and PIPELINE=SIZE for a "
+                         "pipeline that should differ (e.g. --until seed=10%)")
+    by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
+    return processes.UntilTarget(defaults[0], tuple(sorted(by_pipeline.items())))
+
+
 def _duration(text: str) -> float:
     """``90s``, ``10m``, ``1h30m`` or a bare number of seconds, as seconds."""
     import re
@@ -240,9 +268,11 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                          processes_help: str, env_help: str, name: str, name_help: str) -> None:
     """The options of the commands that run the suite as several processes (run, sweep)."""
     parser.add_argument("--processes", type=int, default=processes, help=processes_help)
-    parser.add_argument("--until", type=_threshold, metavar="SIZE",
+    parser.add_argument("--until", type=_until_part, action="append", metavar="[PIPELINE=]SIZE",
                         help="with two or more --env: add worker pairs until every row could detect a change of "
-                             "this size (e.g. 5%%), each environment against the first, or --budget is spent")
+                             "this size (e.g. 5%%), each environment against the first, or --budget is spent; a "
+                             "row that got there is left out of later pairs. Repeat with PIPELINE=SIZE to ask "
+                             "another size of one pipeline's rows, e.g. --until 5%% --until seed=10%%")
     parser.add_argument("--budget", type=_duration, metavar="TIME",
                         help="stop adding worker pairs once this much time is measured (e.g. 10m, 1h); a pair is "
                              "started only if it fits")

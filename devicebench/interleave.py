@@ -26,7 +26,8 @@ import json
 import math
 import os
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devicebench.errors import DevicebenchError
@@ -92,6 +93,8 @@ class Point:
     # long the worker's last warm-up round took (None: it had none).
     minimum_rounds: int | None = field(default=None, compare=False)
     warmup_seconds: float | None = field(default=None, compare=False)
+    # Set by run_workers when the turn is granted: seconds since the workers started (where the time goes).
+    granted_at: float | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -225,6 +228,7 @@ def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path]
     scheduler = Scheduler(labels, round_seconds)
     workers: dict[str, Worker] = {}
     schedule: list[tuple[int, str, Point]] = []
+    started = time.monotonic()
     try:
         for label in labels:
             workers[label] = start_worker(label, commands[label], cwd, logs[label])
@@ -233,7 +237,7 @@ def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path]
         failed = [label for label in labels if workers[label].process.returncode not in (None, 0)]
         while not failed and (turn := scheduler.next_turn()) is not None:
             label, sequence, point = turn
-            schedule.append((sequence, label, point))
+            schedule.append((sequence, label, replace(point, granted_at=time.monotonic() - started)))
             workers[label].grant(sequence, scheduler.timed_rounds(point))
             _take_request(scheduler, workers[label])
             if workers[label].process.returncode not in (None, 0):

@@ -37,6 +37,42 @@ PER_PROCESS_FIELDS = ("round_seconds", "train_seconds", "val_seconds", "samples_
 
 
 @dataclass(frozen=True)
+class UntilTarget:
+    """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``).
+
+    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host:
+    adjacent rounds of the same code 14-18% apart) where the device-bound rows swing 1-5%; one size for all would
+    spend the whole budget on the seed rows, or ask too little of the others."""
+
+    default: float
+    by_pipeline: tuple[tuple[str, float], ...] = ()
+
+    def for_pipeline(self, pipeline: str | None) -> float:
+        return dict(self.by_pipeline).get(pipeline, self.default)
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{pipeline} {size:.1%}" for pipeline, size in self.by_pipeline)
+        return f"{self.default:.1%}" + (f" ({extra})" if extra else "")
+
+
+@dataclass(frozen=True)
+class RowProgress:
+    """Where one row stands in an ``--until`` run: what its pairs so far could detect."""
+
+    test: str
+    nodeid: str | None  # pytest's id of the row, to leave it out of later pairs once it has reached its size
+    pipeline: str | None
+    pairs: int
+    detectable: float | None  # the worst over each environment against the first; None: cannot be judged
+    calibrated: bool  # every verdict behind it pooled this machine's calibration (significance.py)
+
+    def reached(self, until: UntilTarget) -> bool:
+        # Judged from MIN_PAIRS_FOR_UNTIL pairs, or from two where the calibration supplies the degrees of freedom.
+        enough = self.pairs >= (MIN_PAIRS_CALIBRATED if self.calibrated else MIN_PAIRS_FOR_UNTIL)
+        return enough and self.detectable is not None and self.detectable <= until.for_pipeline(self.pipeline)
+
+
+@dataclass(frozen=True)
 class Environment:
     label: str
     python: str
@@ -56,20 +92,23 @@ def parse_environment(text: str) -> Environment:
 
 def run_interleaved(environments: list[Environment], processes: int | None, pytest_args: list[str],
                     output_dir: Path, name: str, echo: Callable[[str], None] = print,
-                    sweep_positions: dict[str, int] | None = None, until: float | None = None,
+                    sweep_positions: dict[str, int] | None = None, until: float | UntilTarget | None = None,
                     budget_seconds: float | None = None, round_seconds: float | None = None,
                     calibration: Calibration | None = None) -> list[Path]:
     """Measure the suite in every environment and write one merged run per environment.
 
     One environment: ``processes`` fresh pytest processes, one after another. Two or more: worker pairs (one live
     worker per environment, their rounds alternated, interleave.py); ``processes`` pairs, or with ``until`` pairs
-    added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time);
+    added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time; a
+    row that got there is left out of later pairs, so they run only the rows still short of it);
     ``round_seconds``: a worker times each row's rounds for about this long (interleave.Scheduler._size;
     default DEFAULT_ROUND_SECONDS), and its compiled code is kept between that environment's workers.
     ``calibration``: this machine's measured noise, which the detectable changes of ``until`` use.
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
     """
+    if isinstance(until, float):
+        until = UntilTarget(until)
     if processes is not None and processes < 1:
         raise UsageError(f"--processes {processes}: give 1 or more")
     labels = [env.label for env in environments]
@@ -112,6 +151,9 @@ DEFAULT_ROUND_SECONDS = 6.0
 # --until judges the detectable change only from this many pairs on: with two, a t-test on pair means has one
 # degree of freedom and its detectable change is ten times the pairs' spread, so stopping there is by chance.
 MIN_PAIRS_FOR_UNTIL = 3
+# ... or from two, when the row's verdict pooled this machine's calibration: its degrees of freedom are then the
+# calibration's plus one, and the F-test that guards the pooling has a pair spread to check.
+MIN_PAIRS_CALIBRATED = 2
 
 
 def _staged(staging: Path, label: str, index: int) -> Path:
@@ -147,15 +189,16 @@ def _run_sequential(env: Environment, processes: int, pytest_args: list[str], st
 
 
 def _run_pairs(environments: list[Environment], processes: int | None, pytest_args: list[str], staging: Path,
-               echo: Callable[[str], None], until: float | None, budget_seconds: float | None,
+               echo: Callable[[str], None], until: UntilTarget | None, budget_seconds: float | None,
                round_seconds: float, calibration: Calibration | None = None) -> int:
     """Worker pairs (one live worker per environment, rounds alternated) until the plan says stop; how many.
 
     Without ``until``: ``processes`` pairs (default 5). With it: pairs until every row's smallest detectable
-    change, each environment against the first, is at or under ``until`` (judged from MIN_PAIRS_FOR_UNTIL
-    pairs on), ``processes`` pairs when given as a cap, or the budget, whichever comes first. Stopping on the
-    detectable change, which depends only on the spread and not on the difference seen, leaves the test's 5%
-    level as it is; stopping on the p-value would not.
+    change, each environment against the first, is at or under its size (RowProgress.reached), ``processes``
+    pairs when given as a cap, or the budget, whichever comes first. A row that got there is deselected from later
+    pairs, whose workers then spend their time on the rows still short of it. Stopping a row on its detectable
+    change, which depends only on the spread and not on the difference seen, leaves the test's 5% level as it
+    is; stopping on the p-value would not.
     """
     limit = processes if until is not None or processes is not None else DEFAULT_PROCESSES
     index, spent = 1, 0.0
@@ -174,12 +217,12 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
             index += 1
             continue
         done = index - 1
-        progress = _detectable_by_row(staging, environments, done, calibration) if done >= 2 else {}
+        progress = _progress_by_row(staging, environments, done, calibration) if done >= 2 else {}
         if done and progress:
             echo(_progress_lines(progress, done, until))
-        if until is not None and done >= MIN_PAIRS_FOR_UNTIL and progress \
-                and all(value is not None and value <= until for value in progress.values()):
-            echo(f"every row can see a {until:.1%} change after {done} pairs: stopping")
+        reached = [row for row in progress.values() if until is not None and row.reached(until)]
+        if until is not None and progress and len(reached) == len(progress):
+            echo(f"every row can see a change of its size ({until.describe()}) after {done} pairs: stopping")
             break
         if limit is not None and done >= limit:
             break
@@ -193,11 +236,18 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
                      f"this budget holds {done}: give --budget {needed}m or more, or fewer rows (-k); the same "
                      f"command resumes after the pairs measured")
             break
-        pair_seconds = _run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds)
+        # Rows that reached their size are left out of this pair: both workers get the same selection, so they
+        # still meet at the same tests (interleave.Scheduler.wait).
+        leave_out = [arg for row in reached if row.nodeid for arg in ("--deselect", row.nodeid)]
+        if leave_out:
+            echo(f"    pair {index} leaves out {len(reached)} row(s) that reached their size: "
+                 f"{', '.join(row.test.removeprefix('test_') for row in reached)}")
+        pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
+                                 round_seconds)
         spent += pair_seconds
         index += 1
     if until is not None:
-        echo(_until_report(_detectable_by_row(staging, environments, done, calibration), until, done, spent))
+        echo(_until_report(_progress_by_row(staging, environments, done, calibration), until, done, spent))
     return done
 
 
@@ -236,12 +286,32 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
                                    f"{logs[label]}); the pairs finished so far are kept and the same command "
                                    f"resumes after them. Its output ended:\n{tail}")
     (staging / f"pair-{index:03d}.json").write_text(json.dumps({
-        "seconds": seconds, "turns": [[sequence, label, point.test, point.step]
+        "seconds": seconds, "turns": [[sequence, label, point.test, point.step, point.granted_at]
                                       for sequence, label, point in schedule]}))
     for label in labels:
         parts[label].replace(_staged(staging, label, index))
         echo(f"    {label}: " + _summary(json.loads(_staged(staging, label, index).read_text())))
+    echo("    " + _where_the_time_went(schedule, seconds, [json.loads(_staged(staging, label, index).read_text())
+                                                         for label in labels]))
     return seconds
+
+
+def _where_the_time_went(schedule: list, seconds: float, worker_runs: list[dict]) -> str:
+    """One line on a pair's time: what its workers spent before their first turn (starting Python, importing,
+    collecting), building rows (step 0: data, model, compilation, the parity check), and in rounds, of which how
+    much was timed. Only one worker runs at a time, so the parts add up to the pair's time."""
+    granted = [point.granted_at for _, _, point in schedule if point.granted_at is not None]
+    if not granted:
+        return f"time: {_clock(seconds)}"
+    ends = granted[1:] + [seconds]
+    durations = [(point.step, end - point.granted_at) for (_, _, point), end in zip(schedule, ends)]
+    building = sum(duration for step, duration in durations if step == 0)
+    rounds = sum(duration for step, duration in durations if step > 0)
+    timed = sum(sum(bench["extra_info"].get("round_seconds", [])) for run in worker_runs
+                for bench in run["benchmarks"])
+    return (f"time: {_clock(seconds)} = start-up {granted[0]:.0f} s + building rows {building:.0f} s + rounds "
+            f"{rounds:.0f} s, of which timed {timed:.0f} s ({timed / seconds:.0%} of the pair; the rest is "
+            f"warm-up rounds, evaluation and step counting)")
 
 
 def _kept_compile_cache(pytest_args: list[str], staging: Path, env: Environment) -> list[str]:
@@ -257,8 +327,8 @@ def _pair_seconds(staging: Path, index: int) -> float:
     return json.loads(meta.read_text())["seconds"] if meta.exists() else 0.0
 
 
-def _detectable_by_row(staging: Path, environments: list[Environment], pairs: int,
-                       calibration: Calibration | None) -> dict[str, float | None]:
+def _progress_by_row(staging: Path, environments: list[Environment], pairs: int,
+                     calibration: Calibration | None) -> dict[str, RowProgress]:
     """Each row's smallest detectable change after ``pairs`` pairs: the worst over each environment against the
     first (None where a row cannot be judged), with this machine's calibration where it has the row."""
     if pairs < 2 or len(environments) < 2:
@@ -268,39 +338,44 @@ def _detectable_by_row(staging: Path, environments: list[Environment], pairs: in
     interleave_id = "in progress"
     merged = [_merged(staging, env, pairs, interleave_id) for env in environments]
     runs = [results.Run(staging, data["machine_info"], "", results.rows_of(data)) for data in merged]
-    found: dict[str, float | None] = {}
+    nodeids = {bench["name"]: bench.get("fullname") for bench in merged[0]["benchmarks"]}
+    found: dict[str, RowProgress] = {}
     for row in runs[0].rows:
         worst: float | None = 0.0
+        calibrated = True
         for other_run in runs[1:]:
             other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
             noise = None if calibration is None or other is None else \
                 calibration.noise_between(runs[0], row, other_run, other)
-            detectable = None if other is None else significance.judge(row, other, noise=noise).detectable
+            verdict = None if other is None else significance.judge(row, other, noise=noise)
+            detectable = None if verdict is None else verdict.detectable
+            calibrated = calibrated and verdict is not None and (verdict.calibration or "").startswith("pooled")
             worst = None if detectable is None or worst is None else max(worst, detectable)
-        found[row.test] = worst
+        found[row.test] = RowProgress(row.test, nodeids.get(row.test), row.extra.get("pipeline"),
+                                      len(row.processes), worst, calibrated)
     return found
 
 
-def _progress_lines(detectable: dict[str, float | None], pairs: int, until: float | None) -> str:
+def _progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTarget | None) -> str:
     marks = []
-    for test, value in detectable.items():
-        figure = "n/a" if value is None else f"{value:.1%}"
-        reached = "" if until is None or value is None or value > until else " (reached)"
-        marks.append(f"{test.removeprefix('test_')} {figure}{reached}")
+    for row in progress.values():
+        figure = "n/a" if row.detectable is None else f"{row.detectable:.1%}"
+        reached = " (reached)" if until is not None and row.reached(until) else ""
+        marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}")
     return f"    after {pairs} pairs, smallest detectable change: " + "; ".join(marks)
 
 
-def _until_report(detectable: dict[str, float | None], until: float, pairs: int, spent: float) -> str:
-    if not detectable:
-        return (f"--until {until:.1%}: not judged: {pairs} pair(s) measured ({_clock(spent)}), and a smallest "
-                f"detectable change needs at least 2")
-    reached = [test for test, value in detectable.items() if value is not None and value <= until]
-    missed = {test: value for test, value in detectable.items() if test not in reached}
-    lines = [f"--until {until:.1%}: {len(reached)} of {len(detectable)} rows reached it in {pairs} pairs "
+def _until_report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:
+    if not progress:
+        return (f"--until {until.describe()}: not judged: {pairs} pair(s) measured ({_clock(spent)}), and a "
+                f"smallest detectable change needs at least 2")
+    reached = [row for row in progress.values() if row.reached(until)]
+    missed = [row for row in progress.values() if not row.reached(until)]
+    lines = [f"--until {until.describe()}: {len(reached)} of {len(progress)} rows reached it in {pairs} pairs "
              f"({_clock(spent)} measured)"]
-    lines += [f"    reached: {test} ({detectable[test]:.1%})" for test in reached]
-    lines += [f"    not reached: {test} ({'not judged' if value is None else f'{value:.1%}'})"
-              for test, value in missed.items()]
+    lines += [f"    reached: {row.test} ({row.detectable:.1%} from {row.pairs} pairs)" for row in reached]
+    lines += [f"    not reached: {row.test} ({'not judged' if row.detectable is None else f'{row.detectable:.1%}'}"
+              f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%})" for row in missed]
     return "\n".join(lines)
 
 
@@ -369,13 +444,17 @@ def merge_processes(process_runs: list[dict], env: Environment, interleave_id: s
         if len(values) > 1:
             raise DevicebenchError(f"{env.label}: its processes disagree on {field} ({', '.join(sorted(values))}); "
                                    f"runs of different machines or torch versions are never merged")
-    names = [bench["name"] for bench in first["benchmarks"]]
+    names = list(dict.fromkeys(bench["name"] for run in process_runs for bench in run["benchmarks"]))
     benchmarks = []
     for name in names:
-        rows = [next((b for b in run["benchmarks"] if b["name"] == name), None) for run in process_runs]
-        if any(row is None for row in rows):
+        rows = [(index, next((b for b in run["benchmarks"] if b["name"] == name), None))
+                for index, run in enumerate(process_runs, 1)]
+        present = [(index, row) for index, row in rows if row is not None]
+        # Worker pairs of an --until run leave out the rows that reached their size (_run_pairs), so a row may
+        # stop before the last pair; it keeps each pair's number. Plain processes all run the same rows.
+        if interleave_id is None and len(present) < len(rows) or interleave_id is not None and rows[0][1] is None:
             raise DevicebenchError(f"{env.label}: row {name} is missing from some processes; run again")
-        benchmarks.append(_merge_row(rows, interleave_id))
+        benchmarks.append(_merge_row(present, interleave_id))
     from pytest_benchmark import __version__ as pytest_benchmark_version
 
     return {"machine_info": first["machine_info"], "commit_info": first.get("commit_info", {}),
@@ -384,13 +463,15 @@ def merge_processes(process_runs: list[dict], env: Environment, interleave_id: s
                                 "environment": env.label, "python": env.python}}
 
 
-def _merge_row(rows: list[dict], interleave_id: str | None) -> dict:
+def _merge_row(numbered_rows: list[tuple[int, dict]], interleave_id: str | None) -> dict:
+    """One row from its processes' rows, each numbered by its process (its worker pair, in interleaved runs)."""
+    rows = [row for _, row in numbered_rows]
     extras = [row["extra_info"] for row in rows]
     extra = dict(extras[0])
     extra["processes"] = [{field: e.get(field) for field in PER_PROCESS_FIELDS} for e in extras]
     if interleave_id is not None:
         extra["interleave_id"] = interleave_id
-        for pair, process in enumerate(extra["processes"], 1):
+        for (pair, _), process in zip(numbered_rows, extra["processes"]):
             process["pair"] = pair
     extra.pop("round_sequence", None)  # per process, kept in each process entry
     for field in ("round_seconds", "train_seconds", "val_seconds"):

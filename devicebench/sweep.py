@@ -111,7 +111,7 @@ def _tail(text: str, lines: int = 6) -> str:
 def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list[str], output_dir: Path,
               envs_dir: Path, name: str, rerun: bool = False, pip_args: list[str] | None = None,
               environments: list[processes.Environment] | None = None,
-              echo: Callable[[str], None] = print, until: float | None = None,
+              echo: Callable[[str], None] = print, until: "float | processes.UntilTarget | None" = None,
               budget_seconds: float | None = None, calibration: Calibration | None = None,
               round_seconds: float | None = None) -> tuple[list[Path], list[Skipped]]:
     """Measure every version (or the given ``environments``, which need no build); return runs and skips."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from devicebench import interleave, processes, results, significance
+from devicebench import cli, interleave, processes, results, significance
+from devicebench.calibration import Calibration
 from devicebench.errors import DevicebenchError
 from devicebench.interleave import Point, Scheduler
 from devicebench.results import Row
@@ -221,9 +223,11 @@ def test_pairs_of_different_interleaved_runs_are_not_paired():
 
 # ------------------------------------------------------------------------------------------------ --until
 def staged_run(times: dict[str, list[float]]) -> dict:
-    """One worker's pytest-benchmark file, as a worker of a pair writes it."""
-    benchmarks = [{"name": name, "extra_info": {
-        "schema_version": 2, "workload": name, "workload_version": 1, "pipeline": "resident", "scale": "quick",
+    """One worker's pytest-benchmark file, as a worker of a pair writes it (a row named ..._seed is of the seed
+    pipeline)."""
+    benchmarks = [{"name": name, "fullname": f"benchmarks/test_fake.py::{name}", "extra_info": {
+        "schema_version": 2, "workload": name, "workload_version": 1,
+        "pipeline": "seed" if name.endswith("_seed") else "resident", "scale": "quick",
         "samples_per_round": 100, "valid_samples": 10, "batch_size": 10, "valid_batch_size": 10,
         "device": "cpu", "device_name": "cpu", "round_seconds": rounds, "train_seconds": rounds,
         "val_seconds": [0.0] * len(rounds), "loader_wait_fraction": 0.0, "samples_per_s": 100 / rounds[0],
@@ -239,9 +243,12 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
 
     def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds):
         started.append(index)
+        left_out = {arg.split("::")[-1] for arg in pytest_args[1:] if pytest_args[pytest_args.index(arg) - 1]
+                    == "--deselect"}
         for env in environments:
             sign = 1 if env.label == "B" else 0
-            times = {name: [math.exp(sign * size * offsets[index - 1])] * 5 for name, size in spread.items()}
+            times = {name: [math.exp(sign * size * offsets[index - 1])] * 5 for name, size in spread.items()
+                     if name not in left_out}
             processes._staged(staging, env.label, index).write_text(json.dumps(staged_run(times)))
         (staging / f"pair-{index:03d}.json").write_text(json.dumps({"seconds": pair_seconds}))
         return pair_seconds
@@ -262,10 +269,70 @@ def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(mo
     # Independently: the verdict on what was kept can see 5% on both rows, and one pair fewer could not.
     for base, cand in zip(runs[0].rows, runs[1].rows):
         assert significance.judge(base, cand).detectable <= 0.05
-    assert started == [1, 2, 3, 4, 5] and "every row can see a 5.0% change after 5 pairs: stopping" in lines
-    assert any("after 4 pairs, smallest detectable change: steady 1.8% (reached); noisy 5.5%" in line
+    assert started == [1, 2, 3, 4, 5]
+    assert "every row can see a change of its size (5.0%) after 5 pairs: stopping" in lines
+    assert any("after 4 pairs, smallest detectable change: steady 3.1% (reached); noisy 5.5%" in line
                for line in lines)
     assert lines[-2].startswith("--until 5.0%: 2 of 2 rows reached it in 5 pairs")
+
+
+def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pair_numbers(monkeypatch, tmp_path):
+    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.001, "test_noisy": 0.03})
+    lines: list[str] = []
+    written = processes.run_interleaved(ENVS, None, [], tmp_path, "d", echo=lines.append, until=0.05,
+                                        budget_seconds=3600)
+    assert started == [1, 2, 3, 4, 5]
+    assert "    pair 4 leaves out 1 row(s) that reached their size: steady" in lines
+    runs = [results.load_run(path) for path in written]
+    steady = [next(row for row in run.rows if row.test == "test_steady") for run in runs]
+    noisy = [next(row for row in run.rows if row.test == "test_noisy") for run in runs]
+    assert [pair for _, pair in sorted(steady[0].pairs)] == [1, 2, 3]  # measured in pairs 1-3 only
+    assert [pair for _, pair in sorted(noisy[1].pairs)] == [1, 2, 3, 4, 5]
+    report = lines[-2].splitlines()
+    assert report[0] == "--until 5.0%: 2 of 2 rows reached it in 5 pairs (0m05s measured)"
+    assert "    reached: test_steady (0.3% from 3 pairs)" in report
+
+
+def test_until_asks_a_pipeline_its_own_size(monkeypatch, tmp_path):
+    # The seed row spreads 3% a pair: 5% is out of reach in 10 pairs here, 10% is reached from the third.
+    started = fake_pairs(monkeypatch, 1.0, {"test_x_resident": 0.001, "test_x_seed": 0.03})
+    target = cli._until_target([cli._until_part("5%"), cli._until_part("seed=10%")])
+    assert target.describe() == "5.0% (seed 10.0%)"
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, 10, [], tmp_path, "p", echo=lines.append, until=target)
+    assert started == [1, 2, 3]
+    assert lines[-2].startswith("--until 5.0% (seed 10.0%): 2 of 2 rows reached it in 3 pairs")
+    with pytest.raises(argparse.ArgumentTypeError, match="'fast' is not a pipeline"):
+        cli._until_part("fast=5%")
+    with pytest.raises(DevicebenchError, match="give one size for every row"):
+        cli._until_target([cli._until_part("seed=10%")])
+
+
+def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
+    # The machine's A/A, ten pairs, kept as its calibration; then an --until run of the same rows stops after
+    # two pairs, where an uncalibrated one needs three.
+    fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
+    first, second = processes.run_interleaved(ENVS, 10, [], tmp_path, "cal", echo=lambda line: None)
+    found = Calibration(tmp_path / "calibration.json")
+    found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, None, [], tmp_path, "u", echo=lines.append, until=0.05, budget_seconds=600,
+                              calibration=found)
+    assert started == [1, 2]
+    assert "    reached: test_steady (" in lines[-2] and "from 2 pairs)" in lines[-2]
+    started.clear()
+    processes.run_interleaved(ENVS, None, [], tmp_path, "v", echo=lines.append, until=0.05, budget_seconds=600)
+    assert started == [1, 2, 3]
+
+
+def test_each_pair_says_where_its_time_went():
+    schedule = [(1, "A", Point(0, "test_x", 0, granted_at=4.0)), (2, "B", Point(0, "test_x", 0, granted_at=6.0)),
+                (3, "A", Point(0, "test_x", 1, granted_at=9.0)), (4, "B", Point(0, "test_x", 1, granted_at=12.0))]
+    runs = [{"benchmarks": [{"extra_info": {"round_seconds": [2.0]}}]} for _ in "AB"]
+    line = processes._where_the_time_went(schedule, 16.0, runs)
+    assert line == ("time: 0m16s = start-up 4 s + building rows 5 s + rounds 7 s, of which timed 4 s (25% of the "
+                    "pair; the rest is warm-up rounds, evaluation and step counting)")
 
 
 def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(monkeypatch, tmp_path):
