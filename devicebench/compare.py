@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from devicebench import counts, fallback, schema
+from devicebench import counts, fallback, schema, significance
 from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
@@ -173,10 +173,23 @@ def device_tables(runs: list[Run], threshold: float, baseline_device: str | None
 
 
 def regressions(tables: list[Table]) -> list[str]:
-    """Change-view rows significantly slower than their baseline by more than the threshold, as lines to print."""
-    return [f"{table.title} on {column.label}: {verdict.describe()}"
-            for table in tables for column, verdict in zip(table.columns, table.verdicts)
-            if verdict is not None and verdict.is_regression]
+    """Change-view rows significantly slower than their baseline by more than the threshold, after Holm's correction
+    over every row judged (significance.holm), as lines to print."""
+    return [line for line, survives in _judged_slowdowns(tables) if survives]
+
+
+def uncorrected_regressions(tables: list[Table]) -> list[str]:
+    """Slowdowns significant alone that do not survive the correction for the number of rows judged: said, not
+    gated on."""
+    return [line for line, survives in _judged_slowdowns(tables) if not survives]
+
+
+def _judged_slowdowns(tables: list[Table]) -> list[tuple[str, bool]]:
+    judged = [(table, column, verdict) for table in tables for column, verdict in zip(table.columns, table.verdicts)
+              if verdict is not None]
+    surviving = significance.holm([verdict for _, _, verdict in judged])
+    return [(f"{table.title} on {column.label}: {verdict.describe()}", index in surviving)
+            for index, (table, column, verdict) in enumerate(judged) if verdict.is_regression]
 
 
 def count_changes(tables: list[Table]) -> list[tuple[Table, Column, list[tuple[str, float, float]]]]:
