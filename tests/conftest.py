@@ -4,11 +4,21 @@ Under pytest-xdist each worker, and every process it starts (the suite's own pyt
 uses one thread for torch: two workers of two threads each would oversubscribe the two cores, and torch's
 threads spin while they wait. And the processes a test starts must not look like xdist workers themselves:
 pytest-benchmark reads ``PYTEST_XDIST_WORKER`` and would turn their benchmark rows into untimed tests.
+
+Bytecode is written. The test command installs with ``pip --no-compile`` (compiling all of torch's sources at
+install costs more than the tests import), and where the environment sets ``PYTHONDONTWRITEBYTECODE`` (this
+project's VMs and CI do) no process ever keeps what it compiled: each of the ~40 suite processes the tests start
+then compiled torch's Python anew, 7-9 s an import on the 2-core VM against ~2 s from bytecode. So the first
+process to import a module writes its bytecode into the project's own environment, and the rest read it.
 """
 
 import os
+import sys
 
-import torch
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
+sys.dont_write_bytecode = False  # for this one: what it imports from here on
+
+import torch  # noqa: E402  (after the bytecode setting, so that torch's modules are written too)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the processes the tests start
