@@ -40,9 +40,10 @@ PER_PROCESS_FIELDS = ("round_seconds", "train_seconds", "val_seconds", "samples_
 class UntilTarget:
     """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``).
 
-    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host:
-    adjacent rounds of the same code 14-18% apart) where the device-bound rows swing 1-5%; one size for all would
-    spend the whole budget on the seed rows, or ask too little of the others."""
+    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host,
+    A/A: a B round against the A round beside it, 15-18% standard deviation for mnist_mlp seed, 0.7-1.3% for
+    resnet18_cifar resident and tuned); one size for all would spend the whole budget on the seed rows, or ask too
+    little of the others."""
 
     default: float
     by_pipeline: tuple[tuple[str, float], ...] = ()
