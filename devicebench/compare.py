@@ -187,8 +187,11 @@ def uncorrected_regressions(tables: list[Table]) -> list[str]:
 def _judged_slowdowns(tables: list[Table]) -> list[tuple[str, bool]]:
     judged = [(table, column, verdict) for table in tables for column, verdict in zip(table.columns, table.verdicts)
               if verdict is not None]
-    surviving = significance.holm([verdict for _, _, verdict in judged])
-    return [(f"{table.title} on {column.label}: {verdict.describe()}", index in surviving)
+    verdicts = [verdict for _, _, verdict in judged]
+    surviving, family = significance.holm(verdicts), len(significance.holm_family(verdicts))
+    return [(f"{table.title} on {column.label}: {verdict.describe()}"
+             + ("" if index in surviving else f" (not after Holm's correction over the {family} rows judged)"),
+             index in surviving)
             for index, (table, column, verdict) in enumerate(judged) if verdict.is_regression]
 
 

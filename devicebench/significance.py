@@ -302,12 +302,18 @@ def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float
     return math.exp(log_ratio - half), math.exp(log_ratio + half)
 
 
+def holm_family(verdicts: list[Verdict]) -> list[int]:
+    """Indexes of the verdicts Holm's correction counts (``holm``)."""
+    return [index for index, verdict in enumerate(verdicts)
+            if verdict.p_value is not None and not verdict.uncalibrated_single]
+
+
 def holm(verdicts: list[Verdict], alpha: float = ALPHA) -> set[int]:
     """Indexes of the verdicts whose change survives Holm's step-down correction over all of them (module docstring,
-    "The gate's answer"). The family is every verdict with a p-value; a claim of the single-process floor (beyond
-    2x, whose interval the calibration may not support) is kept as it is, outside the family."""
-    family = sorted((verdict.p_value, index) for index, verdict in enumerate(verdicts)
-                    if verdict.p_value is not None and not (verdict.beyond_floor and not verdict.significant))
+    "The gate's answer"). The family is every verdict tested against a measured noise (worker pairs, processes, a
+    calibration); one process a side without a calibration claims only changes beyond the 2x floor, whose rounds'
+    p-value says nothing of the noise between processes, so such a claim stays as it is, outside the family."""
+    family = sorted((verdicts[index].p_value, index) for index in holm_family(verdicts))
     kept = {index for index, verdict in enumerate(verdicts) if verdict.is_change and index not in
             {index for _, index in family}}
     for rank, (p_value, index) in enumerate(family):

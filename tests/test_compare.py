@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -361,3 +362,39 @@ def test_history_marks_a_torch_version_that_adds_work_per_step(tmp_path, capsys)
     assert cli.main(["history", str(runs), "--fail-on-regression", "--calibration", str(tmp_path / "none")]) == 1
     out = capsys.readouterr().out
     assert "[counts: ops +20 per step (+7.1%)]" in out and "counts per step grew: ops +20" in out
+
+
+def test_the_gate_passes_a_slowdown_significant_alone_that_holm_does_not_keep_and_says_so(capsys, tmp_path):
+    # Three rows of four worker pairs; the first reads 1.03x slower at p~0.02 (as the H200's mnist_mlp resident A/A
+    # did), the other two nothing: significant alone, not at 5%/3 after the correction, so the gate passes it and
+    # names it. Made three times as large (p < 0.001), it fails the gate.
+
+    def run_with(estimates_by_row: dict[str, list[float]], side: str) -> Path:
+        benchmarks = []
+        for name, estimates in estimates_by_row.items():
+            pairs = [[0.1 * math.exp(e if side == "B" else 0.0)] * 3 for e in estimates]
+            extra = {"schema_version": 2, "workload": name, "workload_version": 1, "pipeline": "resident",
+                     "scale": "quick", "samples_per_round": 100, "valid_samples": 10, "batch_size": 10,
+                     "valid_batch_size": 10, "device": "cpu", "device_name": "cpu", "data_source": "synthetic",
+                     "train_seconds": [t for times in pairs for t in times],
+                     "round_seconds": [t for times in pairs for t in times], "val_seconds": [0.0] * 3 * len(pairs),
+                     "loader_wait_fraction": 0.0, "samples_per_s": 1000.0, "interleave_id": "aa@1",
+                     "processes": [{"train_seconds": times, "round_seconds": times, "pair": index}
+                                   for index, times in enumerate(pairs, 1)]}
+            benchmarks.append({"name": f"test_{name}", "fullname": f"benchmarks/x.py::test_{name}",
+                               "extra_info": extra, "stats": {"median": 0.1}})
+        path = tmp_path / f"{side}-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"machine_info": {"node": "n", "cpu_name": "c", "torch_version": "2.14.1",
+                                                      "devicebench_schema": 2}, "benchmarks": benchmarks}))
+        return path
+
+    def gate(first_row: list[float]) -> int:
+        rows = {"slowish": first_row, "steady": [0.01, -0.01, 0.005, -0.005], "other": [-0.01, 0.01, 0.0, 0.0]}
+        return cli.main(["compare", str(run_with(rows, "A")), str(run_with(rows, "B")), "--fail-on-regression",
+                         "--calibration", str(tmp_path / "none.json")])
+
+    assert gate([0.015, 0.045, 0.046, 0.03]) == 0
+    out = capsys.readouterr().out
+    assert "significant alone, not gated on: " in out and "(not after Holm's correction over the 3 rows judged)" in out
+    assert "no significant regression beyond 5%" in out
+    assert gate([0.075, 0.085, 0.09, 0.08]) == 1
