@@ -349,6 +349,14 @@ def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
     assert started == [1, 2, 3]
 
 
+def test_each_worker_compiles_anew_unless_the_user_keeps_the_code(tmp_path):
+    env = processes.Environment("A", sys.executable)
+    assert processes._compile_cache_args(["-k", "mnist"], tmp_path, env) == []
+    assert processes._compile_cache_args(["--compile-cache", "kept"], tmp_path, env) == [
+        "--compile-cache-dir", str((tmp_path / "compile-cache-A").resolve())]
+    assert processes._compile_cache_args(["--compile-cache=kept", "--compile-cache-dir", "/x"], tmp_path, env) == []
+
+
 def test_each_pair_says_where_its_time_went():
     schedule = [(1, "A", Point(0, "test_x", 0, granted_at=4.0)), (2, "B", Point(0, "test_x", 0, granted_at=6.0)),
                 (3, "A", Point(0, "test_x", 1, granted_at=9.0)), (4, "B", Point(0, "test_x", 1, granted_at=12.0))]
