@@ -16,6 +16,7 @@ from pathlib import Path
 from devicebench import calibration, compare, environment, history, processes, results, signals, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.processes import DEFAULT_ROUND_SECONDS
+from devicebench.workloads.base import PIPELINES
 
 
 class GateCannotJudge(DevicebenchError):
@@ -218,9 +219,6 @@ def _threshold(text: str) -> float:
     if not 0 <= value < 1 or (not text.endswith("%") and value >= 1):
         raise argparse.ArgumentTypeError(f"{text!r}: give a percentage like 5% or a fraction like 0.05")
     return value
-
-
-PIPELINES = ("seed", "resident", "tuned")
 
 
 def _until_part(text: str) -> tuple[str | None, float]:
