@@ -356,7 +356,7 @@ def _progress_by_row(staging: Path, environments: list[Environment], pairs: int,
                 calibration.noise_between(runs[0], row, other_run, other)
             verdict = None if other is None else significance.judge(row, other, noise=noise)
             detectable = None if verdict is None else verdict.detectable
-            calibrated = calibrated and verdict is not None and (verdict.calibration or "").startswith("pooled")
+            calibrated = calibrated and verdict is not None and verdict.pooled
             worst = None if detectable is None or worst is None else max(worst, detectable)
         found[row.test] = RowProgress(row.test, nodeids.get(row.test), row.extra.get("pipeline"),
                                       len(row.processes), worst, calibrated)
@@ -459,7 +459,8 @@ def merge_processes(process_runs: list[dict], env: Environment, interleave_id: s
         present = [(index, row) for index, row in rows if row is not None]
         # Worker pairs of an --until run leave out the rows that reached their size (_run_pairs), so a row may
         # stop before the last pair; it keeps each pair's number. Plain processes all run the same rows.
-        if interleave_id is None and len(present) < len(rows) or interleave_id is not None and rows[0][1] is None:
+        missing = rows[0][1] is None if interleave_id is not None else len(present) < len(rows)
+        if missing:
             raise DevicebenchError(f"{env.label}: row {name} is missing from some processes; run again")
         benchmarks.append(_merge_row(present, interleave_id))
     from pytest_benchmark import __version__ as pytest_benchmark_version

@@ -110,6 +110,7 @@ class Verdict:
     rounds_p_value: float | None = None  # one process a side: Mann-Whitney U on the rounds (for the 2x floor)
     paired: bool = False  # judged as interleaved worker pairs (processes[0] == processes[1] pairs)
     calibration: str | None = None  # how the calibrated noise was used, or why it was not; None: no calibration
+    pooled: bool = False  # the calibrated spread was pooled with this run's own (its degrees of freedom added)
 
     @property
     def process_level(self) -> bool:
@@ -293,7 +294,7 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
     detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * standard_error
     return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(math.sqrt(variance)),
                    detectable=math.expm1(detectable_log), paired=True,
-                   interval=_interval(mean, standard_error, df), calibration=used)
+                   interval=_interval(mean, standard_error, df), calibration=used, pooled=df > n - 1)
 
 
 def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:
@@ -313,9 +314,9 @@ def holm(verdicts: list[Verdict], alpha: float = ALPHA) -> set[int]:
     "The gate's answer"). The family is every verdict tested against a measured noise (worker pairs, processes, a
     calibration); one process a side without a calibration claims only changes beyond the 2x floor, whose rounds'
     p-value says nothing of the noise between processes, so such a claim stays as it is, outside the family."""
-    family = sorted((verdicts[index].p_value, index) for index in holm_family(verdicts))
-    kept = {index for index, verdict in enumerate(verdicts) if verdict.is_change and index not in
-            {index for _, index in family}}
+    members = set(holm_family(verdicts))
+    family = sorted((verdicts[index].p_value, index) for index in members)
+    kept = {index for index, verdict in enumerate(verdicts) if verdict.is_change and index not in members}
     for rank, (p_value, index) in enumerate(family):
         if p_value > alpha / (len(family) - rank):
             break

@@ -266,8 +266,8 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
 
     def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds):
         started.append(index)
-        left_out = {arg.split("::")[-1] for arg in pytest_args[1:] if pytest_args[pytest_args.index(arg) - 1]
-                    == "--deselect"}
+        left_out = {value.split("::")[-1] for option, value in zip(pytest_args, pytest_args[1:])
+                    if option == "--deselect"}
         for env in environments:
             sign = 1 if env.label == "B" else 0
             times = {name: [math.exp(sign * size * offsets[index - 1])] * 5 for name, size in spread.items()
