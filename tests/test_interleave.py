@@ -259,8 +259,9 @@ def staged_run(times: dict[str, list[float]]) -> dict:
             "benchmarks": benchmarks}
 
 
-def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
-    """Replace the real workers: pair i of each row is 1.0 s rounds with a per-pair offset of ``spread``."""
+def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float], row_seconds: dict[str, float] | None = None):
+    """Replace the real workers: pair i of each row is 1.0 s rounds with a per-pair offset of ``spread``. With
+    ``row_seconds`` a pair takes ``pair_seconds`` to start up plus each of its rows' seconds, one turn a row."""
     offsets = [0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2, 0.9]
     started = []
 
@@ -273,8 +274,13 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float]):
             times = {name: [math.exp(sign * size * offsets[index - 1])] * 5 for name, size in spread.items()
                      if name not in left_out}
             processes._staged(staging, env.label, index).write_text(json.dumps(staged_run(times)))
-        (staging / f"pair-{index:03d}.json").write_text(json.dumps({"seconds": pair_seconds}))
-        return pair_seconds
+        seconds, turns = pair_seconds, []
+        for name in (row_seconds or {}):
+            if name not in left_out:
+                turns.append([len(turns) + 1, "A", name, 0, seconds])
+                seconds += row_seconds[name]
+        (staging / f"pair-{index:03d}.json").write_text(json.dumps({"seconds": seconds, "turns": turns}))
+        return seconds
 
     monkeypatch.setattr(processes, "_run_pair", run_pair)
     return started
@@ -371,10 +377,23 @@ def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(mon
     lines: list[str] = []
     processes.run_interleaved(ENVS, None, [], tmp_path, "b", echo=lines.append, until=0.05, budget_seconds=250)
     assert started == [1, 2, 3, 4]  # a fifth pair (60 s) would end past 250 s
-    assert "budget 4m10s spent (4m00s measured; a pair takes about 1m00s): stopping after 4 pairs" in lines
+    assert "budget 4m10s spent (4m00s measured; the next pair would take about 1m00s): stopping after 4 pairs" \
+        in lines
     report = lines[-2].splitlines()
     assert report[0] == "--until 5.0%: 1 of 2 rows reached it in 4 pairs (4m00s measured)"
     assert report[1].startswith("    reached: test_steady (") and report[2].startswith("    not reached: test_noisy (")
+
+
+def test_the_budget_counts_only_the_rows_the_next_pair_runs(monkeypatch, tmp_path):
+    # A slow row that reached its size after three pairs leaves a short fourth pair that the budget still holds;
+    # judged by the mean pair (65 s) the run would have stopped at 195 s.
+    started = fake_pairs(monkeypatch, 5.0, {"test_slow": 0.001, "test_fast": 0.5},
+                         row_seconds={"test_slow": 50.0, "test_fast": 10.0})
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, None, [], tmp_path, "r", echo=lines.append, until=0.05, budget_seconds=215)
+    assert started == [1, 2, 3, 4]
+    assert "budget 3m35s spent (3m30s measured; the next pair would take about 0m15s): stopping after 4 pairs" \
+        in lines
 
 
 def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch, tmp_path):
