@@ -51,9 +51,34 @@ class Noise:
     how: str  # what was run
     sources: tuple[str, ...] = ()  # interleave ids of the A/A runs it came from: their own pairs never use it
     pairs: int = 0
+    compiled_code: str | None = None  # a compiled row's workers' --compile-cache (compiled_code()); None: not compiled
 
     def describe(self) -> str:
         return f"calibrated {self.measured[:10]} from {self.pairs} pairs"
+
+    def unlike_compiled_code(self, row: Row) -> str | None:
+        """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.
+
+        Workers that keep one environment's compiled code share it, so their pairs do not vary by what a compile
+        produces; workers that compile anew do. A calibration of kept code measured mnist_mlp tuned's spread between
+        pairs at 1.3% (2-core VM, 5 pairs); pooled with two pairs of fresh compiles, it let a planted 5% slowdown
+        read 1.01x with a detectable change of 3.3%."""
+        mode = compiled_code(row)
+        if mode is None or self.compiled_code == mode:
+            return None
+        return (f"calibration not used: its workers {_HOW_COMPILED.get(self.compiled_code, self.compiled_code)}, "
+                f"these {_HOW_COMPILED.get(mode, mode)} (recalibrate with the same --compile-cache)")
+
+
+UNRECORDED = "unrecorded"  # an entry written before calibrations recorded how compiled rows were compiled
+_HOW_COMPILED = {"fresh": "compiled anew", "kept": "kept their compiled code",
+                 UNRECORDED: "compiled in a way it did not record"}
+
+
+def compiled_code(row: Row) -> str | None:
+    """How a compiled row's workers came by their compiled code (``--compile-cache``: fresh, kept); None when the
+    row compiles nothing."""
+    return row.extra.get("compile_cache", UNRECORDED) if row.extra.get("compiled") else None
 
 
 def _machine(run: Run) -> list:
@@ -96,7 +121,8 @@ class Calibration:
             if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
                 return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
                              entry["rounds_per_worker"], entry["measured"], entry["how"],
-                             tuple(entry.get("sources", ())), entry["pairs"])
+                             tuple(entry.get("sources", ())), entry["pairs"],
+                             entry.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None))
         return None
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
@@ -113,7 +139,8 @@ class Calibration:
 
     def add(self, first: Run, second: Run, how: str) -> list[dict]:
         """The A/A runs' noise, per row both runs have, pooled with an earlier calibration of the same key when
-        its workers timed a like number of rounds (else replacing it). Returns the new entries."""
+        its workers timed a like number of rounds and came by their compiled code alike (else replacing it).
+        Returns the new entries."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
         added = []
@@ -126,7 +153,9 @@ class Calibration:
             earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
                            None)
             if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
-                    and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2:
+                    and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2 \
+                    and earlier.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None) \
+                    == entry["compiled_code"]:
                 entry = _pooled(earlier, entry)
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
@@ -186,4 +215,4 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
             "process_log_sd": None if process_var is None else math.sqrt(process_var), "process_df": process_df,
             "rounds_per_worker": int(statistics.median(rounds)),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,
-            "sources": sorted({interleave_id for interleave_id, _ in keys})}
+            "sources": sorted({interleave_id for interleave_id, _ in keys}), "compiled_code": compiled_code(row)}

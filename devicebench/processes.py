@@ -261,9 +261,8 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
     echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
     parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
     logs = {env.label: _staged(staging, env.label, index).with_suffix(".log") for env in environments}
-    # Counts (counts.py) are the same in every process of one code: the first pair's workers make them.
-    counting = [] if index == 1 or "--no-step-counts" in pytest_args else ["--no-step-counts"]
-    commands = {env.label: _pytest_command(env, [*_compile_cache_args(pytest_args, staging, env), *counting,
+    once = _first_pair_only(index, pytest_args)
+    commands = {env.label: _pytest_command(env, [*_compile_cache_args(pytest_args, staging, env), *once,
                                                  *pytest_args], parts[env.label]) for env in environments}
     started = time.monotonic()
     try:
@@ -297,6 +296,18 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
     echo("    " + _where_the_time_went(schedule, seconds, [json.loads(_staged(staging, label, index).read_text())
                                                          for label in labels]))
     return seconds
+
+
+# What the first pair's workers do for every later pair: counts (counts.py) are the same in every process of one
+# code, and the parity check (parity.py) asks whether the device trains as the cpu does, which does not change
+# between the workers of one environment. A merged row keeps the first pair's answers (merge_processes). (On the
+# H200 the building of a later pair's two mnist_mlp rows took 28 s of a 1m05s pair: the check, the data and the
+# CUDA context of two workers; the check's share was not measured apart.)
+FIRST_PAIR_ONLY = ("--no-step-counts", "--no-parity-check")
+
+
+def _first_pair_only(index: int, pytest_args: list[str]) -> list[str]:
+    return [] if index == 1 else [option for option in FIRST_PAIR_ONLY if option not in pytest_args]
 
 
 def _where_the_time_went(schedule: list, seconds: float, worker_runs: list[dict]) -> str:

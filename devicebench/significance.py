@@ -47,7 +47,8 @@ pooled with the calibrated one, ``((n-1) s^2 + df_c s_c^2) / (n - 1 + df_c)`` on
 freedom: the classic pooled-variance t-test, which assumes the spread is the machine's and the same now as then.
 That assumption is checked, not trusted: when this run's pairs spread significantly more than the calibration's
 (one-sided F-test at 5%), or its workers timed fewer than half the calibration's rounds (a noisier pair estimate),
-the calibration is not used and the noise line says why.
+or a compiled row's workers came by their compiled code otherwise than the calibration's did (kept against
+compiled anew: ``Noise.unlike_compiled_code``), the calibration is not used and the noise line says why.
 
 **Single-process runs** (every ``pytest benchmarks`` run) have no process-to-process spread of their own. With a
 calibration, one process a side is judged against the calibrated spread of one process's median from another's
@@ -75,6 +76,7 @@ three to six rows) survive it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -201,6 +203,12 @@ def speed(ratio: float) -> str:
 def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, noise: Noise | None = None) -> Verdict:
     """Compare two rows of the same identity (or, in the devices view, the same configuration); ``noise``: the
     row's calibration on the candidate's machine and torch version, where one exists."""
+    unlike = None if noise is None else noise.unlike_compiled_code(candidate)
+    verdict = _judge(baseline, candidate, threshold, None if unlike else noise)
+    return verdict if unlike is None else dataclasses.replace(verdict, calibration=unlike)
+
+
+def _judge(baseline: Row, candidate: Row, threshold: float, noise: Noise | None) -> Verdict:
     common = sorted(baseline.pairs.keys() & candidate.pairs.keys())
     if len(common) >= 2:
         return _paired([baseline.pairs[key] for key in common], [candidate.pairs[key] for key in common],

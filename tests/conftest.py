@@ -18,6 +18,7 @@ import sys
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
 sys.dont_write_bytecode = False  # for this one: what it imports from here on
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after the bytecode setting, so that torch's modules are written too)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -28,23 +29,40 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.pop(name, None)
 
 
-# The files that start suite processes, longest first (seconds of a fresh clone's test command on the 2-core VM,
-# 2026-12-02): the test command hands whole files to its two workers in collection order (pytest_configure below;
-# xdist's default orders them by their number of tests, which put these few long tests last and left one worker
-# idle at the end).
-LONGEST_FIRST = ("test_benchmarks_quick.py",  # 245 s: the quick run of every row, compiled rows included
-                 "test_benchmark_run.py",  # 230 s: saved runs and the gate, three interrupts
-                 "test_sweep.py",  # 220 s: twelve worker processes
-                 "test_workloads.py",  # 115 s: the third workload's two compiled processes
-                 "test_counts.py")  # 84 s: three processes
+# The files that start suite processes, longest first (seconds of a fresh clone's test command with --slow on the
+# 2-core VM, 2026-12-02): the test command hands whole files to its two workers in collection order
+# (pytest_configure below; xdist's default orders them by their number of tests, which put these few long tests
+# last and left one worker idle at the end).
+LONGEST_FIRST = ("test_benchmarks_quick.py",  # 280 s (slow): the quick run of every row, compiled rows included
+                 "test_benchmark_run.py",  # 150 s, 60 of them slow: saved runs and the gate, three interrupts
+                 "test_sweep.py",  # 155 s, 120 of them slow: twelve worker processes
+                 "test_workloads.py",  # 75 s, 52 of them slow: the third workload's two compiled processes
+                 "test_counts.py")  # 40 s (slow): three processes
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow: whole benchmark runs in fresh processes (the quick "
+                          "scale of every row, compiled rows included; sweeps of worker processes), about 5 more "
+                          "minutes on 2 cores. CI runs them (.ci/run)")
+
+
+# Why a slow tier. The test command runs in under 5 minutes on a 2-core VM, install included; the handful of
+# end-to-end tests that start whole benchmark runs (each process imports torch and its compiler, ~7 s of CPU, and
+# the quick run compiles two tuned rows, ~70 s of C++) take 9 of the 12 CPU-minutes the whole suite needs. They
+# check what only a real run can (a compiled row trains, a slowed environment is a step in a sweep, counts agree
+# between processes), so CI runs them every time; the test command says how many it left out and how to run them.
+def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the rest keep their order
+    if not config.getoption("--slow"):
+        skip = pytest.mark.skip(reason="slow: a whole benchmark run in fresh processes; run with --slow (CI does)")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip)
 
 
 def pytest_configure(config):

@@ -66,6 +66,7 @@ def test_unknown_device_is_a_usage_error(tmp_path):
     assert "valid devices are cpu, mps, cuda" in result.stderr
 
 
+@pytest.mark.slow
 def test_saved_quick_runs_compare_and_a_slowed_run_fails_the_gate(tmp_path):
     """The CI recipe end to end: save runs with --benchmark-autosave, compare them, gate on regressions.
 

@@ -11,6 +11,8 @@ import pytest
 from devicebench import devices
 from pytest_runs import QUICK_MNIST, REPO, run_pytest
 
+pytestmark = pytest.mark.slow  # the quick run of every row: tests/conftest.py, "Why a slow tier"
+
 MACHINE_FIELDS = ("torch_version", "torch_git_version", "torchvision_version", "timm_version", "cuda_version",
                   "cudnn_version", "mps_built", "mps_available", "accelerators", "devicebench_version")
 ROW_FIELDS = ("workload", "workload_version", "device", "device_name", "pipeline", "scale", "data_source",

@@ -97,6 +97,48 @@ def test_a_run_noisier_than_its_calibration_is_judged_alone_and_says_why(tmp_pat
     assert verdict.detectable == significance.judge(base, cand).detectable
 
 
+def compiled(row: results.Row, compile_cache: str | None) -> results.Row:
+    """The row as a compiled (tuned) row whose workers came by their code as ``compile_cache`` says (None: the row
+    does not say, as rows of calibrations made before it was recorded)."""
+    extra = {**row.extra, "compiled": True}
+    if compile_cache is not None:
+        extra["compile_cache"] = compile_cache
+    return results.Row(row.test, extra)
+
+
+def test_a_compiled_row_uses_only_a_calibration_whose_workers_came_by_their_code_alike(tmp_path):
+    # A calibration of workers that kept their compiled code measures no compile-to-compile spread: pooled with
+    # workers that compiled anew, it would claim more than they can know. Refused by name; one of fresh compiles
+    # is used; one that did not record it (written by earlier code) is not trusted.
+    base, cand = (paired_row(row.processes, interleave_id="calibration@1") for row in
+                  planted_pairs(seed=1000, pairs=12, rounds=10, effect=0.0, process_sd=0.005, drift_sd=0.05))
+    run_base, run_cand = planted_pairs(seed=5, pairs=3, rounds=10, effect=math.log(1.05), process_sd=0.005,
+                                       drift_sd=0.05)
+    fresh_base, fresh_cand = compiled(run_base, "fresh"), compiled(run_cand, "fresh")
+    verdicts = {}
+    for mode in ("kept", "fresh", None):
+        found = Calibration(tmp_path / f"{mode}.json")
+        found.add(run_of(compiled(base, mode)), run_of(compiled(cand, mode)), f"planted A/A, {mode}")
+        found = Calibration(found.path, json.loads(json.dumps(found.entries)))  # as it reads back from the file
+        if mode is None:
+            for entry in found.entries:
+                del entry["compiled_code"]  # written before the field existed
+        verdicts[mode] = significance.judge(fresh_base, fresh_cand,
+                                            noise=found.noise_for(run_of(fresh_cand), fresh_cand))
+    assert verdicts["fresh"].pooled and "pooled with the calibrated spread" in verdicts["fresh"].noise()
+    assert not verdicts["kept"].pooled and ("calibration not used: its workers kept their compiled code, these "
+                                            "compiled anew (recalibrate with the same --compile-cache)"
+                                            in verdicts["kept"].noise())
+    assert not verdicts[None].pooled and "its workers compiled in a way it did not record" in verdicts[None].noise()
+    assert verdicts["kept"].detectable == significance.judge(fresh_base, fresh_cand).detectable
+    # Calibrating fresh compiles later replaces an entry of kept code rather than pooling with it.
+    found = Calibration(tmp_path / "replaced.json")
+    found.add(run_of(compiled(base, "kept")), run_of(compiled(cand, "kept")), "kept")
+    other_base, other_cand = (paired_row(row.processes, interleave_id="calibration@2") for row in (base, cand))
+    [entry] = found.add(run_of(compiled(other_base, "fresh")), run_of(compiled(other_cand, "fresh")), "fresh")
+    assert entry["pairs"] == 12 and entry["compiled_code"] == "fresh" and len(found.entries) == 1
+
+
 def test_fewer_rounds_than_the_calibration_timed_do_not_use_it(tmp_path):
     found = calibrated(tmp_path, process_sd=0.01)  # 10 rounds per worker
     base, cand = planted_pairs(seed=4, pairs=3, rounds=4, effect=0.0, process_sd=0.01, drift_sd=0.05)

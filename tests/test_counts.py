@@ -57,6 +57,7 @@ def test_per_step_counts_cuda_kernels_syncs_and_leaves_copies_out():
                       "allocations_per_step": 3.0, "counted_steps": 2}
 
 
+@pytest.mark.slow
 def test_step_counts_are_the_same_in_two_processes_and_a_planted_clone_fails_the_gate(tmp_path):
     """Counts noise cannot move (counts.py), from one process a side: two processes of the same code count the
     same; one clone() planted after every optimizer step is a change the gate fails on. The uncompiled pipelines

@@ -363,6 +363,12 @@ def test_each_worker_compiles_anew_unless_the_user_keeps_the_code(tmp_path):
     assert processes._compile_cache_args(["--compile-cache=kept", "--compile-cache-dir", "/x"], tmp_path, env) == []
 
 
+def test_only_the_first_pair_counts_steps_and_checks_parity():
+    assert processes._first_pair_only(1, []) == []
+    assert processes._first_pair_only(2, ["-k", "mnist"]) == ["--no-step-counts", "--no-parity-check"]
+    assert processes._first_pair_only(3, ["--no-parity-check"]) == ["--no-step-counts"]
+
+
 def test_each_pair_says_where_its_time_went():
     schedule = [(1, "A", Point(0, "test_x", 0, granted_at=4.0)), (2, "B", Point(0, "test_x", 0, granted_at=6.0)),
                 (3, "A", Point(0, "test_x", 1, granted_at=9.0)), (4, "B", Point(0, "test_x", 1, granted_at=12.0))]

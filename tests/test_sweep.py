@@ -38,6 +38,7 @@ def tiny_workload(monkeypatch):
     monkeypatch.setenv("DEVICEBENCH_WORKLOADS", "tests.tiny_workload")
 
 
+@pytest.mark.slow
 def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_interruption(tmp_path, capsys,
                                                                                           tiny_workload):
     out, envs = tmp_path / "sweeps" / "t", tmp_path / "envs"

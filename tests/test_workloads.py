@@ -172,6 +172,7 @@ def test_registry_and_scales():
 
 
 # ------------------------------------------------------------------------------ the workload contract (12)
+@pytest.mark.slow
 def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compare(tmp_path):
     """tests/tiny_workload.py is registered by naming it; no other file knows it."""
     import json
