@@ -13,20 +13,25 @@ import torch
 
 from devicebench import devices
 from devicebench.runner import run_benchmark
-from devicebench.scales import scale_for
-from devicebench.workloads import mnist_mlp
+import tiny_workload
+from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig
 from fixtures.fakes import RecordingBenchmark
 from pytest_runs import QUICK_MNIST, QUICK_TINY, REPO, TINY_WORKLOAD, run_pytest
 from test_calibration import frozen_calibration
 
 
+def tiny_config() -> RunConfig:
+    """tests/tiny_workload.py's resident row: rounds of milliseconds, for what the runner does around any row."""
+    return RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
+                     scale=Scale(name="quick", valid_batch_size=256, **tiny_workload.SCALES["quick"]))
+
+
 def test_sync_happens_inside_every_timed_round(monkeypatch):
     events: list[str] = []
     monkeypatch.setattr(devices, "sync", lambda device: events.append("sync"))
-    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
-                       scale=scale_for("mnist_mlp", "quick"))
-    extra = run_benchmark(RecordingBenchmark(events), mnist_mlp, config, "test cpu", count_steps=False)
+    config = tiny_config()
+    extra = run_benchmark(RecordingBenchmark(events), tiny_workload, config, "test cpu", count_steps=False)
     # Warm-up rounds run before pedantic's clock (their syncs too); every timed round syncs after training and
     # after validation, inside the clock.
     assert events == (["sync", "sync"] * config.scale.warmup_rounds
@@ -50,10 +55,9 @@ class SizingGate:
 
 
 def test_a_worker_times_as_many_rounds_as_its_coordinator_sized_and_labels_each():
-    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
-                       scale=scale_for("mnist_mlp", "quick"))
+    config = tiny_config()
     gate = SizingGate()
-    extra = run_benchmark(RecordingBenchmark([]), mnist_mlp, config, "test cpu", gate=gate)
+    extra = run_benchmark(RecordingBenchmark([]), tiny_workload, config, "test cpu", gate=gate)
     warmups = config.scale.warmup_rounds
     assert len(extra["round_seconds"]) == 7 and extra["round_sequence"] == list(range(warmups + 1, warmups + 8))
     [(minimum, warmup_seconds)] = gate.sizing
@@ -142,9 +146,8 @@ def test_benchmark_disable_runs_one_round(monkeypatch):
     class DisabledBenchmark:
         disabled, extra_info, group = True, {}, None
 
-    config = RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
-                       scale=scale_for("mnist_mlp", "quick"))
-    extra = run_benchmark(DisabledBenchmark(), mnist_mlp, config, "test cpu")
+    config = tiny_config()
+    extra = run_benchmark(DisabledBenchmark(), tiny_workload, config, "test cpu")
     assert extra["smoke_run"] is True and extra["val_loss"] > 0
 
 
