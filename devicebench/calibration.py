@@ -81,6 +81,11 @@ def compiled_code(row: Row) -> str | None:
     return row.extra.get("compile_cache", UNRECORDED) if row.extra.get("compiled") else None
 
 
+def _recorded_compiled_code(entry: dict, row: Row) -> str | None:
+    """An entry's ``compiled_code``; UNRECORDED for a compiled row's entry written before the field existed."""
+    return entry.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None)
+
+
 def _machine(run: Run) -> list:
     node, cpu, accelerators = run.machine_key
     return [node, cpu, list(accelerators)]
@@ -121,8 +126,7 @@ class Calibration:
             if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
                 return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
                              entry["rounds_per_worker"], entry["measured"], entry["how"],
-                             tuple(entry.get("sources", ())), entry["pairs"],
-                             entry.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None))
+                             tuple(entry.get("sources", ())), entry["pairs"], _recorded_compiled_code(entry, row))
         return None
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
@@ -154,8 +158,7 @@ class Calibration:
                            None)
             if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
                     and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2 \
-                    and earlier.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None) \
-                    == entry["compiled_code"]:
+                    and _recorded_compiled_code(earlier, row) == entry["compiled_code"]:
                 entry = _pooled(earlier, entry)
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]

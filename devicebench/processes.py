@@ -228,7 +228,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         if limit is not None and done >= limit:
             break
         rows_left = [row.test for row in progress.values() if row not in reached] if progress else None
-        next_pair = _next_pair_seconds(staging, done, rows_left) if done else 0.0
+        next_pair = _next_pair_seconds(staging, done, rows_left) if budget_seconds is not None and done else 0.0
         if budget_seconds is not None and done and spent + next_pair > budget_seconds:
             echo(f"budget {_clock(budget_seconds)} spent ({_clock(spent)} measured; the next pair would take about "
                  f"{_clock(next_pair)}): stopping after {done} pairs")

@@ -43,7 +43,7 @@ LONGEST_FIRST = ("test_benchmarks_quick.py",  # 280 s (slow): the quick run of e
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true",
                      help="also run the tests marked slow: whole benchmark runs in fresh processes (the quick "
-                          "scale of every row, compiled rows included; sweeps of worker processes), about 5 more "
+                          "scale of every row, compiled rows included; sweeps of worker processes), about 4 more "
                           "minutes on 2 cores. CI runs them (.ci/run)")
 
 
