@@ -4,8 +4,8 @@ TorchBench gates on a per-test noise figure measured by repeated runs on the gat
 for devicebench. ``devicebench calibrate`` runs the same Python twice as worker pairs (``devicebench run --env
 A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the log of the round times:
 
-- ``pair_log_sd``: how much worker pairs' estimates of B/A vary when nothing changed (per-process state and what
-  round noise is left after pairing). An interleaved comparison of a few pairs pools it with its own spread
+- ``pair_log_sd``: how much worker pairs' estimates of B/A vary about 1 when nothing changed (per-process state
+  and what round noise is left after pairing; ``a_a_spread``). An interleaved comparison of a few pairs pools it with its own spread
   (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom of many.
 - ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
   times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against.
@@ -42,7 +42,7 @@ def default_path() -> Path:
 class Noise:
     """One row's calibrated noise (logs of seconds; ``*_df``: the degrees of freedom each was estimated with)."""
 
-    pair_log_sd: float | None  # None when the calibration had a single pair
+    pair_log_sd: float | None  # None in files written when a single pair gave no spread
     pair_df: int
     process_log_sd: float | None
     process_df: int
@@ -185,6 +185,17 @@ def pair_estimates(base: list[list[float]], cand: list[list[float]]) -> list[flo
     return estimates
 
 
+def a_a_spread(estimates: list[float]) -> float:
+    """The spread of an A/A's pair estimates about zero, on one degree of freedom a pair.
+
+    In an A/A the true B/A is known: 1, a log of zero. So the spread is measured about zero, not about the pairs'
+    own mean: an offset every pair shares is noise there (nothing changed), and it is exactly what a later
+    comparison must not read as a change. About their mean, an H200 A/A's two resnet18_cifar seed pairs (-16.5%
+    and -14.8%, 5 rounds of 13% variation each) spread 1.2%; about zero, 15.6%. Pooled at 1.2%, the next run
+    would have called a difference of that size significant."""
+    return math.sqrt(sum(estimate ** 2 for estimate in estimates) / len(estimates))
+
+
 def _pooled(earlier: dict, new: dict) -> dict:
     """Two calibrations of one row, machine and torch version as one: variances weighted by their degrees of
     freedom, as one longer A/A would have given them."""
@@ -212,9 +223,7 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
     rounds = [len(times) for times in row.processes + other.processes]
     return {"machine": _machine(run), "torch_version": run.torch_version,
             "identity": _jsonable(row.identity.fields()), "test": row.test,
-            "pairs": len(estimates),
-            "pair_log_sd": statistics.stdev(estimates) if len(estimates) > 1 else None,
-            "pair_df": len(estimates) - 1,
+            "pairs": len(estimates), "pair_log_sd": a_a_spread(estimates), "pair_df": len(estimates),
             "process_log_sd": None if process_var is None else math.sqrt(process_var), "process_df": process_df,
             "rounds_per_worker": int(statistics.median(rounds)),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,

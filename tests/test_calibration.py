@@ -38,15 +38,25 @@ def calibrated(tmp_path: Path, process_sd: float, pairs: int = 12, seed: int = 1
 def test_an_a_a_is_kept_per_row_machine_and_torch_version(tmp_path):
     found = calibrated(tmp_path, process_sd=0.02)
     [entry] = found.entries
-    assert entry["pairs"] == 12 and entry["pair_df"] == 11 and entry["process_df"] == 22
+    assert entry["pairs"] == 12 and entry["pair_df"] == 12 and entry["process_df"] == 22
     assert entry["rounds_per_worker"] == 10 and entry["how"] == "planted A/A" and entry["test"] == "test_x"
     # Two workers' offsets of sd 2% each: their pair estimate's spread is about 2% x sqrt(2).
     assert 0.015 < entry["pair_log_sd"] < 0.045 and 0.01 < entry["process_log_sd"] < 0.035
     row = paired_row([[0.1] * 10])
-    assert found.noise_for(run_of(row), row).pair_df == 11
+    assert found.noise_for(run_of(row), row).pair_df == 12
     assert found.noise_for(run_of(row, machine={**MACHINE, "torch_version": "2.13.0"}), row) is None
     assert found.noise_for(run_of(row, machine={**MACHINE, "node": "other-box"}), row) is None
     assert not list(tmp_path.glob("*.part"))  # written through a temporary file
+
+
+def test_an_offset_every_pair_of_an_a_a_shares_is_noise_not_a_change_to_hide(tmp_path):
+    # Two pairs that agree with each other but not with 1 (an H200 A/A's resnet18_cifar seed: -16.5%, -14.8%):
+    # about their own mean they spread ~1%, about zero — what an A/A's B/A is — ~15%, which is what is kept.
+    base = paired_row([[1.0] * 5, [1.0] * 5], interleave_id="aa@1")
+    cand = paired_row([[math.exp(-0.165)] * 5, [math.exp(-0.148)] * 5], interleave_id="aa@1")
+    [entry] = Calibration(tmp_path / "calibration.json").add(run_of(base), run_of(cand), "offset A/A")
+    assert entry["pair_df"] == 2
+    assert entry["pair_log_sd"] == pytest.approx(math.sqrt((0.165 ** 2 + 0.148 ** 2) / 2))
 
 
 def test_calibrating_from_the_same_runs_again_does_not_count_them_twice(tmp_path):
@@ -195,8 +205,8 @@ def test_two_calibrations_of_a_row_pool_into_one_with_both_degrees_of_freedom(tm
     sd_one = one["pair_log_sd"]
     [alone] = Calibration(tmp_path / "other.json").add(run_of(second[0]), run_of(second[1]), "second")
     [both] = found.add(run_of(second[0]), run_of(second[1]), "second")
-    assert both["pairs"] == 10 and both["pair_df"] == 3 + 5 and both["sources"] == ["run@1", "run@2"]
-    assert both["pair_log_sd"] == pytest.approx(math.sqrt((3 * sd_one ** 2 + 5 * alone["pair_log_sd"] ** 2) / 8))
+    assert both["pairs"] == 10 and both["pair_df"] == 4 + 6 and both["sources"] == ["run@1", "run@2"]
+    assert both["pair_log_sd"] == pytest.approx(math.sqrt((4 * sd_one ** 2 + 6 * alone["pair_log_sd"] ** 2) / 10))
     assert both["how"] == "first; then second" and len(found.entries) == 1
 
 
