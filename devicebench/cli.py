@@ -70,9 +70,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
         pytest_args = _pytest_args(args)
         if args.round_time == 0 and not any(arg.startswith("--compile-cache") for arg in pytest_args):
-            # For single-process comparisons: each worker compiles anew, as a plain pytest run does. Kept code
-            # hid what fresh compiles differ by (mnist_mlp tuned, 2-core VM: 3.2% between kept-code workers,
-            # 1.21x between two plain runs of the same code).
+            # For single-process comparisons: each worker compiles anew, as a plain pytest run does. Workers that
+            # loaded kept code spread less than processes that compile (mnist_mlp tuned, 2-core VM: 3.2% between
+            # kept-code workers, 1.21x between two plain runs of the same code).
             pytest_args = [*pytest_args, "--compile-cache", "fresh"]
         # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
         count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)

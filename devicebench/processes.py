@@ -329,13 +329,16 @@ def _where_the_time_went(schedule: list, seconds: float, worker_runs: list[dict]
 
 
 def _compile_cache_args(pytest_args: list[str], staging: Path, env: Environment) -> list[str]:
-    """Each worker compiles its tuned rows anew (the plugin's default, ``--compile-cache fresh``): what a compile
-    produces differs from one compile to the next, and a worker pair is the unit that must sample it. Code kept for
-    an environment's later workers was one compile per environment for the whole run, so its difference from the
-    other environment's one compile sat in every pair alike: the 2-core VM's A/A of mnist_mlp standard (two
-    environments, kept code) called tuned 1.04x slower at p=0.0098 from two pairs, a false alarm the gate kept.
-    ``--compile-cache kept`` (faster: 15-20 s less per worker for resnet18_cifar tuned on an H200) stays the user's
-    choice, with a folder per environment in the staging folder unless they give one."""
+    """Each worker compiles its tuned rows anew (the plugin's default, ``--compile-cache fresh``), as a user's
+    training process does. On cuda what a compile produces differs between processes (inductor and cuDNN pick some
+    kernels by timing), and a worker pair is the unit that samples it. On the 2-core VM's cpu it did not: seven
+    fresh compiles of mnist_mlp tuned wrote the same sources and shared objects whose machine code (.text) was
+    byte for byte the same; yet workers that compiled in the timed process spread more between pairs (5.3% about
+    zero, 5 pairs) than workers that loaded kept code (1.6%), while the seed and resident rows of the same two runs
+    spread alike (3.3-4.0%). So there the spread comes with compiling in the timed process, not with the code it
+    produces (which state compiling leaves behind was not found). ``--compile-cache kept`` (15-20 s less per worker
+    for resnet18_cifar tuned on an H200) stays the user's choice, with a folder per environment in the staging
+    folder unless they give one."""
     text = " ".join(pytest_args)
     if ("--compile-cache kept" in text or "--compile-cache=kept" in text) and "--compile-cache-dir" not in text:
         return ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
