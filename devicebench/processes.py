@@ -103,7 +103,8 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
     added until every row's smallest detectable change is at or under it (``budget_seconds`` bounds the time; a
     row that got there is left out of later pairs, so they run only the rows still short of it);
     ``round_seconds``: a worker times each row's rounds for about this long (interleave.Scheduler._size;
-    default DEFAULT_ROUND_SECONDS); each worker compiles anew (_compile_cache_args).
+    default DEFAULT_ROUND_SECONDS); on cuda each worker compiles anew, on the cpu alone an environment keeps its
+    compiled code (_compile_cache_args).
     ``calibration``: this machine's measured noise, which the detectable changes of ``until`` use.
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
@@ -329,20 +330,36 @@ def _where_the_time_went(schedule: list, seconds: float, worker_runs: list[dict]
 
 
 def _compile_cache_args(pytest_args: list[str], staging: Path, env: Environment) -> list[str]:
-    """Each worker compiles its tuned rows anew (the plugin's default, ``--compile-cache fresh``), as a user's
-    training process does. On cuda what a compile produces differs between processes (inductor and cuDNN pick some
-    kernels by timing), and a worker pair is the unit that samples it. On the 2-core VM's cpu it did not: seven
-    fresh compiles of mnist_mlp tuned wrote the same sources and shared objects whose machine code (.text) was
-    byte for byte the same; yet workers that compiled in the timed process spread more between pairs (5.3% about
-    zero, 5 pairs) than workers that loaded kept code (1.6%), while the seed and resident rows of the same two runs
-    spread alike (3.3-4.0%). So there the spread comes with compiling in the timed process, not with the code it
-    produces (which state compiling leaves behind was not found). ``--compile-cache kept`` (15-20 s less per worker
-    for resnet18_cifar tuned on an H200) stays the user's choice, with a folder per environment in the staging
-    folder unless they give one."""
+    """How a worker comes by its compiled code, unless the user chose (``--compile-cache``).
+
+    On cuda each worker compiles anew (the plugin's default, ``--compile-cache fresh``): what a compile produces
+    differs between processes there (inductor and cuDNN pick some kernels by timing), and a worker pair is the unit
+    that samples it. On the cpu alone it does not: seven fresh compiles of mnist_mlp tuned (2-core VM) wrote the
+    same sources and shared objects whose machine code (.text) was byte for byte the same. So a cpu-only run keeps
+    each environment's compiled code for its later workers (``kept``, a folder per environment in the staging
+    folder, never shared between environments), which costs the information nothing and saves what compiling
+    costs a worker: about a minute for resnet18_cifar tuned on the VM, where a quick pair's building took 119-152 s.
+    Compiling in the timed process also added spread there, for a reason not found: the VM's A/As, spread between
+    pairs about zero, of fresh compiles mnist_mlp tuned 4.5% (7 pairs) and resnet18_cifar tuned 5.0% (4), of kept
+    code 3.3% (38) and 2.2% (18); the seed and resident rows of the same A/As 2.5-4.0%."""
     text = " ".join(pytest_args)
+    kept_dir = ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
+    if "--compile-cache" not in text:
+        return ["--compile-cache", "kept", *kept_dir] if _devices(pytest_args) == ["cpu"] else []
     if ("--compile-cache kept" in text or "--compile-cache=kept" in text) and "--compile-cache-dir" not in text:
-        return ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
+        return kept_dir
     return []
+
+
+def _devices(pytest_args: list[str]) -> list[str] | None:
+    """The devices ``--device`` names (the last one given, as argparse reads it); None when not given."""
+    named = None
+    for index, arg in enumerate(pytest_args):
+        if arg == "--device" and index + 1 < len(pytest_args):
+            named = pytest_args[index + 1]
+        elif arg.startswith("--device="):
+            named = arg.split("=", 1)[1]
+    return None if named is None else [device.strip() for device in named.split(",") if device.strip()]
 
 
 def _next_pair_seconds(staging: Path, done: int, rows_left: list[str] | None) -> float:

@@ -355,11 +355,17 @@ def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
     assert started == [1, 2, 3]
 
 
-def test_each_worker_compiles_anew_unless_the_user_keeps_the_code(tmp_path):
+def test_workers_compile_anew_unless_on_the_cpu_alone_or_the_user_keeps_the_code(tmp_path):
     env = processes.Environment("A", sys.executable)
+    kept_dir = ["--compile-cache-dir", str((tmp_path / "compile-cache-A").resolve())]
     assert processes._compile_cache_args(["-k", "mnist"], tmp_path, env) == []
-    assert processes._compile_cache_args(["--compile-cache", "kept"], tmp_path, env) == [
-        "--compile-cache-dir", str((tmp_path / "compile-cache-A").resolve())]
+    assert processes._compile_cache_args(["--device", "cuda"], tmp_path, env) == []
+    assert processes._compile_cache_args(["--device=cpu,cuda"], tmp_path, env) == []
+    # The cpu's compiles are the same machine code: an environment's later workers load its first's.
+    assert processes._compile_cache_args(["--device", "cpu", "-k", "mnist"], tmp_path, env) == [
+        "--compile-cache", "kept", *kept_dir]
+    assert processes._compile_cache_args(["--device=cpu", "--compile-cache", "fresh"], tmp_path, env) == []
+    assert processes._compile_cache_args(["--compile-cache", "kept"], tmp_path, env) == kept_dir
     assert processes._compile_cache_args(["--compile-cache=kept", "--compile-cache-dir", "/x"], tmp_path, env) == []
 
 
