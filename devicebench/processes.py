@@ -342,24 +342,24 @@ def _compile_cache_args(pytest_args: list[str], staging: Path, env: Environment)
     Compiling in the timed process also added spread there, for a reason not found: the VM's A/As, spread between
     pairs about zero, of fresh compiles mnist_mlp tuned 4.5% (7 pairs) and resnet18_cifar tuned 5.0% (4), of kept
     code 3.3% (38) and 2.2% (18); the seed and resident rows of the same A/As 2.5-4.0%."""
-    text = " ".join(pytest_args)
     kept_dir = ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
-    if "--compile-cache" not in text:
-        return ["--compile-cache", "kept", *kept_dir] if _devices(pytest_args) == ["cpu"] else []
-    if ("--compile-cache kept" in text or "--compile-cache=kept" in text) and "--compile-cache-dir" not in text:
-        return kept_dir
-    return []
+    mode, folder = _option(pytest_args, "--compile-cache"), _option(pytest_args, "--compile-cache-dir")
+    if mode is None and folder is None:
+        devices = [device.strip() for device in (_option(pytest_args, "--device") or "").split(",") if device.strip()]
+        return ["--compile-cache", "kept", *kept_dir] if devices == ["cpu"] else []
+    return kept_dir if mode == "kept" and folder is None else []
 
 
-def _devices(pytest_args: list[str]) -> list[str] | None:
-    """The devices ``--device`` names (the last one given, as argparse reads it); None when not given."""
-    named = None
+def _option(pytest_args: list[str], name: str) -> str | None:
+    """The value of pytest option ``name`` (``--name VALUE`` or ``--name=VALUE``; the last one given, as argparse
+    reads it); None when not given."""
+    value = None
     for index, arg in enumerate(pytest_args):
-        if arg == "--device" and index + 1 < len(pytest_args):
-            named = pytest_args[index + 1]
-        elif arg.startswith("--device="):
-            named = arg.split("=", 1)[1]
-    return None if named is None else [device.strip() for device in named.split(",") if device.strip()]
+        if arg == name and index + 1 < len(pytest_args):
+            value = pytest_args[index + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _next_pair_seconds(staging: Path, done: int, rows_left: list[str] | None) -> float:

@@ -13,10 +13,10 @@ import torch
 
 from devicebench import devices
 from devicebench.runner import run_benchmark
-import tiny_workload
 from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig
 from fixtures.fakes import RecordingBenchmark
+import tiny_workload
 from pytest_runs import QUICK_MNIST, QUICK_TINY, REPO, TINY_WORKLOAD, run_pytest
 from test_calibration import frozen_calibration
 
