@@ -246,6 +246,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         if leave_out:
             echo(f"    pair {index} leaves out {len(reached)} row(s) that reached their size: "
                  f"{', '.join(row.test.removeprefix('test_') for row in reached)}")
+        spent += _compile_before_the_pairs(environments, pytest_args, staging, echo)
         pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
                                  round_seconds)
         spent += pair_seconds
@@ -341,13 +342,53 @@ def _compile_cache_args(pytest_args: list[str], staging: Path, env: Environment)
     costs a worker: about a minute for resnet18_cifar tuned on the VM, where a quick pair's building took 119-152 s.
     Compiling in the timed process also added spread there, for a reason not found: the VM's A/As, spread between
     pairs about zero, of fresh compiles mnist_mlp tuned 4.5% (7 pairs) and resnet18_cifar tuned 5.0% (4), of kept
-    code 3.3% (38) and 2.2% (18); the seed and resident rows of the same A/As 2.5-4.0%."""
+    code 3.3% (38) and 2.2% (18); the seed and resident rows of the same A/As 2.5-4.0%. So the kept code is
+    compiled before the first pair, in a process of its own (``_compile_before_the_pairs``)."""
     kept_dir = ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
     mode, folder = _option(pytest_args, "--compile-cache"), _option(pytest_args, "--compile-cache-dir")
     if mode is None and folder is None:
         devices = [device.strip() for device in (_option(pytest_args, "--device") or "").split(",") if device.strip()]
         return ["--compile-cache", "kept", *kept_dir] if devices == ["cpu"] else []
     return kept_dir if mode == "kept" and folder is None else []
+
+
+COMPILED_MARK = ".compiled"  # written into an environment's kept folder once its code is compiled
+
+
+def _compile_before_the_pairs(environments: list[Environment], pytest_args: list[str], staging: Path,
+                              echo: Callable[[str], None]) -> float:
+    """Each environment whose workers keep their compiled code (``_compile_cache_args``) compiles it first, in an
+    untimed process of its own, so that every pair's workers, the first included, load it; the seconds it took.
+
+    Why. Compiling in a timed worker added spread beyond what the code itself varies by (2-core VM, resnet18_cifar
+    quick tuned, A/A pairs: +8.3% for the pair whose workers compiled, then +1.6, -0.3, +1.0% for pairs that loaded
+    the code; mnist_mlp standard tuned's detectable change stayed at 12-15% after 7 pairs because of its first).
+    The process runs only the compiled rows (``-k tuned``), each once as a smoke run (``--benchmark-disable``:
+    building the row compiles it, one round runs it), and times nothing. A folder marked compiled is not compiled
+    again, so a resumed run goes straight to its pairs."""
+    if "--no-compile" in pytest_args or "tuned" not in (_option(pytest_args, "--pipeline") or "tuned"):
+        return 0.0
+    started = time.monotonic()
+    for env in environments:
+        kept = _compile_cache_args(pytest_args, staging, env)
+        folder = _option(kept, "--compile-cache-dir") if "kept" in kept else None
+        if folder is None or (Path(folder) / COMPILED_MARK).exists():
+            continue
+        selected = _option(pytest_args, "-k")
+        command = [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, *kept, "--benchmark-disable",
+                   "-k", "tuned" if selected is None else f"({selected}) and tuned", "-p", "no:cacheprovider",
+                   "-q", "-rs"]
+        echo(f"{env.label}: compiling its code in a process of its own before the pairs (not timed; every worker "
+             f"of {env.label} loads it)")
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if result.returncode not in (0, 5):  # 5: pytest selected no row (nothing compiled to keep)
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            raise DevicebenchError(f"{env.label}: compiling its code before the pairs failed (`{' '.join(command)}` "
+                                   f"exited with {result.returncode}); the same command tries again. Its output "
+                                   f"ended:\n{tail}")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / COMPILED_MARK).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return time.monotonic() - started
 
 
 def _option(pytest_args: list[str], name: str) -> str | None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import random
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -367,6 +368,46 @@ def test_workers_compile_anew_unless_on_the_cpu_alone_or_the_user_keeps_the_code
     assert processes._compile_cache_args(["--device=cpu", "--compile-cache", "fresh"], tmp_path, env) == []
     assert processes._compile_cache_args(["--compile-cache", "kept"], tmp_path, env) == kept_dir
     assert processes._compile_cache_args(["--compile-cache=kept", "--compile-cache-dir", "/x"], tmp_path, env) == []
+
+
+def test_kept_code_is_compiled_once_per_environment_in_an_untimed_process_before_the_first_pair(monkeypatch,
+                                                                                                 tmp_path):
+    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.001})
+    compiles = []
+
+    def fake_run(command, **kwargs):
+        compiles.append((len(started), command))
+        failed = any(part.endswith("compile-cache-FAIL") for part in command)
+        return subprocess.CompletedProcess(command, 1 if failed else 0, "out\n", "")
+
+    monkeypatch.setattr(processes.subprocess, "run", fake_run)
+    args = ["--device", "cpu", "-k", "mnist"]
+    processes.run_interleaved(ENVS, 2, args, tmp_path, "k", echo=lambda line: None)
+    assert started == [1, 2] and [pairs_before for pairs_before, _ in compiles] == [0, 0]  # both before pair 1
+    for env, (_, command) in zip(ENVS, compiles):
+        folder = str((tmp_path / ".k.processes" / f"compile-cache-{env.label}").resolve())
+        assert command[:4] == [env.python, "-m", "pytest", str(processes.REPO / "benchmarks")]
+        assert command[command.index("--compile-cache") + 1] == "kept"
+        assert command[command.index("--compile-cache-dir") + 1] == folder
+        # only the compiled rows of the user's selection, run once each, nothing timed
+        assert "--benchmark-disable" in command and command[-6:-4] == ["-k", "(mnist) and tuned"]
+    # A resumed run (its staging folder kept) finds its code compiled, and compiles nothing again.
+    compiles.clear()
+    assert processes._compile_before_the_pairs(ENVS, args, tmp_path / ".r", lambda line: None) >= 0
+    assert len(compiles) == 2 and (tmp_path / ".r" / "compile-cache-B" / processes.COMPILED_MARK).exists()
+    processes._compile_before_the_pairs(ENVS, args, tmp_path / ".r", lambda line: None)
+    assert len(compiles) == 2
+    compiles.clear()
+    # Nothing to compile: code compiled anew in every worker (cuda), no compiled row selected, or no compile.
+    for other in (["--device", "cuda"], ["--device", "cpu", "--pipeline", "seed,resident"],
+                  ["--device", "cpu", "--no-compile"], ["--device", "cpu", "--compile-cache", "fresh"]):
+        processes._compile_before_the_pairs(ENVS, other, tmp_path / ".n", lambda line: None)
+    assert compiles == []
+    # A compile that fails names itself and leaves nothing marked compiled: the same command tries again.
+    failing = [processes.Environment("A", sys.executable), processes.Environment("FAIL", sys.executable)]
+    with pytest.raises(DevicebenchError, match="FAIL: compiling its code before the pairs failed .* exited with 1"):
+        processes._compile_before_the_pairs(failing, args, tmp_path / ".f", lambda line: None)
+    assert not (tmp_path / ".f" / "compile-cache-FAIL" / processes.COMPILED_MARK).exists()
 
 
 def test_only_the_first_pair_counts_steps_and_checks_parity():
