@@ -113,6 +113,9 @@ class Verdict:
     paired: bool = False  # judged as interleaved worker pairs (processes[0] == processes[1] pairs)
     calibration: str | None = None  # how the calibrated noise was used, or why it was not; None: no calibration
     pooled: bool = False  # the calibrated spread was pooled with this run's own (its degrees of freedom added)
+    # A change significant alone that did not survive Holm's correction over this many rows judged with it (0: it
+    # survived, or it was judged alone); set by compare.correct_for_rows, said by describe().
+    not_after_holm: int = 0
 
     @property
     def process_level(self) -> bool:
@@ -179,6 +182,8 @@ class Verdict:
                     f"the calibrated noise alone: p={p}{self._interval_text()})")
         elif self.is_change:
             text = f"{speed(self.ratio)} (p={p}{self._interval_text()})"
+            if self.not_after_holm:
+                text += f" (not after Holm's correction over the {self.not_after_holm} rows judged)"
         elif self.uncalibrated_single:
             text = (f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without a calibration "
                     f"({speed(self.ratio)}, rounds p={p})")

@@ -398,3 +398,8 @@ def test_the_gate_passes_a_slowdown_significant_alone_that_holm_does_not_keep_an
     assert "significant alone, not gated on: " in out and "(not after Holm's correction over the 3 rows judged)" in out
     assert "no significant regression beyond 5%" in out
     assert gate([0.075, 0.085, 0.09, 0.08]) == 1
+    # A speed-up significant alone is marked where it is read as well: its own cell, though it gates nothing.
+    assert gate([-0.015, -0.045, -0.046, -0.03]) == 0
+    cell = next(line for line in capsys.readouterr().out.splitlines() if "x faster (p=" in line)
+    assert cell.endswith("(not after Holm's correction over the 3 rows judged)") or \
+        "(not after Holm's correction over the 3 rows judged) [" in cell
