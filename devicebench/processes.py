@@ -357,8 +357,10 @@ COMPILED_MARK = ".compiled"  # written into an environment's kept folder once it
 
 def _compile_before_the_pairs(environments: list[Environment], pytest_args: list[str], staging: Path,
                               echo: Callable[[str], None]) -> float:
-    """Each environment whose workers keep their compiled code (``_compile_cache_args``) compiles it first, in an
-    untimed process of its own, so that every pair's workers, the first included, load it; the seconds it took.
+    """Each environment whose workers keep their compiled code in the staging folder (``_compile_cache_args``: a
+    cpu-only run, or ``--compile-cache kept`` without a folder; a folder the user names is left as they keep it)
+    compiles it first, in an untimed process of its own, so that every pair's workers, the first included, load
+    it; the seconds it took.
 
     Why. Compiling in a timed worker added spread beyond what the code itself varies by (2-core VM, resnet18_cifar
     quick tuned, A/A pairs: +8.3% for the pair whose workers compiled, then +1.6, -0.3, +1.0% for pairs that loaded
@@ -371,7 +373,7 @@ def _compile_before_the_pairs(environments: list[Environment], pytest_args: list
     started = time.monotonic()
     for env in environments:
         kept = _compile_cache_args(pytest_args, staging, env)
-        folder = _option(kept, "--compile-cache-dir") if "kept" in kept else None
+        folder = _option(kept, "--compile-cache-dir")  # given only where the workers keep their code in staging
         if folder is None or (Path(folder) / COMPILED_MARK).exists():
             continue
         selected = _option(pytest_args, "-k")

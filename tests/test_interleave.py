@@ -398,6 +398,11 @@ def test_kept_code_is_compiled_once_per_environment_in_an_untimed_process_before
     processes._compile_before_the_pairs(ENVS, args, tmp_path / ".r", lambda line: None)
     assert len(compiles) == 2
     compiles.clear()
+    # The user's own --compile-cache kept, on any device, is compiled first too.
+    processes._compile_before_the_pairs(ENVS[:1], ["--device", "cuda", "--compile-cache", "kept"], tmp_path / ".u",
+                                        lambda line: None)
+    assert len(compiles) == 1 and compiles[0][1][-6:-4] == ["-k", "tuned"]
+    compiles.clear()
     # Nothing to compile: code compiled anew in every worker (cuda), no compiled row selected, or no compile.
     for other in (["--device", "cuda"], ["--device", "cpu", "--pipeline", "seed,resident"],
                   ["--device", "cpu", "--no-compile"], ["--device", "cpu", "--compile-cache", "fresh"]):
