@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -91,7 +90,7 @@ def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, view: st
         if baseline_device is not None:
             raise UsageError("--baseline-device belongs to --view devices; the change view's baseline is the "
                              "first run given")
-        return view, correct_for_rows(change_tables(runs, threshold, calibration))
+        return view, change_tables(runs, threshold, calibration)
     return view, device_tables(runs, threshold, baseline_device)
 
 
@@ -135,7 +134,7 @@ def change_tables(runs: list[Run], threshold: float, calibration: Calibration | 
             notes.append("only in the baseline run: nothing to compare")
         title = f"{identity.config_label()} · {identity.device_name} ({identity.device})"
         tables.append(Table(title, [column for column, _ in members], cells, baseline, verdicts, notes))
-    return tables
+    return correct_for_rows(tables)
 
 
 def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row], across_devices: bool = False) -> str:
@@ -193,8 +192,9 @@ def _judged_slowdowns(tables: list[Table]) -> list[tuple[str, bool]]:
 
 
 def correct_for_rows(tables: list[Table]) -> list[Table]:
-    """Mark every change, faster or slower, that is significant alone but not after Holm's correction over all
-    the rows judged (significance.holm), so that its cell says so where it is read, not only the gate's summary.
+    """Mark every change, faster or slower, that is significant alone but not after Holm's correction over all the
+    rows judged (significance.holm), so that its cell says so where it is read, not only the gate's summary.
+    ``change_tables`` ends here, so the gate (``regressions``) and the cells read the same correction.
 
     Why faster too. An H200 A/A of mnist_mlp's three rows read "1.05x faster (p=0.0275)" for the resident row: one
     row in twenty of an A/A is significant alone at 5%, and over three rows 0.0275 is not (Holm: 0.05/3)."""

@@ -371,12 +371,12 @@ def _compile_before_the_pairs(environments: list[Environment], pytest_args: list
     if "--no-compile" in pytest_args or "tuned" not in (_option(pytest_args, "--pipeline") or "tuned"):
         return 0.0
     started = time.monotonic()
+    selected = _option(pytest_args, "-k")
     for env in environments:
         kept = _compile_cache_args(pytest_args, staging, env)
         folder = _option(kept, "--compile-cache-dir")  # given only where the workers keep their code in staging
         if folder is None or (Path(folder) / COMPILED_MARK).exists():
             continue
-        selected = _option(pytest_args, "-k")
         command = [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, *kept, "--benchmark-disable",
                    "-k", "tuned" if selected is None else f"({selected}) and tuned", "-p", "no:cacheprovider",
                    "-q", "-rs"]
