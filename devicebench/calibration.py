@@ -9,6 +9,9 @@ A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the lo
   (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom of many.
 - ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
   times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against.
+- ``round_log_sd``: how much one round's B/A varies about its pair's own, from round to round: the part of a pair's
+  spread that more rounds shrink (``Noise.pair_variance``), so that a run timing more rounds than the A/A did is
+  judged with the noise it has, and ``devicebench run --until`` can size a row's rounds to its question.
 
 An entry applies only to the same row identity (schema.py), on the same machine (``results.Run.machine_key``) and
 torch version: noise is a property of all three. The file lives beside the results
@@ -52,9 +55,38 @@ class Noise:
     sources: tuple[str, ...] = ()  # interleave ids of the A/A runs it came from: their own pairs never use it
     pairs: int = 0
     compiled_code: str | None = None  # a compiled row's workers' --compile-cache (compiled_code()); None: not compiled
+    round_log_sd: float | None = None  # a round's B/A about its pair's (None: written before it was recorded)
+    round_df: int = 0
 
     def describe(self) -> str:
         return f"calibrated {self.measured[:10]} from {self.pairs} pairs"
+
+    def pair_variance(self, rounds: float) -> float | None:
+        """The variance of a pair's estimate (log B/A) when each worker times ``rounds`` rounds; None when this
+        calibration cannot say (no pair spread, or fewer rounds than half its own and no round noise recorded).
+
+        The model: a pair's estimate is its workers' own difference (what each process compiled, its layout:
+        fixed for its life, the same at any number of rounds) plus the median of its rounds' noise, whose
+        variance falls as 1/rounds (times pi/2, a median's cost against a mean on normal noise). The A/A gives
+        the sum at its rounds (``pair_log_sd``) and the round noise alone (``round_log_sd``); the difference is
+        the per-process part. Checked on the H200's stored A/As (20 pairs of mnist_mlp seed and resident, 12 of
+        resnet18_cifar seed): the round noise alone predicts their spread about zero at 5.8, 3.1 and 8.8% against
+        the 6.0, 3.7 and 8.0% measured. Without ``round_log_sd`` the calibration holds only at about its own
+        rounds."""
+        if self.pair_log_sd is None:
+            return None
+        measured = self.pair_log_sd ** 2
+        if self.round_log_sd is None or self.round_df <= 0:
+            return measured if rounds >= self.rounds_per_worker / 2 else None
+        per_process = max(0.0, measured - median_variance(self.round_log_sd, self.rounds_per_worker))
+        return per_process + median_variance(self.round_log_sd, rounds)
+
+    def per_process_variance(self) -> float | None:
+        """The part of a pair's variance that more rounds do not shrink (``pair_variance``); None if unknown."""
+        if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
+            return None
+        return max(0.0, self.pair_log_sd ** 2 - median_variance(self.round_log_sd, self.rounds_per_worker))
+
 
     def unlike_compiled_code(self, row: Row) -> str | None:
         """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.
@@ -68,6 +100,12 @@ class Noise:
             return None
         return (f"calibration not used: its workers {_HOW_COMPILED.get(self.compiled_code, self.compiled_code)}, "
                 f"these {_HOW_COMPILED.get(mode, mode)} (recalibrate with the same --compile-cache)")
+
+
+def median_variance(round_log_sd: float, rounds: float) -> float:
+    """The variance of the median of ``rounds`` values of standard deviation ``round_log_sd`` (normal noise: pi/2
+    times a mean's)."""
+    return math.pi / 2 * round_log_sd ** 2 / max(rounds, 1)
 
 
 UNRECORDED = "unrecorded"  # an entry written before calibrations recorded how compiled rows were compiled
@@ -84,6 +122,12 @@ def compiled_code(row: Row) -> str | None:
 def _recorded_compiled_code(entry: dict, row: Row) -> str | None:
     """An entry's ``compiled_code``; UNRECORDED for a compiled row's entry written before the field existed."""
     return entry.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None)
+
+
+def compiled_code_of(identity: dict, compile_cache: str | None) -> str | None:
+    """``compiled_code`` for a row known by its identity fields and its workers' --compile-cache, before it has
+    timed anything (a worker telling the coordinator which row it is)."""
+    return (compile_cache or UNRECORDED) if identity.get("compiled") else None
 
 
 def _machine(run: Run) -> list:
@@ -121,12 +165,19 @@ class Calibration:
 
     def noise_for(self, run: Run, row: Row) -> Noise | None:
         """The calibrated noise of this row on the machine and torch version of ``run``, if measured."""
-        key = _key(_machine(run), run.torch_version, _jsonable(row.identity.fields()))
+        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), bool(row.extra.get("compiled")))
+
+    def noise_at(self, machine: list, torch_version: str, identity: dict, compiled: bool) -> Noise | None:
+        """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
+        ``torch_version``, if measured; ``compiled``: the row compiles (its entry then says how)."""
+        key = _key(machine, torch_version, _jsonable(identity))
         for entry in self.entries:
             if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
+                recorded = entry.get("compiled_code", UNRECORDED if compiled else None)
                 return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
                              entry["rounds_per_worker"], entry["measured"], entry["how"],
-                             tuple(entry.get("sources", ())), entry["pairs"], _recorded_compiled_code(entry, row))
+                             tuple(entry.get("sources", ())), entry["pairs"], recorded,
+                             entry.get("round_log_sd"), entry.get("round_df", 0))
         return None
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
@@ -185,6 +236,22 @@ def pair_estimates(base: list[list[float]], cand: list[list[float]]) -> list[flo
     return estimates
 
 
+def round_spread(base: list[list[float]], cand: list[list[float]]) -> tuple[float | None, int]:
+    """How much one round's log B - log A varies about its own pair's mean, pooled over the pairs, and its degrees
+    of freedom (each pair's rounds less one). About each pair's own mean, so that what a worker pair shares (its
+    processes' difference) is left out: this is the noise that more rounds average away."""
+    squares, df = 0.0, 0
+    for a_rounds, b_rounds in zip(base, cand):
+        count = min(len(a_rounds), len(b_rounds))
+        if count < 2:
+            continue
+        logs = [math.log(b_rounds[k]) - math.log(a_rounds[k]) for k in range(count)]
+        mean = statistics.fmean(logs)
+        squares += sum((value - mean) ** 2 for value in logs)
+        df += count - 1
+    return (math.sqrt(squares / df), df) if df else (None, 0)
+
+
 def a_a_spread(estimates: list[float]) -> float:
     """The spread of an A/A's pair estimates about zero, on one degree of freedom a pair.
 
@@ -208,6 +275,8 @@ def _pooled(earlier: dict, new: dict) -> dict:
             "pair_log_sd": pool("pair_log_sd", "pair_df"), "pair_df": earlier["pair_df"] + new["pair_df"],
             "process_log_sd": pool("process_log_sd", "process_df"),
             "process_df": earlier["process_df"] + new["process_df"],
+            **({"round_log_sd": pool("round_log_sd", "round_df"), "round_df": earlier["round_df"] + new["round_df"]}
+               if earlier.get("round_log_sd") is not None and new.get("round_log_sd") is not None else {}),
             "sources": [*earlier.get("sources", ()), *new["sources"]],
             "how": f"{earlier['how']}; then {new['how']}"}
 
@@ -221,10 +290,12 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
     process_var = (sum((len(side) - 1) * statistics.variance(side) for side in sides if len(side) > 1)
                    / process_df) if process_df else None
     rounds = [len(times) for times in row.processes + other.processes]
+    round_log_sd, round_df = round_spread([row.pairs[k] for k in keys], [other.pairs[k] for k in keys])
     return {"machine": _machine(run), "torch_version": run.torch_version,
             "identity": _jsonable(row.identity.fields()), "test": row.test,
             "pairs": len(estimates), "pair_log_sd": a_a_spread(estimates), "pair_df": len(estimates),
             "process_log_sd": None if process_var is None else math.sqrt(process_var), "process_df": process_df,
             "rounds_per_worker": int(statistics.median(rounds)),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,
-            "sources": sorted({interleave_id for interleave_id, _ in keys}), "compiled_code": compiled_code(row)}
+            "sources": sorted({interleave_id for interleave_id, _ in keys}), "compiled_code": compiled_code(row),
+            "round_log_sd": round_log_sd, "round_df": round_df}

@@ -29,6 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from devicebench.errors import DevicebenchError
 
@@ -53,12 +54,13 @@ class RoundGate:
         self._step += 1
         return int(self._wait()["sequence"])
 
-    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None) -> tuple[int, int]:
-        """Block until this worker's turn for its first timed round, saying how long its last warm-up round took;
-        the turn's sequence number and how many rounds to time (the coordinator decides, the same for every
-        worker of the pair: see ``Scheduler._size``)."""
+    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None,
+                          row: dict | None = None) -> tuple[int, int]:
+        """Block until this worker's turn for its first timed round, saying how long its last warm-up round took
+        and which row it is (``row``: runner.calibration_key); the turn's sequence number and how many rounds to
+        time (the coordinator decides, the same for every worker of the pair: see ``Scheduler._size``)."""
         self._step += 1
-        answer = self._wait({"minimum_rounds": minimum_rounds, "warmup_seconds": warmup_seconds})
+        answer = self._wait({"minimum_rounds": minimum_rounds, "warmup_seconds": warmup_seconds, "row": row})
         return int(answer["sequence"]), int(answer.get("rounds", minimum_rounds))
 
     def _wait(self, sizing: dict | None = None) -> dict:
@@ -93,6 +95,7 @@ class Point:
     # long the worker's last warm-up round took (None: it had none).
     minimum_rounds: int | None = field(default=None, compare=False)
     warmup_seconds: float | None = field(default=None, compare=False)
+    row: dict | None = field(default=None, compare=False)  # the row, as its calibration names it
     # Set by run_workers when the turn is granted: seconds since the workers started (where the time goes).
     granted_at: float | None = field(default=None, compare=False)
 
@@ -117,6 +120,9 @@ class Scheduler:
 
     labels: list[str]
     round_seconds: float | None = None  # each row's timed rounds last about this long per worker (None: as scaled)
+    # (row, the rounds round_seconds gives) -> the rounds the row's question needs, or None to keep those
+    # (processes.rounds_for_size, from the calibration, in --until runs); None: round_seconds decides alone.
+    rounds_wanted: Callable[[dict, int], int | None] | None = None
     waiting: dict[str, Point] = field(default_factory=dict)
     sequence: int = 0
     tests: dict[int, str] = field(default_factory=dict)  # item -> the test name the first worker there had
@@ -161,15 +167,30 @@ class Scheduler:
         until they add up to ``round_seconds``, from the slowest warm-up any worker of the pair reported
         (the workers at this point are all waiting, the furthest behind going first, so every report is in).
         The same count for every worker keeps round k of A next to round k of B.
+
+        In an ``--until`` run a row whose calibration records its round noise gets the rounds its question needs
+        instead (``rounds_wanted``: fewer for a row that reaches its size anyway, more for one whose pairs are
+        mostly round noise), within MAX_TIMED_ROUNDS and MAX_SIZED_SECONDS; the most any worker's row asks.
         """
         if point.item in self.rounds:
             return
-        reports = [other.warmup_seconds for other in (point, *self.waiting.values())
-                   if other.key == point.key and other.warmup_seconds]
-        self.rounds[point.item] = rounds_for(point.minimum_rounds, max(reports, default=None), self.round_seconds)
+        here = [other for other in (point, *self.waiting.values()) if other.key == point.key]
+        slowest = max((other.warmup_seconds for other in here if other.warmup_seconds), default=None)
+        rounds = rounds_for(point.minimum_rounds, slowest, self.round_seconds)
+        wanted = [self.rounds_wanted(other.row, rounds) for other in here
+                  if self.rounds_wanted is not None and other.row is not None]
+        wanted = [count for count in wanted if count is not None]
+        if wanted:
+            longest = math.floor(MAX_SIZED_SECONDS / slowest) if slowest else MAX_TIMED_ROUNDS
+            rounds = max(point.minimum_rounds, min(max(wanted), MAX_TIMED_ROUNDS, longest))
+        self.rounds[point.item] = rounds
 
 
 MAX_TIMED_ROUNDS = 200  # a 7 ms round (mnist_mlp tuned on an H200) would otherwise time thousands
+# The most a worker's timed rounds of one row may last when sized by the calibration: a row whose pairs differ by
+# more than round noise gains little from more rounds, and a pair of two workers of the whole suite should stay
+# within a few minutes (H200: ~3 min; resnet18_cifar seed's 3.5 s rounds take 38 s a worker at 11 rounds).
+MAX_SIZED_SECONDS = 60.0
 
 
 def rounds_for(minimum: int, warmup_seconds: float | None, round_seconds: float | None) -> int:
@@ -197,7 +218,7 @@ class Worker:
         message = json.loads(line)
         minimum = message.get("minimum_rounds")
         return Point(int(message["item"]), str(message["test"]), int(message["step"]),
-                     None if minimum is None else int(minimum), message.get("warmup_seconds"))
+                     None if minimum is None else int(minimum), message.get("warmup_seconds"), message.get("row"))
 
     def grant(self, sequence: int, rounds: int | None = None) -> None:
         answer = {"sequence": sequence} if rounds is None else {"sequence": sequence, "rounds": rounds}
@@ -218,14 +239,15 @@ def start_worker(label: str, command: list[str], cwd: Path, log: Path) -> Worker
 
 
 def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path],
-                round_seconds: float | None = None) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
+                round_seconds: float | None = None, rounds_wanted: Callable[[dict, int], int | None] | None = None
+                ) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
     """Run one worker per label, taking turns, until every one has exited: their exit codes, and the schedule
-    (sequence number, label, point) of every turn given. ``round_seconds``: Scheduler._size.
+    (sequence number, label, point) of every turn given. ``round_seconds``, ``rounds_wanted``: Scheduler._size.
 
     On any error (a worker's protocol breaks, the tests differ, Ctrl-C) every worker still running is stopped.
     """
     labels = list(commands)
-    scheduler = Scheduler(labels, round_seconds)
+    scheduler = Scheduler(labels, round_seconds, rounds_wanted)
     workers: dict[str, Worker] = {}
     schedule: list[tuple[int, str, Point]] = []
     started = time.monotonic()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench import interleave, results, stability
-from devicebench.calibration import Calibration
+from devicebench.calibration import Calibration, Noise, median_variance
 from devicebench.errors import DevicebenchError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: benchmarks/, conftest.py and fixtures/ live here
@@ -248,7 +248,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
                  f"{', '.join(row.test.removeprefix('test_') for row in reached)}")
         spent += _compile_before_the_pairs(environments, pytest_args, staging, echo)
         pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
-                                 round_seconds)
+                                 round_seconds, _rounds_wanted(calibration, until))
         spent += pair_seconds
         index += 1
     if until is not None:
@@ -257,8 +257,19 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
 
 
 def _run_pair(environments: list[Environment], index: int, pytest_args: list[str], staging: Path,
-              echo: Callable[[str], None], spent: float, round_seconds: float) -> float:
-    """One worker per environment, taking turns round by round; their files are kept only if all succeed."""
+              echo: Callable[[str], None], spent: float, round_seconds: float,
+              rounds_wanted: Callable[[dict, int], int | None] | None = None) -> float:
+    """One worker per environment, taking turns round by round; their files are kept only if all succeed.
+
+    Which environment's worker starts first and leads the turns rotates from pair to pair (A B, then B A; with
+    three, A B C, B C A, C A B), so that whatever goes with a place in that order is spread over the
+    environments alike instead of landing on one for the whole run. On the H200 host the pairs of one A/A run
+    shared a sign more than their rounds' noise allows (mnist_mlp resident, five runs of 2-4 pairs: run means
+    +3.4% with all four pairs above zero, -4.5% with all three below, where the rounds allow 1.0-2.1%;
+    chi-square p=5e-5; resnet18_cifar seed: -15.6% over two pairs, p=0.03): something lasts a run and tells
+    its two workers apart, and their place in that order is the one thing that does."""
+    shift = (index - 1) % len(environments)
+    environments = environments[shift:] + environments[:shift]
     labels = [env.label for env in environments]
     echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
     parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
@@ -268,7 +279,7 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
                                                  *pytest_args], parts[env.label]) for env in environments}
     started = time.monotonic()
     try:
-        codes, schedule = interleave.run_workers(commands, REPO, logs, round_seconds)
+        codes, schedule = interleave.run_workers(commands, REPO, logs, round_seconds, rounds_wanted)
     except BaseException:
         for part in parts.values():
             part.unlink(missing_ok=True)
@@ -434,6 +445,67 @@ def _next_pair_seconds(staging: Path, done: int, rows_left: list[str] | None) ->
     if any(test not in row_seconds for test in rows_left):
         return mean_pair
     return statistics.mean(start_ups) + sum(statistics.mean(row_seconds[test]) for test in rows_left)
+
+
+def _rounds_wanted(calibration: Calibration | None, until: UntilTarget | None
+                   ) -> Callable[[dict, int], int | None] | None:
+    """The Scheduler's ``rounds_wanted`` for an ``--until`` run with a calibration: each row's rounds from its
+    calibrated noise (``rounds_for_size``); None (the rounds ``--round-time`` gives) otherwise."""
+    if calibration is None or until is None:
+        return None
+
+    def wanted(row: dict, default: int) -> int | None:
+        identity = row["identity"]
+        noise = calibration.noise_at(row["machine"], row["torch_version"], identity, bool(identity.get("compiled")))
+        if noise is None or noise.compiled_code != row.get("compiled_code"):  # the verdict would not use it
+            return None
+        return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default)
+
+    return wanted
+
+
+# Rows are sized to reach a fraction of their size, so that this run's own pairs, pooled with the calibration's,
+# may spread a little more than it did and still get there. A row planned for two pairs is one that reaches its
+# size anyway and is only given fewer rounds: planned to half its size, as missing costs a whole pair.
+TWO_PAIR_MARGIN = 0.5
+THREE_PAIR_MARGIN = 0.9
+
+
+def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
+    """How many rounds a worker should time of a row whose calibration records its round noise, so that the
+    row's smallest detectable change reaches ``size`` in few pairs; None when the calibration cannot say.
+
+    A pair's variance is the per-process part plus round noise over the rounds (``Noise.pair_variance``); after
+    n pairs pooled with the calibration, the detectable change is ``detection_factor(df) * sqrt(variance / n)``
+    (significance.py). So:
+
+    - a row that reaches TWO_PAIR_MARGIN of its size in MIN_PAIRS_CALIBRATED pairs with no more than ``default``
+      rounds gets the rounds that does (H200: resnet18_cifar resident and tuned time 33 and 113 rounds a worker by
+      ``--round-time``, where 5 do; the time goes to the rows that need it);
+    - else the rounds that reach THREE_PAIR_MARGIN of it in MIN_PAIRS_FOR_UNTIL pairs, no fewer than ``default``
+      (H200: mnist_mlp resident, 0.15 s rounds that vary 11%, 87 where ``--round-time`` gives 35);
+    - a row whose per-process part alone is more than that many pairs can average gets the rounds at which its
+      round noise is down to its per-process part (more buy little), no fewer than ``default``.
+    """
+    per_process = noise.per_process_variance()
+    if per_process is None:
+        return None
+    from devicebench import significance
+
+    round_variance = median_variance(noise.round_log_sd, 1)  # a pair's round noise at one round
+
+    def room(pairs: int, target: float) -> float:
+        """The round noise a pair may have so that ``pairs`` pairs detect ``target``."""
+        factor = significance.detection_factor(pairs - 1 + noise.pair_df)
+        return pairs * (math.log1p(target) / factor) ** 2 - per_process
+
+    two = room(MIN_PAIRS_CALIBRATED, TWO_PAIR_MARGIN * size)
+    if two > 0 and math.ceil(round_variance / two) <= default:
+        return max(1, math.ceil(round_variance / two))
+    three = room(MIN_PAIRS_FOR_UNTIL, THREE_PAIR_MARGIN * size)
+    if three > 0:
+        return max(default, math.ceil(round_variance / three))
+    return max(default, math.ceil(round_variance / per_process)) if per_process > 0 else default
 
 
 def _pair_seconds(staging: Path, index: int) -> float:
@@ -617,8 +689,14 @@ def _stats(values: list[float]) -> dict:
 
 def _summary(run: dict) -> str:
     parts = [f"{b['name'].removeprefix('test_')} {b['extra_info']['samples_per_s']:,.0f}/s"
-             for b in run["benchmarks"] if "samples_per_s" in b.get("extra_info", {})]
+             f"{_rounds_timed(b['extra_info'])}" for b in run["benchmarks"] if "samples_per_s" in b.get("extra_info", {})]
     return "; ".join(parts) or "no rows (all skipped?)"
+
+
+def _rounds_timed(extra: dict) -> str:
+    """' (N rounds)' for a worker's row, where rounds are sized per row (interleave.Scheduler._size)."""
+    rounds = extra.get("train_seconds")
+    return f" ({len(rounds)} rounds)" if isinstance(rounds, list) and "round_sequence" in extra else ""
 
 
 def _elapsed(since: float) -> str:

@@ -9,6 +9,7 @@ coordinator decides (interleave.Scheduler._size).
 from __future__ import annotations
 
 import gc
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     devices.empty_cache(device)
     try:
         with fallback.watch(device) as cpu_fallback_ops:
-            timing = _time_rounds(benchmark, workload, config, progress, profile_trace, gate, count_steps)
+            timing = _time_rounds(benchmark, workload, config, device_name, progress, profile_trace, gate,
+                                  count_steps)
     except Exception as error:
         if devices.is_out_of_memory(error):
             devices.empty_cache(device)
@@ -67,15 +69,9 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     flags = backend_flags()
     timed = done[scale.warmup_rounds:]
     extra = describe_rounds(timed, run.samples_per_round)
+    extra.update(_what_the_row_is(workload, config, device_name, run))
     extra.update({
         "schema_version": devicebench.RESULT_SCHEMA_VERSION,
-        "workload": workload.NAME,
-        "workload_version": workload.VERSION,
-        "device": device.type,
-        "device_name": device_name,
-        "pipeline": config.pipeline,
-        "scale": scale.name,
-        "valid_samples": scale.valid_samples,
         "warmup_rounds": scale.warmup_rounds,
         "compile_cache": config.compile_cache,
         "planted_slowdown_fraction": config.slowdown_fraction,
@@ -83,7 +79,6 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
         **flags,
-        **run.describe(),
     })
     flops = _flop_counts(workload)
     extra["flops_per_sample"] = flops.train_per_sample
@@ -109,6 +104,26 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     return extra
 
 
+def _what_the_row_is(workload: ModuleType, config: RunConfig, device_name: str, run: WorkloadRun) -> dict:
+    """The row's fields known once it is built, before any round: its identity's among them (schema.py)."""
+    return {"workload": workload.NAME, "workload_version": workload.VERSION, "device": config.device.type,
+            "device_name": device_name, "pipeline": config.pipeline, "scale": config.scale.name,
+            "samples_per_round": run.samples_per_round, "valid_samples": config.scale.valid_samples,
+            **run.describe()}
+
+
+def calibration_key(workload: ModuleType, config: RunConfig, device_name: str, run: WorkloadRun) -> dict:
+    """The row as a calibration names it (calibration.py: machine, torch version, identity), for a worker to tell
+    the coordinator of an interleaved run, which sizes the row's rounds from its calibrated noise."""
+    from devicebench import calibration, environment, results
+
+    node, cpu, accelerators = environment.machine_key()
+    identity = results.Row("", _what_the_row_is(workload, config, device_name, run)).identity.fields()
+    return {"machine": [node, cpu, list(accelerators)], "torch_version": torch.__version__,
+            "identity": json.loads(json.dumps(identity)),
+            "compiled_code": calibration.compiled_code_of(identity, config.compile_cache)}
+
+
 @dataclass
 class _Timed:
     run: WorkloadRun
@@ -120,8 +135,9 @@ class _Timed:
     step_counts: dict  # counts.py's fields; {} when not counted
 
 
-def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: ProgressCallback | None,
-                 profile_trace: Path | None, gate: RoundGate | None, count_steps: bool) -> _Timed | dict:
+def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
+                 progress: ProgressCallback | None, profile_trace: Path | None, gate: RoundGate | None,
+                 count_steps: bool) -> _Timed | dict:
     """Build the row and time its rounds; the smoke run's dict instead under --benchmark-disable."""
     scale = config.scale
     run = build(workload, config)
@@ -165,7 +181,8 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, progress: P
             one_round()
         if gate is not None:
             last_warmup = done[-1].seconds if done else None
-            turn, planned["rounds"] = gate.first_timed_round(scale.rounds, last_warmup)
+            turn, planned["rounds"] = gate.first_timed_round(
+                scale.rounds, last_warmup, calibration_key(workload, config, device_name, run))
             held_turn.append(turn)
         benchmark.pedantic(one_round, rounds=planned["rounds"], warmup_rounds=0, iterations=1,
                            setup=wait_for_turn if gate is not None else None)

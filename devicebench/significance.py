@@ -45,8 +45,12 @@ row). A t-test on three pairs has two degrees of freedom, so its detectable chan
 spread, and most of that factor is not knowing the spread. When the row is calibrated, the pairs' variance is
 pooled with the calibrated one, ``((n-1) s^2 + df_c s_c^2) / (n - 1 + df_c)`` on ``n - 1 + df_c`` degrees of
 freedom: the classic pooled-variance t-test, which assumes the spread is the machine's and the same now as then.
+The calibrated variance is the one a pair has at this run's rounds (``Noise.pair_variance``: the A/A's per-process
+part plus its round noise over the rounds timed), so a run that times three times the A/A's rounds of a row whose
+spread is round noise is judged with a third of its round noise, not with the A/A's. (A calibration written
+before round noise was recorded holds only at about its own rounds.)
 That assumption is checked, not trusted: when this run's pairs spread significantly more than the calibration's
-(one-sided F-test at 5%), or its workers timed fewer than half the calibration's rounds (a noisier pair estimate),
+(one-sided F-test at 5%), or its workers timed fewer than half the rounds of a calibration without round noise,
 or a compiled row's workers came by their compiled code otherwise than the calibration's did (kept against
 compiled anew: ``Noise.unlike_compiled_code``), the calibration is not used and the noise line says why.
 
@@ -244,7 +248,7 @@ def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, 
     log_ratio, df = math.log(ratio), noise.process_df
     standard_error = math.sqrt(2) * noise.process_log_sd
     p_value = float(2 * _stats().t.sf(abs(log_ratio) / standard_error, df))
-    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * standard_error
+    detectable_log = detection_factor(df) * standard_error
     return Verdict(ratio, p_value, threshold, counts, spread=math.expm1(noise.process_log_sd),
                    detectable=math.expm1(detectable_log), interval=_interval(log_ratio, standard_error, df),
                    rounds_p_value=rounds_p_value,
@@ -263,7 +267,7 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
     n_a, n_b = len(log_a), len(log_b)
     pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
     df = n_a + n_b - 2
-    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * pooled * math.sqrt(1 / n_a + 1 / n_b)
+    detectable_log = detection_factor(df) * pooled * math.sqrt(1 / n_a + 1 / n_b)
     # Welch's interval, to match its test: standard error and Welch-Satterthwaite degrees of freedom.
     se_a, se_b = var_a / n_a, var_b / n_b
     welch_df = (se_a + se_b) ** 2 / (se_a ** 2 / (n_a - 1) + se_b ** 2 / (n_b - 1)) if se_a + se_b > 0 else df
@@ -286,28 +290,36 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
         used = "calibration not used: these are its own pairs"
     elif noise is not None and noise.pair_log_sd is not None and noise.pair_df > 0:
         rounds = statistics.median(min(len(a), len(b)) for a, b in zip(base, cand))
-        calibrated = noise.pair_log_sd ** 2
-        excess_p = float(_stats().f.sf(variance / calibrated, n - 1, noise.pair_df)) if calibrated > 0 else 0.0
-        if rounds < noise.rounds_per_worker / 2:
+        calibrated = noise.pair_variance(rounds)
+        if calibrated is None:
             used = (f"calibration not used: {rounds:.0f} rounds per worker against its {noise.rounds_per_worker} "
                     f"(give the same --round-time)")
-        elif excess_p < ALPHA:
+        elif (excess_p := float(_stats().f.sf(variance / calibrated, n - 1, noise.pair_df))
+                if calibrated > 0 else 0.0) < ALPHA:
             used = (f"calibration not used: these pairs spread {math.expm1(sd):.1%}, significantly more than the "
-                    f"calibrated {math.expm1(noise.pair_log_sd):.1%} (p={excess_p:.2g}); recalibrate if the "
+                    f"calibrated {math.expm1(math.sqrt(calibrated)):.1%} (p={excess_p:.2g}); recalibrate if the "
                     f"machine changed")
         else:
             variance = ((n - 1) * variance + noise.pair_df * calibrated) / (n - 1 + noise.pair_df)
             df = n - 1 + noise.pair_df
-            used = f"pooled with the calibrated spread {math.expm1(noise.pair_log_sd):.1%}, {noise.describe()}"
+            at_rounds = "" if noise.round_log_sd is None else f" at {rounds:.0f} rounds"
+            used = (f"pooled with the calibrated spread{at_rounds} {math.expm1(math.sqrt(calibrated)):.1%}, "
+                    f"{noise.describe()}")
     standard_error = math.sqrt(variance / n)
     if standard_error == 0:  # identical estimates (planted data): no spread to test against
         p_value = 1.0 if mean == 0 else 0.0
     else:
         p_value = float(2 * _stats().t.sf(abs(mean) / standard_error, df))
-    detectable_log = (_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df)) * standard_error
+    detectable_log = detection_factor(df) * standard_error
     return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(math.sqrt(variance)),
                    detectable=math.expm1(detectable_log), paired=True,
                    interval=_interval(mean, standard_error, df), calibration=used, pooled=df > n - 1)
+
+
+def detection_factor(df: float) -> float:
+    """The smallest detectable change of a t-test on ``df`` degrees of freedom, in standard errors (two-sided
+    ALPHA, POWER): ``detectable_log = detection_factor(df) * standard_error``."""
+    return float(_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df))
 
 
 def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:

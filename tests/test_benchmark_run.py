@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from devicebench import devices
+from devicebench import calibration, devices, environment, results
 from devicebench.runner import run_benchmark
 from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig
@@ -49,8 +49,9 @@ class SizingGate:
         self.turn += 1
         return self.turn
 
-    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None) -> tuple[int, int]:
-        self.sizing.append((minimum_rounds, warmup_seconds))
+    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None,
+                          row: dict | None = None) -> tuple[int, int]:
+        self.sizing.append((minimum_rounds, warmup_seconds, row))
         return self.before_round(), 7
 
 
@@ -60,8 +61,13 @@ def test_a_worker_times_as_many_rounds_as_its_coordinator_sized_and_labels_each(
     extra = run_benchmark(RecordingBenchmark([]), tiny_workload, config, "test cpu", gate=gate)
     warmups = config.scale.warmup_rounds
     assert len(extra["round_seconds"]) == 7 and extra["round_sequence"] == list(range(warmups + 1, warmups + 8))
-    [(minimum, warmup_seconds)] = gate.sizing
+    [(minimum, warmup_seconds, row)] = gate.sizing
     assert minimum == config.scale.rounds and warmup_seconds > 0  # the last warm-up round's length
+    # The row it tells the coordinator it is, before timing, is the row it then saves, as a calibration keys it.
+    saved = results.Row("test_x", extra)
+    assert row["identity"] == json.loads(json.dumps(saved.identity.fields()))
+    assert row["machine"] == [*environment.machine_key()[:2], list(environment.machine_key()[2])]
+    assert row["torch_version"] == torch.__version__ and row["compiled_code"] == calibration.compiled_code(saved)
 
 
 def test_unknown_device_is_a_usage_error(tmp_path):

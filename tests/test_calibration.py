@@ -151,6 +151,8 @@ def test_a_compiled_row_uses_only_a_calibration_whose_workers_came_by_their_code
 
 def test_fewer_rounds_than_the_calibration_timed_do_not_use_it(tmp_path):
     found = calibrated(tmp_path, process_sd=0.01)  # 10 rounds per worker
+    for entry in found.entries:  # as written before calibrations recorded round noise
+        del entry["round_log_sd"], entry["round_df"]
     base, cand = planted_pairs(seed=4, pairs=3, rounds=4, effect=0.0, process_sd=0.01, drift_sd=0.05)
     verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
     assert "4 rounds per worker against its 10" in verdict.noise()
@@ -304,3 +306,86 @@ def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "calibration: 2 row(s) of this machine" in out and "test_mnist_mlp[cpu-seed] · standard" in out
     assert "spread between pairs 2.0%" in out
+
+
+def test_a_calibration_records_round_noise_and_tells_apart_the_noise_more_rounds_remove():
+    # An A/A whose workers differ by 2% and whose rounds vary 10% about their pair's: the round noise is measured
+    # about each pair's own, so the per-process part is what is left of the pair spread.
+    base, cand = planted_pairs(seed=21, pairs=40, rounds=20, effect=0.0, process_sd=0.02, drift_sd=0.0,
+                               round_sd=0.1 / math.sqrt(2))
+    [entry] = Calibration(Path("c.json")).add(run_of(base), run_of(cand), "planted A/A")
+    assert entry["round_log_sd"] == pytest.approx(0.1, rel=0.1) and entry["round_df"] == 40 * 19
+    noise = Calibration(Path("c.json"), [entry]).noise_for(run_of(cand), cand)
+    per_process = noise.per_process_variance()
+    assert math.sqrt(per_process) == pytest.approx(0.02 * math.sqrt(2), rel=0.35)
+    # At its own rounds the model gives the measured pair spread back; at four times the rounds, the round part is
+    # a quarter of what it was, the per-process part unchanged; at fewer rounds, more.
+    assert noise.pair_variance(20) == pytest.approx(entry["pair_log_sd"] ** 2)
+    round_part = noise.pair_variance(20) - per_process
+    assert noise.pair_variance(80) == pytest.approx(per_process + round_part / 4)
+    assert noise.pair_variance(5) == pytest.approx(per_process + round_part * 4)
+    # A calibration written before round noise was recorded holds only at about its own rounds.
+    old = calibration.Noise(0.03, 10, 0.05, 20, 40, "2026-12-01", "A/A")
+    assert old.pair_variance(40) == old.pair_variance(400) == pytest.approx(0.03 ** 2)
+    assert old.pair_variance(19) is None and old.per_process_variance() is None
+
+
+def test_two_calibrations_pool_their_round_noise_too(tmp_path):
+    found = Calibration(tmp_path / "calibration.json")
+    first = planted_pairs(seed=22, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)
+    second = [paired_row(row.processes, interleave_id="run@2")
+              for row in planted_pairs(seed=23, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0,
+                                       round_sd=0.05)]
+    [one] = found.add(run_of(first[0]), run_of(first[1]), "first")
+    [alone] = Calibration(tmp_path / "other.json").add(run_of(second[0]), run_of(second[1]), "second")
+    [both] = found.add(run_of(second[0]), run_of(second[1]), "second")
+    assert both["round_df"] == one["round_df"] + alone["round_df"] == 10 * 9
+    assert both["round_log_sd"] == pytest.approx(math.sqrt((36 * one["round_log_sd"] ** 2
+                                                            + 54 * alone["round_log_sd"] ** 2) / 90))
+
+
+def test_a_run_timing_more_rounds_than_the_calibration_is_judged_with_the_round_noise_it_has():
+    # Calibrated at 10 rounds: pairs spread 3%, nearly all of it round noise. A run of 40 rounds a worker pools
+    # the variance a pair has at 40 rounds, so it can detect a smaller change than at the calibration's 10.
+    noise = calibration.Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=0.075, round_df=180)
+    base, cand = planted_pairs(seed=24, pairs=3, rounds=40, effect=0.0, process_sd=0.002, drift_sd=0.0,
+                               round_sd=0.075 / math.sqrt(2))
+    verdict = significance.judge(base, cand, noise=noise)
+    assert verdict.pooled and "pooled with the calibrated spread at 40 rounds" in verdict.noise()
+    without_rounds = calibration.Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A")
+    assert verdict.detectable < 0.75 * significance.judge(base, cand, noise=without_rounds).detectable
+    # Fewer rounds than half the calibration's: with round noise known, it is used (and says its larger spread).
+    short_base, short_cand = planted_pairs(seed=25, pairs=3, rounds=4, effect=0.0, process_sd=0.002, drift_sd=0.0,
+                                           round_sd=0.075 / math.sqrt(2))
+    short = significance.judge(short_base, short_cand, noise=noise)
+    assert short.pooled and short.detectable > verdict.detectable
+    assert not significance.judge(short_base, short_cand, noise=without_rounds).pooled
+
+
+@pytest.mark.parametrize("pair_sd, round_sd, default, expected", [
+    # resnet18_cifar resident on the H200: reaches 5% in two pairs at the scale's rounds; not 33 of them.
+    (0.0049, 0.0124, 33, "few"),
+    # mnist_mlp seed: all round noise; more rounds than --round-time's 10 reach 10% (asked 9%) in three pairs.
+    (0.0613, 0.1543, 10, "three"),
+    # per-process part larger than three pairs can average: the rounds where round noise is down to it.
+    (0.0879, 0.1307, 5, "balance"),
+])
+def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default, expected):
+    from devicebench import processes
+
+    noise = calibration.Noise(pair_sd, 7, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=round_sd, round_df=100)
+    size = 0.10 if round_sd > 0.1 else 0.05
+    rounds = processes.rounds_for_size(noise, size, default)
+    factor = significance.detection_factor
+    if expected == "few":
+        assert rounds < 5
+        assert math.expm1(factor(1 + 7) * math.sqrt(noise.pair_variance(rounds) / 2)) <= 0.5 * size
+    elif expected == "balance":
+        per_process = noise.per_process_variance()
+        assert math.expm1(factor(2 + 7) * math.sqrt(per_process / 3)) > 0.9 * size  # no rounds would do
+        assert rounds == max(default, math.ceil(calibration.median_variance(round_sd, 1) / per_process))
+    else:
+        assert rounds > default
+        assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds) / 3)) <= 0.9 * size
+        assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds - 1) / 3)) > 0.9 * size
+    assert processes.rounds_for_size(calibration.Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None

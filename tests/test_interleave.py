@@ -81,6 +81,31 @@ def test_the_rounds_to_time_are_sized_once_per_test_from_the_slowest_warm_up_for
     assert interleave.rounds_for(10, 0.1, None) == interleave.rounds_for(10, None, 6.0) == 10
 
 
+def test_an_until_run_sizes_a_row_by_what_its_calibration_says_it_needs_within_the_caps():
+    asked = []
+
+    def wanted(row: dict, default: int) -> int | None:
+        asked.append((row["torch_version"], default))
+        return {"2.13": 50, "2.14": 80, "none": None}[row["torch_version"]]
+
+    def sized(rows: dict[str, str], warmups: dict[str, float]) -> int:
+        scheduler = Scheduler(["A", "B"], round_seconds=6.0, rounds_wanted=wanted)
+        for label in "AB":
+            scheduler.wait(label, Point(0, "test_x", 2, minimum_rounds=10, warmup_seconds=warmups[label],
+                                        row={"torch_version": rows[label]}))
+        _, _, point = scheduler.next_turn()
+        return scheduler.timed_rounds(point)
+
+    # Each worker's row is asked about, with the rounds --round-time gives (6 s at 0.2 s: 30); the most wins.
+    assert sized({"A": "2.13", "B": "2.14"}, {"A": 0.1, "B": 0.2}) == 80 and sorted(asked) == [("2.13", 30), ("2.14", 30)]
+    # A row the calibration cannot size keeps --round-time's count; fewer than it, when that is what is asked.
+    assert sized({"A": "none", "B": "none"}, {"A": 0.1, "B": 0.2}) == 30
+    assert sized({"A": "2.13", "B": "none"}, {"A": 0.1, "B": 0.1}) == 50
+    # No more than MAX_SIZED_SECONDS of rounds a worker (60 s at 1.5 s: 40), never fewer than the scale's 10.
+    assert sized({"A": "2.14", "B": "2.14"}, {"A": 1.5, "B": 1.5}) == 40
+    assert sized({"A": "2.14", "B": "2.14"}, {"A": 30.0, "B": 30.0}) == 10
+
+
 SIZED_WORKER = textwrap.dedent("""
     import json, sys, time
     from devicebench.interleave import gate_from_environment
@@ -266,7 +291,7 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float], row_s
     offsets = [0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2, 0.9]
     started = []
 
-    def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds):
+    def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds, rounds_wanted=None):
         started.append(index)
         left_out = {value.split("::")[-1] for option, value in zip(pytest_args, pytest_args[1:])
                     if option == "--deselect"}
@@ -354,6 +379,26 @@ def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
     started.clear()
     processes.run_interleaved(ENVS, None, [], tmp_path, "v", echo=lines.append, until=0.05, budget_seconds=600)
     assert started == [1, 2, 3]
+
+
+def test_the_environment_that_starts_first_and_leads_the_turns_rotates_from_pair_to_pair(monkeypatch, tmp_path):
+    orders = []
+
+    class Stop(Exception):
+        pass
+
+    def record(commands, cwd, logs, round_seconds=None, rounds_wanted=None):
+        orders.append("".join(commands))  # the labels, in the order the workers start and take turns
+        raise Stop
+
+    monkeypatch.setattr(processes.interleave, "run_workers", record)
+    three = [*ENVS, processes.Environment("C", sys.executable)]
+    for index in (1, 2, 3, 4):
+        with pytest.raises(Stop):
+            processes._run_pair(ENVS, index, [], tmp_path, lambda line: None, 0.0, 6.0)
+        with pytest.raises(Stop):
+            processes._run_pair(three, index, [], tmp_path, lambda line: None, 0.0, 6.0)
+    assert orders == ["AB", "ABC", "BA", "BCA", "AB", "CAB", "BA", "ABC"]
 
 
 def test_workers_compile_anew_unless_on_the_cpu_alone_or_the_user_keeps_the_code(tmp_path):
