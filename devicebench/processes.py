@@ -57,6 +57,16 @@ class UntilTarget:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """What a row's calibration (where it records round noise) expects of its pairs at the rounds it timed."""
+
+    pair_variance: float  # of a pair's estimate (log B/A) at ``rounds``
+    df: int  # the calibration's degrees of freedom
+    rounds: int
+    per_process_variance: float  # the part no number of rounds removes
+
+
+@dataclass(frozen=True)
 class RowProgress:
     """Where one row stands in an ``--until`` run: what its pairs so far could detect."""
 
@@ -66,6 +76,27 @@ class RowProgress:
     pairs: int
     detectable: float | None  # the worst over each environment against the first; None: cannot be judged
     calibrated: bool  # every verdict behind it pooled this machine's calibration (significance.py)
+    forecast: Forecast | None = None  # the worst over the environments compared
+
+    def pairs_needed(self, until: UntilTarget, most: int = 50) -> int | None:
+        """The pairs at which the calibration expects this row to reach its size (None: more than ``most``, or no
+        forecast): what to tell a user whose budget ended first."""
+        if self.forecast is None:
+            return None
+        from devicebench import significance
+
+        limit, forecast = math.log1p(until.for_pipeline(self.pipeline)), self.forecast
+        return next((n for n in range(2, most + 1) if significance.detection_factor(n - 1 + forecast.df)
+                     * math.sqrt(forecast.pair_variance / n) <= limit), None)
+
+    def forecast_text(self, until: UntilTarget) -> str:
+        if self.forecast is None:
+            return ""
+        needed = self.pairs_needed(until)
+        expected = f"about {needed} pairs" if needed else "more than 50 pairs"
+        return (f"; the calibration expects {expected} at {self.forecast.rounds} rounds a worker: "
+                f"{math.expm1(math.sqrt(self.forecast.per_process_variance)):.1%} of a pair's spread is per "
+                f"process, which more rounds do not remove")
 
     def reached(self, until: UntilTarget) -> bool:
         # Judged from MIN_PAIRS_FOR_UNTIL pairs, or from two where the calibration supplies the degrees of freedom.
@@ -529,6 +560,7 @@ def _progress_by_row(staging: Path, environments: list[Environment], pairs: int,
     for row in runs[0].rows:
         worst: float | None = 0.0
         calibrated = True
+        forecast = None
         for other_run in runs[1:]:
             other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
             noise = None if calibration is None or other is None else \
@@ -537,8 +569,14 @@ def _progress_by_row(staging: Path, environments: list[Environment], pairs: int,
             detectable = None if verdict is None else verdict.detectable
             calibrated = calibrated and verdict is not None and verdict.pooled
             worst = None if detectable is None or worst is None else max(worst, detectable)
+            if verdict is not None and verdict.pooled and noise.per_process_variance() is not None:
+                rounds = round(statistics.median(len(times) for times in other.processes))
+                candidate = Forecast(noise.pair_variance(rounds), noise.pair_df, rounds,
+                                     noise.per_process_variance())
+                if forecast is None or candidate.pair_variance > forecast.pair_variance:
+                    forecast = candidate
         found[row.test] = RowProgress(row.test, nodeids.get(row.test), row.extra.get("pipeline"),
-                                      len(row.processes), worst, calibrated)
+                                      len(row.processes), worst, calibrated, forecast)
     return found
 
 
@@ -561,7 +599,8 @@ def _until_report(progress: dict[str, RowProgress], until: UntilTarget, pairs: i
              f"({_clock(spent)} measured)"]
     lines += [f"    reached: {row.test} ({row.detectable:.1%} from {row.pairs} pairs)" for row in reached]
     lines += [f"    not reached: {row.test} ({'not judged' if row.detectable is None else f'{row.detectable:.1%}'}"
-              f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%})" for row in missed]
+              f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%}{row.forecast_text(until)})"
+              for row in missed]
     return "\n".join(lines)
 
 

@@ -401,6 +401,24 @@ def test_the_environment_that_starts_first_and_leads_the_turns_rotates_from_pair
     assert orders == ["AB", "ABC", "BA", "BCA", "AB", "CAB", "BA", "ABC"]
 
 
+def test_a_row_the_budget_stopped_short_says_how_many_pairs_its_calibration_expects(monkeypatch, tmp_path):
+    # The machine's A/A, ten pairs whose workers differ by 3% (their rounds alike: no round noise), kept as its
+    # calibration; an --until 2% run capped at 3 pairs cannot get there, and says what would.
+    fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
+    first, second = processes.run_interleaved(ENVS, 10, [], tmp_path, "cal", echo=lambda line: None)
+    found = Calibration(tmp_path / "calibration.json")
+    [entry] = found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    assert entry["round_log_sd"] == pytest.approx(0.0, abs=1e-12)
+    fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, 3, [], tmp_path, "u", echo=lines.append, until=0.02, calibration=found)
+    limit, sd, df = math.log1p(0.02), entry["pair_log_sd"], entry["pair_df"]
+    expected = next(n for n in range(2, 51) if significance.detection_factor(n - 1 + df) * sd / math.sqrt(n) <= limit)
+    assert expected > 3
+    assert (f"not reached: test_wobbly (" in lines[-2] and f"the calibration expects about {expected} pairs at 5 "
+            f"rounds a worker: {math.expm1(sd):.1%} of a pair's spread is per process" in lines[-2])
+
+
 def test_workers_compile_anew_unless_on_the_cpu_alone_or_the_user_keeps_the_code(tmp_path):
     env = processes.Environment("A", sys.executable)
     kept_dir = ["--compile-cache-dir", str((tmp_path / "compile-cache-A").resolve())]
