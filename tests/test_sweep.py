@@ -56,7 +56,8 @@ def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_inter
     lines.clear()  # the interruption is over: the same command resumes
     runs, skipped = sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments,
                                     echo=lines.append, round_seconds=ROUND_SECONDS)
-    assert lines[0] == "pair 1: already measured, kept" and lines[1].startswith("pair 2: A + again + slowed workers")
+    # Pair 2 resumes, its first environment turned by one (processes._run_pair).
+    assert lines[0] == "pair 1: already measured, kept" and lines[1].startswith("pair 2: again + slowed + A workers")
     assert [path.name for path in runs] == ["t-A.json", "t-again.json", "t-slowed.json"] and not skipped
     merged = json.loads(runs[0].read_text())
     assert merged["devicebench_run"]["processes"] == 3 and merged["devicebench_run"]["sweep_position"] == 0
