@@ -52,9 +52,20 @@ def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
         process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
         identity = entry["identity"]
         lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: "
-                     f"{entry['pairs']} pairs, spread between pairs {pair}, between processes {process} "
-                     f"({entry['measured'][:10]})")
+                     f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}, between processes "
+                     f"{process} ({entry['measured'][:10]})")
     return "\n".join(lines)
+
+
+def _split_of(entry: dict) -> str:
+    """How a calibrated pair spread divides into what more rounds remove and what they do not (calibration.py),
+    where the entry records its round noise."""
+    if entry.get("round_log_sd") is None or entry["pair_log_sd"] is None:
+        return ""
+    rounds = entry["rounds_per_worker"]
+    per_process = max(0.0, entry["pair_log_sd"] ** 2 - calibration.median_variance(entry["round_log_sd"], rounds))
+    return (f" at {rounds} rounds ({math.expm1(math.sqrt(per_process)):.1%} per process; a round's B/A varies "
+            f"{math.expm1(entry['round_log_sd']):.1%})")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -305,7 +305,16 @@ def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch)
     assert cli.main(["info", "--calibration", str(path)]) == 0
     out = capsys.readouterr().out
     assert "calibration: 2 row(s) of this machine" in out and "test_mnist_mlp[cpu-seed] · standard" in out
-    assert "spread between pairs 2.0%" in out
+    assert "spread between pairs 2.0%, between processes" in out
+    # An entry that records its round noise says how its pair spread divides.
+    data = json.loads(path.read_text())
+    data["entries"][0].update(pair_log_sd=math.log(1.05), round_log_sd=math.log(1.12), round_df=90,
+                              rounds_per_worker=10)
+    path.write_text(json.dumps(data))
+    assert cli.main(["info", "--calibration", str(path)]) == 0
+    per_process = math.sqrt(math.log(1.05) ** 2 - math.pi / 2 * math.log(1.12) ** 2 / 10)
+    assert (f"spread between pairs 5.0% at 10 rounds ({math.expm1(per_process):.1%} per process; a round's B/A "
+            f"varies 12.0%)") in capsys.readouterr().out
 
 
 def test_a_calibration_records_round_noise_and_tells_apart_the_noise_more_rounds_remove():
