@@ -75,10 +75,9 @@ class Noise:
         rounds."""
         if self.pair_log_sd is None:
             return None
-        measured = self.pair_log_sd ** 2
-        if self.round_log_sd is None or self.round_df <= 0:
-            return measured if rounds >= self.rounds_per_worker / 2 else None
-        per_process = max(0.0, measured - median_variance(self.round_log_sd, self.rounds_per_worker))
+        per_process = self.per_process_variance()
+        if per_process is None:
+            return self.pair_log_sd ** 2 if rounds >= self.rounds_per_worker / 2 else None
         return per_process + median_variance(self.round_log_sd, rounds)
 
     def per_process_variance(self) -> float | None:
@@ -86,7 +85,6 @@ class Noise:
         if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
             return None
         return max(0.0, self.pair_log_sd ** 2 - median_variance(self.round_log_sd, self.rounds_per_worker))
-
 
     def unlike_compiled_code(self, row: Row) -> str | None:
         """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.
@@ -119,9 +117,17 @@ def compiled_code(row: Row) -> str | None:
     return row.extra.get("compile_cache", UNRECORDED) if row.extra.get("compiled") else None
 
 
-def _recorded_compiled_code(entry: dict, row: Row) -> str | None:
+def _recorded_compiled_code(entry: dict, compiled: bool) -> str | None:
     """An entry's ``compiled_code``; UNRECORDED for a compiled row's entry written before the field existed."""
-    return entry.get("compiled_code", UNRECORDED if row.extra.get("compiled") else None)
+    return entry.get("compiled_code", UNRECORDED if compiled else None)
+
+
+def noise_of(entry: dict) -> Noise:
+    """One calibration entry as the Noise it describes."""
+    return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
+                 entry["rounds_per_worker"], entry["measured"], entry["how"], tuple(entry.get("sources", ())),
+                 entry["pairs"], _recorded_compiled_code(entry, bool(entry["identity"].get("compiled"))),
+                 entry.get("round_log_sd"), entry.get("round_df", 0))
 
 
 def compiled_code_of(identity: dict, compile_cache: str | None) -> str | None:
@@ -165,19 +171,15 @@ class Calibration:
 
     def noise_for(self, run: Run, row: Row) -> Noise | None:
         """The calibrated noise of this row on the machine and torch version of ``run``, if measured."""
-        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), bool(row.extra.get("compiled")))
+        return self.noise_at(_machine(run), run.torch_version, row.identity.fields())
 
-    def noise_at(self, machine: list, torch_version: str, identity: dict, compiled: bool) -> Noise | None:
+    def noise_at(self, machine: list, torch_version: str, identity: dict) -> Noise | None:
         """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
-        ``torch_version``, if measured; ``compiled``: the row compiles (its entry then says how)."""
+        ``torch_version``, if measured."""
         key = _key(machine, torch_version, _jsonable(identity))
         for entry in self.entries:
             if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
-                recorded = entry.get("compiled_code", UNRECORDED if compiled else None)
-                return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
-                             entry["rounds_per_worker"], entry["measured"], entry["how"],
-                             tuple(entry.get("sources", ())), entry["pairs"], recorded,
-                             entry.get("round_log_sd"), entry.get("round_df", 0))
+                return noise_of(entry)
         return None
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
@@ -209,7 +211,7 @@ class Calibration:
                            None)
             if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
                     and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2 \
-                    and _recorded_compiled_code(earlier, row) == entry["compiled_code"]:
+                    and _recorded_compiled_code(earlier, bool(row.extra.get("compiled"))) == entry["compiled_code"]:
                 entry = _pooled(earlier, entry)
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]

@@ -60,12 +60,12 @@ def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
 def _split_of(entry: dict) -> str:
     """How a calibrated pair spread divides into what more rounds remove and what they do not (calibration.py),
     where the entry records its round noise."""
-    if entry.get("round_log_sd") is None or entry["pair_log_sd"] is None:
+    noise = calibration.noise_of(entry)
+    per_process = noise.per_process_variance()
+    if per_process is None:
         return ""
-    rounds = entry["rounds_per_worker"]
-    per_process = max(0.0, entry["pair_log_sd"] ** 2 - calibration.median_variance(entry["round_log_sd"], rounds))
-    return (f" at {rounds} rounds ({math.expm1(math.sqrt(per_process)):.1%} per process; a round's B/A varies "
-            f"{math.expm1(entry['round_log_sd']):.1%})")
+    return (f" at {noise.rounds_per_worker} rounds ({math.expm1(math.sqrt(per_process)):.1%} per process; a round's "
+            f"B/A varies {math.expm1(noise.round_log_sd):.1%})")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

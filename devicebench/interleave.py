@@ -189,7 +189,7 @@ class Scheduler:
 MAX_TIMED_ROUNDS = 200  # a 7 ms round (mnist_mlp tuned on an H200) would otherwise time thousands
 # The most a worker's timed rounds of one row may last when sized by the calibration: a row whose pairs differ by
 # more than round noise gains little from more rounds, and a pair of two workers of the whole suite should stay
-# within a few minutes (H200: ~3 min; resnet18_cifar seed's 3.5 s rounds take 38 s a worker at 11 rounds).
+# within a few minutes (H200: 3.5-4 min; resnet18_cifar seed was sized to 8 rounds of about 3.3 s).
 MAX_SIZED_SECONDS = 60.0
 
 

@@ -294,11 +294,14 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
 
     Which environment's worker starts first and leads the turns rotates from pair to pair (A B, then B A; with
     three, A B C, B C A, C A B), so that whatever goes with a place in that order is spread over the
-    environments alike instead of landing on one for the whole run. On the H200 host the pairs of one A/A run
-    shared a sign more than their rounds' noise allows (mnist_mlp resident, five runs of 2-4 pairs: run means
+    environments alike instead of landing on one for the whole run. Why: on the H200 host the pairs of one A/A
+    run shared a sign more than their rounds' noise allows (mnist_mlp resident, five runs of 2-4 pairs: run means
     +3.4% with all four pairs above zero, -4.5% with all three below, where the rounds allow 1.0-2.1%;
-    chi-square p=5e-5; resnet18_cifar seed: -15.6% over two pairs, p=0.03): something lasts a run and tells
-    its two workers apart, and their place in that order is the one thing that does."""
+    chi-square p=5e-5; resnet18_cifar seed: -15.6% over two pairs, p=0.03), and the place was the one thing
+    that told the two workers apart. Measured since, it is not shown to be the cause (H200, mnist_mlp, 7 pairs
+    alternating: A-first and B-first pairs alike, Welch p=0.69 and 0.96; 2-core VM: an A/A's mnist_mlp resident
+    pairs moved with the time in the run, not the place; docs/comparing.md), so the rotation stays as plain
+    counterbalancing, which costs nothing."""
     shift = (index - 1) % len(environments)
     environments = environments[shift:] + environments[:shift]
     labels = [env.label for env in environments]
@@ -487,7 +490,7 @@ def _rounds_wanted(calibration: Calibration | None, until: UntilTarget | None
 
     def wanted(row: dict, default: int) -> int | None:
         identity = row["identity"]
-        noise = calibration.noise_at(row["machine"], row["torch_version"], identity, bool(identity.get("compiled")))
+        noise = calibration.noise_at(row["machine"], row["torch_version"], identity)
         if noise is None or noise.compiled_code != row.get("compiled_code"):  # the verdict would not use it
             return None
         return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default)
@@ -511,12 +514,13 @@ def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
     (significance.py). So:
 
     - a row that reaches TWO_PAIR_MARGIN of its size in MIN_PAIRS_CALIBRATED pairs with no more than ``default``
-      rounds gets the rounds that does (H200: resnet18_cifar resident and tuned time 33 and 113 rounds a worker by
-      ``--round-time``, where 5 do; the time goes to the rows that need it);
+      rounds gets the rounds that does (H200: resnet18_cifar resident and tuned, 33 and 113 rounds a worker by
+      ``--round-time``, were sized to 5 and reached 2.0% and 2.8% in two pairs);
     - else the rounds that reach THREE_PAIR_MARGIN of it in MIN_PAIRS_FOR_UNTIL pairs, no fewer than ``default``
-      (H200: mnist_mlp resident, 0.15 s rounds that vary 11%, 87 where ``--round-time`` gives 35);
+      (H200: mnist_mlp seed, nearly all round noise, 15 where ``--round-time`` gives 10);
     - a row whose per-process part alone is more than that many pairs can average gets the rounds at which its
-      round noise is down to its per-process part (more buy little), no fewer than ``default``.
+      round noise is down to its per-process part (more buy little), no fewer than ``default`` (H200: mnist_mlp
+      resident, 2.8% per process, and resnet18_cifar seed, 5.8%).
     """
     per_process = noise.per_process_variance()
     if per_process is None:
@@ -569,10 +573,10 @@ def _progress_by_row(staging: Path, environments: list[Environment], pairs: int,
             detectable = None if verdict is None else verdict.detectable
             calibrated = calibrated and verdict is not None and verdict.pooled
             worst = None if detectable is None or worst is None else max(worst, detectable)
-            if verdict is not None and verdict.pooled and noise.per_process_variance() is not None:
+            per_process = noise.per_process_variance() if verdict is not None and verdict.pooled else None
+            if per_process is not None:
                 rounds = round(statistics.median(len(times) for times in other.processes))
-                candidate = Forecast(noise.pair_variance(rounds), noise.pair_df, rounds,
-                                     noise.per_process_variance())
+                candidate = Forecast(noise.pair_variance(rounds), noise.pair_df, rounds, per_process)
                 if forecast is None or candidate.pair_variance > forecast.pair_variance:
                     forecast = candidate
         found[row.test] = RowProgress(row.test, nodeids.get(row.test), row.extra.get("pipeline"),
@@ -728,7 +732,8 @@ def _stats(values: list[float]) -> dict:
 
 def _summary(run: dict) -> str:
     parts = [f"{b['name'].removeprefix('test_')} {b['extra_info']['samples_per_s']:,.0f}/s"
-             f"{_rounds_timed(b['extra_info'])}" for b in run["benchmarks"] if "samples_per_s" in b.get("extra_info", {})]
+             f"{_rounds_timed(b['extra_info'])}"
+             for b in run["benchmarks"] if "samples_per_s" in b.get("extra_info", {})]
     return "; ".join(parts) or "no rows (all skipped?)"
 
 
