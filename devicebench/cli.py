@@ -88,7 +88,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
         count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
         written = processes.run_interleaved([env_a, env_b], count, pytest_args, Path(args.output_dir),
-                                            args.name, budget_seconds=args.budget, round_seconds=args.round_time)
+                                            args.name, budget_seconds=args.budget, round_seconds=args.round_time,
+                                            pin_rounds=args.pin_rounds == "pair")
         round_time = processes.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
         how = (f"devicebench calibrate, round time {round_time:g}s: "
                f"{' '.join(pytest_args)} (runs {written[0].name}, {written[1].name})")
@@ -171,7 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
                                     pip_args=args.pip_args.split(), environments=environments,
                                     until=_until_target(args.until), budget_seconds=args.budget,
-                                    round_seconds=args.round_time,
+                                    round_seconds=args.round_time, pin_rounds=args.pin_rounds == "pair",
                                     calibration=calibration.Calibration.load(args.calibration))
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
@@ -192,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         [processes.Environment("current", sys.executable)]
     processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
                               until=_until_target(args.until), budget_seconds=args.budget,
-                              round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration))
+                              round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
+                              pin_rounds=args.pin_rounds == "pair")
     return 0
 
 
@@ -292,12 +294,21 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                              f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
                              "more rounds for fast rows, a tighter estimate per pair; 0: the scale's rounds, as "
                              "a plain pytest run times them (calibrate so for single-process comparisons)")
+    _add_pin_rounds_option(parser)
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
     _add_calibration_option(parser)
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
                         help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+
+
+def _add_pin_rounds_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pin-rounds", choices=("pair", "off"), default="pair",
+                        help="with two or more --env: pair (default) runs the accelerator rows' rounds of both "
+                             "workers of a pair on one core, another each pair, so that what a core is worth "
+                             "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
+                             "puts them (a wrapper's own DEVICEBENCH_ROUND_CORE still applies)")
 
 
 def _add_calibration_option(parser: argparse.ArgumentParser) -> None:

@@ -226,10 +226,11 @@ class Worker:
         self.turns.flush()
 
 
-def start_worker(label: str, command: list[str], cwd: Path, log: Path) -> Worker:
+def start_worker(label: str, command: list[str], cwd: Path, log: Path, extra_environment: dict | None = None
+                 ) -> Worker:
     turns_read, turns_write = os.pipe()
     requests_read, requests_write = os.pipe()
-    environment = {**os.environ, GATE_VARIABLE: f"{turns_read},{requests_write}"}
+    environment = {**os.environ, **(extra_environment or {}), GATE_VARIABLE: f"{turns_read},{requests_write}"}
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
@@ -239,10 +240,11 @@ def start_worker(label: str, command: list[str], cwd: Path, log: Path) -> Worker
 
 
 def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path],
-                round_seconds: float | None = None, rounds_wanted: Callable[[dict, int], int | None] | None = None
-                ) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
+                round_seconds: float | None = None, rounds_wanted: Callable[[dict, int], int | None] | None = None,
+                extra_environment: dict | None = None) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
     """Run one worker per label, taking turns, until every one has exited: their exit codes, and the schedule
     (sequence number, label, point) of every turn given. ``round_seconds``, ``rounds_wanted``: Scheduler._size.
+    ``extra_environment``: variables every worker gets on top of this process's (the pair's round core).
 
     On any error (a worker's protocol breaks, the tests differ, Ctrl-C) every worker still running is stopped.
     """
@@ -253,7 +255,7 @@ def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path]
     started = time.monotonic()
     try:
         for label in labels:
-            workers[label] = start_worker(label, commands[label], cwd, logs[label])
+            workers[label] = start_worker(label, commands[label], cwd, logs[label], extra_environment)
         for label in labels:  # each runs its start-up (imports, collection) up to its first gate
             _take_request(scheduler, workers[label])
         failed = [label for label in labels if workers[label].process.returncode not in (None, 0)]

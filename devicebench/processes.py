@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from devicebench import interleave, results, stability
+from devicebench import affinity, interleave, results, stability
 from devicebench.calibration import Calibration, Noise, median_variance
 from devicebench.errors import DevicebenchError, UsageError
 
@@ -126,7 +126,7 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
                     output_dir: Path, name: str, echo: Callable[[str], None] = print,
                     sweep_positions: dict[str, int] | None = None, until: float | UntilTarget | None = None,
                     budget_seconds: float | None = None, round_seconds: float | None = None,
-                    calibration: Calibration | None = None) -> list[Path]:
+                    calibration: Calibration | None = None, pin_rounds: bool = True) -> list[Path]:
     """Measure the suite in every environment and write one merged run per environment.
 
     One environment: ``processes`` fresh pytest processes, one after another. Two or more: worker pairs (one live
@@ -137,6 +137,8 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
     default DEFAULT_ROUND_SECONDS); on cuda each worker compiles anew, on the cpu alone an environment keeps its
     compiled code (_compile_cache_args).
     ``calibration``: this machine's measured noise, which the detectable changes of ``until`` use.
+    ``pin_rounds``: the workers of a pair run their accelerator rows' rounds on one core, another each pair
+    (affinity.py says why).
     ``sweep_positions`` (from ``devicebench sweep``) records each environment's place in the sweep, so that
     ``history`` can order environments that share a torch version.
     """
@@ -161,7 +163,8 @@ def run_interleaved(environments: list[Environment], processes: int | None, pyte
         count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, pytest_args, staging, echo)
     else:
         count = _run_pairs(environments, processes, pytest_args, staging, echo, until, budget_seconds,
-                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds, calibration)
+                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds, calibration,
+                           pin_rounds)
     plan = json.loads((staging / "plan.json").read_text())
     written = []
     for env in environments:
@@ -223,7 +226,7 @@ def _run_sequential(env: Environment, processes: int, pytest_args: list[str], st
 
 def _run_pairs(environments: list[Environment], processes: int | None, pytest_args: list[str], staging: Path,
                echo: Callable[[str], None], until: UntilTarget | None, budget_seconds: float | None,
-               round_seconds: float, calibration: Calibration | None = None) -> int:
+               round_seconds: float, calibration: Calibration | None = None, pin_rounds: bool = True) -> int:
     """Worker pairs (one live worker per environment, rounds alternated) until the plan says stop; how many.
 
     Without ``until``: ``processes`` pairs (default 5). With it: pairs until every row's smallest detectable
@@ -279,7 +282,8 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
                  f"{', '.join(row.test.removeprefix('test_') for row in reached)}")
         spent += _compile_before_the_pairs(environments, pytest_args, staging, echo)
         pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
-                                 round_seconds, _rounds_wanted(calibration, until))
+                                 round_seconds, _rounds_wanted(calibration, until),
+                                 affinity.core_for_pair(index, affinity.allowed_cores()) if pin_rounds else None)
         spent += pair_seconds
         index += 1
     if until is not None:
@@ -289,8 +293,10 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
 
 def _run_pair(environments: list[Environment], index: int, pytest_args: list[str], staging: Path,
               echo: Callable[[str], None], spent: float, round_seconds: float,
-              rounds_wanted: Callable[[dict, int], int | None] | None = None) -> float:
+              rounds_wanted: Callable[[dict, int], int | None] | None = None, round_core: int | None = None
+              ) -> float:
     """One worker per environment, taking turns round by round; their files are kept only if all succeed.
+    ``round_core``: the core every worker of the pair pins its accelerator rows' rounds to (affinity.py).
 
     Which environment's worker starts first and leads the turns rotates from pair to pair (A B, then B A; with
     three, A B C, B C A, C A B), so that whatever goes with a place in that order is spread over the
@@ -305,7 +311,8 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
     shift = (index - 1) % len(environments)
     environments = environments[shift:] + environments[:shift]
     labels = [env.label for env in environments]
-    echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated ({_clock(spent)} measured so far)")
+    on_core = f", accelerator rounds on core {round_core}" if round_core is not None else ""
+    echo(f"pair {index}: {' + '.join(labels)} workers, rounds alternated{on_core} ({_clock(spent)} measured so far)")
     parts = {env.label: _staged(staging, env.label, index).with_suffix(".part") for env in environments}
     logs = {env.label: _staged(staging, env.label, index).with_suffix(".log") for env in environments}
     once = _first_pair_only(index, pytest_args)
@@ -313,7 +320,9 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
                                                  *pytest_args], parts[env.label]) for env in environments}
     started = time.monotonic()
     try:
-        codes, schedule = interleave.run_workers(commands, REPO, logs, round_seconds, rounds_wanted)
+        codes, schedule = interleave.run_workers(
+            commands, REPO, logs, round_seconds, rounds_wanted,
+            {affinity.ROUND_CORE_VARIABLE: str(round_core)} if round_core is not None else None)
     except BaseException:
         for part in parts.values():
             part.unlink(missing_ok=True)

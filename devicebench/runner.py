@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 import devicebench
-from devicebench import counts, devices, efficiency, fallback, profiling, schema, stability
+from devicebench import affinity, counts, devices, efficiency, fallback, profiling, schema, stability
 from devicebench.errors import DevicebenchError, DeviceOutOfMemory
 from devicebench.interleave import RoundGate
 from devicebench.tuning import apply_backend_flags
@@ -75,6 +75,7 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "warmup_rounds": scale.warmup_rounds,
         "compile_cache": config.compile_cache,
         "planted_slowdown_fraction": config.slowdown_fraction,
+        "round_core": timing.round_core,
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
@@ -133,6 +134,7 @@ class _Timed:
     val_accuracy: float
     profile: dict | None
     step_counts: dict  # counts.py's fields; {} when not counted
+    round_core: int | None  # the core the rounds' thread was pinned to (affinity.py); None: not pinned
 
 
 def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
@@ -172,26 +174,31 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
     # Until the row is complete it is marked failed, so a run interrupted in its rounds (Ctrl-C) never saves
     # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
     benchmark.has_error = True
+    # An accelerator row's rounds run with this thread on the pair's core (affinity.py); a cpu row's never.
+    core = config.round_core if config.device.type != "cpu" else None
+    if core is not None:
+        affinity.start_thread_pool()
     try:
-        # Warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run here rather than in
-        # pedantic, so that a worker of an interleaved run can learn how many rounds to time from them.
-        for _ in range(scale.warmup_rounds):
+        with affinity.main_thread_on(core) as pinned:
+            # Warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run here rather than
+            # in pedantic, so that a worker of an interleaved run can learn how many rounds to time from them.
+            for _ in range(scale.warmup_rounds):
+                if gate is not None:
+                    wait_for_turn()
+                one_round()
             if gate is not None:
-                wait_for_turn()
-            one_round()
-        if gate is not None:
-            last_warmup = done[-1].seconds if done else None
-            turn, planned["rounds"] = gate.first_timed_round(
-                scale.rounds, last_warmup, calibration_key(workload, config, device_name, run))
-            held_turn.append(turn)
-        benchmark.pedantic(one_round, rounds=planned["rounds"], warmup_rounds=0, iterations=1,
-                           setup=wait_for_turn if gate is not None else None)
+                last_warmup = done[-1].seconds if done else None
+                turn, planned["rounds"] = gate.first_timed_round(
+                    scale.rounds, last_warmup, calibration_key(workload, config, device_name, run))
+                held_turn.append(turn)
+            benchmark.pedantic(one_round, rounds=planned["rounds"], warmup_rounds=0, iterations=1,
+                               setup=wait_for_turn if gate is not None else None)
     finally:
         gc.unfreeze()
     val_loss, val_accuracy = run.final_evaluation()
     step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts)
+    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts, pinned)
 
 
 _FLOP_COUNTS: dict = {}

@@ -66,6 +66,9 @@ FIELDS: dict[str, str] = {
     "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch and validation pass "
                                  "made this fraction longer on the device; 0 for a real measurement. Not part of the identity, so "
                                  "a planted run compares with a clean one",
+    "round_core": "the core the thread running the rounds was pinned to, the same for both workers of a pair "
+                  "(affinity.py; DEVICEBENCH_ROUND_CORE); null: not pinned (a cpu row, a plain run, no affinity "
+                  "call)",
     # workload and pipeline options
     "workers": "DataLoader workers (resnet18_cifar seed)",
     "optimizer": "resnet18_cifar optimizer",

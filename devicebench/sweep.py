@@ -113,7 +113,7 @@ def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list
               environments: list[processes.Environment] | None = None,
               echo: Callable[[str], None] = print, until: "float | processes.UntilTarget | None" = None,
               budget_seconds: float | None = None, calibration: Calibration | None = None,
-              round_seconds: float | None = None) -> tuple[list[Path], list[Skipped]]:
+              round_seconds: float | None = None, pin_rounds: bool = True) -> tuple[list[Path], list[Skipped]]:
     """Measure every version (or the given ``environments``, which need no build); return runs and skips."""
     if not versions and not environments:
         raise UsageError("give the torch versions to sweep, e.g. --torch 2.11.0 2.12.1 2.13.0 2.14.1")
@@ -137,5 +137,5 @@ def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list
         processes.run_interleaved(todo, processes_per_version, pytest_args, output_dir, name, echo,
                                   sweep_positions=positions, until=until if len(todo) > 1 else None,
                                   budget_seconds=budget_seconds, round_seconds=round_seconds,
-                                  calibration=calibration)
+                                  calibration=calibration, pin_rounds=pin_rounds)
     return [Path(output_dir) / f"{name}-{env.label}.json" for env in ready], skipped

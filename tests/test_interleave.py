@@ -291,7 +291,7 @@ def fake_pairs(monkeypatch, pair_seconds: float, spread: dict[str, float], row_s
     offsets = [0.0, 1.0, -1.0, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2, 0.9]
     started = []
 
-    def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds, rounds_wanted=None):
+    def run_pair(environments, index, pytest_args, staging, echo, spent, round_seconds, rounds_wanted=None, round_core=None):
         started.append(index)
         left_out = {value.split("::")[-1] for option, value in zip(pytest_args, pytest_args[1:])
                     if option == "--deselect"}
@@ -387,7 +387,7 @@ def test_the_environment_that_starts_first_and_leads_the_turns_rotates_from_pair
     class Stop(Exception):
         pass
 
-    def record(commands, cwd, logs, round_seconds=None, rounds_wanted=None):
+    def record(commands, cwd, logs, round_seconds=None, rounds_wanted=None, extra_environment=None):
         orders.append("".join(commands))  # the labels, in the order the workers start and take turns
         raise Stop
 

@@ -48,6 +48,9 @@ class RunConfig:
     # A planted slowdown for checking what a comparison detects: each training epoch and validation pass made this
     # fraction longer than its own length, on the device (run_round). 0: none.
     slowdown_fraction: float = 0.0
+    # The core the rounds' thread is pinned to on an accelerator (affinity.py): the same for both workers of a
+    # pair, so what the core is worth cancels in their ratio. None: not pinned.
+    round_core: int | None = None
 
 
 @dataclass
