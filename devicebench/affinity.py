@@ -52,6 +52,12 @@ def round_core_from_environment(source: str = ROUND_CORE_VARIABLE) -> int | None
     return core
 
 
+def core_for_rounds(device_type: str, core: int | None) -> int | None:
+    """The core a row's rounds run on: the pair's, for an accelerator row; None for a cpu row, whose work is the
+    intra-op pool that one core would change."""
+    return core if device_type != "cpu" else None
+
+
 def core_for_pair(index: int, cores: list[int]) -> int | None:
     """The core pair ``index`` (from 1) pins its rounds to: the allowed cores in turn, leaving out the first
     (core 0 takes most interrupts on Linux) where there are others; None with fewer than two cores, where a

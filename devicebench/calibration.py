@@ -65,26 +65,39 @@ class Noise:
         """The variance of a pair's estimate (log B/A) when each worker times ``rounds`` rounds; None when this
         calibration cannot say (no pair spread, or fewer rounds than half its own and no round noise recorded).
 
-        The model: a pair's estimate is its workers' own difference (what each process compiled, its layout:
-        fixed for its life, the same at any number of rounds) plus the median of its rounds' noise, whose
-        variance falls as 1/rounds (times pi/2, a median's cost against a mean on normal noise). The A/A gives
-        the sum at its rounds (``pair_log_sd``) and the round noise alone (``round_log_sd``); the difference is
-        the per-process part. Checked on the H200's stored A/As (20 pairs of mnist_mlp seed and resident, 12 of
-        resnet18_cifar seed): the round noise alone predicts their spread about zero at 5.8, 3.1 and 8.8% against
-        the 6.0, 3.7 and 8.0% measured. Without ``round_log_sd`` the calibration holds only at about its own
-        rounds."""
+        The model: a pair's estimate is its workers' own difference (fixed for their life, the same at any number
+        of rounds: the per-process part) plus the median of its rounds' noise, whose variance falls as 1/rounds
+        (``round_variance``). The A/A gives the sum at its rounds (``pair_log_sd``) and the round noise
+        (``round_log_sd``); the difference is the per-process part. At the A/A's own rounds this is always the
+        pair spread it measured. Checked on the H200's stored A/As (20 pairs of mnist_mlp seed and resident, 12 of
+        resnet18_cifar seed, workers free): the round noise alone predicts their spread about zero at 5.8, 3.1
+        and 8.8% against the 6.0, 3.7 and 8.0% measured. Without ``round_log_sd`` the calibration holds only at
+        about its own rounds."""
         if self.pair_log_sd is None:
             return None
         per_process = self.per_process_variance()
         if per_process is None:
             return self.pair_log_sd ** 2 if rounds >= self.rounds_per_worker / 2 else None
-        return per_process + median_variance(self.round_log_sd, rounds)
+        return per_process + self.round_variance() / max(rounds, 1)
+
+    def round_variance(self) -> float | None:
+        """A pair's round-noise variance at one round a worker (divide by the rounds); None if not recorded.
+
+        From the rounds' spread as a median of independent normal rounds has it, but never more than the pairs
+        showed: rounds whose times jump between levels (H200 host, rounds pinned to a core: mnist_mlp seed 0.63 s
+        then 0.45 s from one round to the next, on both workers) have a standard deviation far above what moves
+        the median of their ratios. resnet18_cifar seed, pinned: its rounds' spread predicts pairs 8.7% apart, six
+        pairs measured 2.9% (chi-square p=0.005). So the pair spread measured caps it, at the A/A's rounds."""
+        if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
+            return None
+        return min(median_variance(self.round_log_sd, 1), self.pair_log_sd ** 2 * self.rounds_per_worker)
 
     def per_process_variance(self) -> float | None:
         """The part of a pair's variance that more rounds do not shrink (``pair_variance``); None if unknown."""
-        if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
+        round_variance = self.round_variance()
+        if round_variance is None:
             return None
-        return max(0.0, self.pair_log_sd ** 2 - median_variance(self.round_log_sd, self.rounds_per_worker))
+        return max(0.0, self.pair_log_sd ** 2 - round_variance / self.rounds_per_worker)
 
     def unlike_compiled_code(self, row: Row) -> str | None:
         """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench import affinity, interleave, results, stability
-from devicebench.calibration import Calibration, Noise, median_variance
+from devicebench.calibration import Calibration, Noise
 from devicebench.errors import DevicebenchError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: benchmarks/, conftest.py and fixtures/ live here
@@ -267,8 +267,10 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         if budget_seconds is not None and done and spent + next_pair > budget_seconds:
             echo(f"budget {_clock(budget_seconds)} spent ({_clock(spent)} measured; the next pair would take about "
                  f"{_clock(next_pair)}): stopping after {done} pairs")
-            if until is not None and done < MIN_PAIRS_FOR_UNTIL:
-                # Say what would let --until judge, rather than leave the user with "0 of 0 rows".
+            if until is not None and done < MIN_PAIRS_FOR_UNTIL and not any(row.calibrated for row in
+                                                                            progress.values()):
+                # Say what would let --until judge, rather than leave the user with "0 of 0 rows". (Rows the
+                # calibration lets it judge from two pairs get their own figures and forecasts below.)
                 needed = math.ceil(MIN_PAIRS_FOR_UNTIL * spent / done / 60)
                 echo(f"    --until judges from {MIN_PAIRS_FOR_UNTIL} pairs on, and at {_clock(spent / done)} a pair "
                      f"this budget holds {done}: give --budget {needed}m or more, or fewer rows (-k); the same "
@@ -536,7 +538,7 @@ def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
         return None
     from devicebench import significance
 
-    round_variance = median_variance(noise.round_log_sd, 1)  # a pair's round noise at one round
+    round_variance = noise.round_variance()  # a pair's round noise at one round
 
     def room(pairs: int, target: float) -> float:
         """The round noise a pair may have so that ``pairs`` pairs detect ``target``."""

@@ -175,7 +175,7 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
     # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
     benchmark.has_error = True
     # An accelerator row's rounds run with this thread on the pair's core (affinity.py); a cpu row's never.
-    core = config.round_core if config.device.type != "cpu" else None
+    core = affinity.core_for_rounds(config.device.type, config.round_core)
     if core is not None:
         affinity.start_thread_pool()
     try:

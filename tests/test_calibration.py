@@ -13,7 +13,7 @@ import pytest
 from devicebench import calibration, cli, results, significance
 from devicebench.calibration import Calibration
 from devicebench.errors import UsageError
-from devicebench.results import Run
+from devicebench.results import Row, Run
 from pytest_runs import REPO
 from test_interleave import paired_row, planted_pairs
 
@@ -338,6 +338,34 @@ def test_a_calibration_records_round_noise_and_tells_apart_the_noise_more_rounds
     assert old.pair_variance(40) == old.pair_variance(400) == pytest.approx(0.03 ** 2)
     assert old.pair_variance(19) is None and old.per_process_variance() is None
 
+
+
+def test_round_noise_never_says_more_than_the_pairs_showed():
+    # Rounds whose times jump between levels (H200, pinned resnet18_cifar seed: rounds vary 20.7%, yet four pairs
+    # of 5 rounds spread 2.6%) would make the median model predict pairs 11.6% apart. At its own rounds the
+    # calibration is the pair spread it measured, all of it round noise; at twice the rounds, half the variance.
+    noise = calibration.Noise(0.026, 4, 0.15, 6, 5, "2026-12-03", "A/A", round_log_sd=0.207, round_df=16)
+    assert calibration.median_variance(0.207, 5) > 10 * 0.026 ** 2
+    assert noise.per_process_variance() == 0.0
+    assert noise.pair_variance(5) == pytest.approx(0.026 ** 2)
+    assert noise.pair_variance(10) == pytest.approx(0.026 ** 2 / 2)
+    # Where the pairs spread more than their rounds explain, the rounds' own figure stands (and the rest is per
+    # process), as before.
+    wider = calibration.Noise(0.05, 10, 0.15, 6, 10, "2026-12-03", "A/A", round_log_sd=0.05, round_df=90)
+    assert wider.round_variance() == pytest.approx(calibration.median_variance(0.05, 1))
+    assert wider.pair_variance(10) == pytest.approx(0.05 ** 2)
+
+
+def test_pinned_and_unpinned_calibrations_of_a_row_are_not_pooled(tmp_path):
+    found = Calibration(tmp_path / "calibration.json")
+    first = planted_pairs(seed=26, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)
+    pinned = [Row(row.test, {**paired_row(row.processes, interleave_id="run@2").extra, "round_core": 3})
+              for row in planted_pairs(seed=27, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0,
+                                       round_sd=0.05)]
+    [one] = found.add(run_of(first[0]), run_of(first[1]), "free")
+    [two] = found.add(run_of(pinned[0]), run_of(pinned[1]), "pinned")
+    assert not one["pinned_rounds"] and two["pinned_rounds"]
+    assert two["pairs"] == 6 and found.entries == [two]  # replaced, not pooled
 
 def test_two_calibrations_pool_their_round_noise_too(tmp_path):
     found = Calibration(tmp_path / "calibration.json")

@@ -401,6 +401,33 @@ def test_the_environment_that_starts_first_and_leads_the_turns_rotates_from_pair
     assert orders == ["AB", "ABC", "BA", "BCA", "AB", "CAB", "BA", "ABC"]
 
 
+
+@pytest.mark.parametrize("pin_rounds", [True, False])
+def test_every_worker_of_a_pair_gets_the_pairs_core_and_the_next_pair_the_next_core(monkeypatch, tmp_path,
+                                                                                     pin_rounds):
+    given = []
+
+    def record(commands, cwd, logs, round_seconds=None, rounds_wanted=None, extra_environment=None):
+        given.append(extra_environment)  # what every worker of the pair gets on top of this process's variables
+        for label, command in commands.items():  # each worker's file, as a finished worker leaves it
+            json_file = Path(next(arg for arg in command if arg.startswith("--benchmark-json="))
+                             .split("=", 1)[1])
+            json_file.write_text(json.dumps(staged_run({"test_row": [1.0] * 5})))
+            Path(logs[label]).write_text("")
+        return {label: 0 for label in commands}, []
+
+    monkeypatch.setattr(processes.interleave, "run_workers", record)
+    monkeypatch.setattr(processes.affinity, "allowed_cores", lambda: [0, 1, 2])
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, 3, [], tmp_path, "pin", echo=lines.append, pin_rounds=pin_rounds)
+    if pin_rounds:
+        assert given == [{"DEVICEBENCH_ROUND_CORE": core} for core in ("1", "2", "1")]
+        assert any(line.startswith("pair 2: B + A workers, rounds alternated, accelerator rounds on core 2 (")
+                   for line in lines)
+    else:
+        assert given == [None, None, None] and not any("on core" in line for line in lines)
+
+
 def test_a_row_the_budget_stopped_short_says_how_many_pairs_its_calibration_expects(monkeypatch, tmp_path):
     # The machine's A/A, ten pairs whose workers differ by 3% (their rounds alike: no round noise), kept as its
     # calibration; an --until 2% run capped at 3 pairs cannot get there, and says what would.
