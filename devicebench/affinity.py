@@ -1,13 +1,19 @@
 """Pinning the thread that runs the rounds to one core, the same core for every worker of a pair.
 
-Why. On a host-bound accelerator row (the host launching many small kernels, or decoding images for them) the
-round's time follows the speed of the one core the process's main thread runs on, and the scheduler keeps a
-process on the core it first gave it. Two workers of the same code then differ by which cores they got (H200
-host, mnist_mlp resident, A/A: workers of one pair 1-15% apart while their rounds alternated), a per-process
-difference that more rounds cannot remove and only more pairs average. The workers of one pair never run rounds
-at the same time (interleave.py), so they can share a core: each pins its main thread to the pair's core for the
-row's rounds (warm-up and timed), and whatever that core is worth is the same on both sides of the pair's
-ratio. The next pair gets another core.
+Why. A host-bound accelerator row (the host launching many small kernels, or decoding images for them) goes at
+the speed of the core its main thread runs on, and two workers of the same code, their rounds alternated, still
+differed by more than their rounds explain: on the H200 host (16 cores), A/A pairs of mnist_mlp resident spread
+3.7% about zero where their rounds allow 2.5%, resnet18_cifar seed 8.8% where they allow 6.7%, mnist_mlp seed
+6.1%. The workers of one pair never run rounds at the same time (interleave.py), so they can share a core: each
+pins its main thread to the pair's core for the row's rounds (warm-up and timed), and whatever that core is
+worth is on both sides of the pair's ratio. The next pair gets the next core.
+
+Measured (H200, torch 2.11.0+cu130, A/As of this harness, results/reference/h200/pinned/): pinned pairs spread
+2.5% (mnist_mlp seed, 9 pairs), 2.6% (resident, 13) and 2.9% (resnet18_cifar seed, 6), against 6.1%, 3.7% and
+8.8% for the free pairs of earlier runs (F-test p=0.005, 0.10, 0.008); in one run of four environments, two
+pinned and two free side by side, mnist_mlp resident's pinned pairs spread 3.2% and the free 4.1% (4 pairs
+each, too few to tell apart alone); the pinned workers there were 0.98x, 1.13x, 1.26x and 1.20x as fast as the
+free ones of the same quadruple.
 
 What it leaves alone. Only the calling (main) thread is pinned, and only during the rounds: building and
 compiling (inductor's compile workers), the evaluation after the rounds, the step counts and the threads that
@@ -53,9 +59,9 @@ def round_core_from_environment(source: str = ROUND_CORE_VARIABLE) -> int | None
 
 
 def core_for_rounds(device_type: str, core: int | None) -> int | None:
-    """The core a row's rounds run on: the pair's, for an accelerator row; None for a cpu row, whose work is the
-    intra-op pool that one core would change."""
-    return core if device_type != "cpu" else None
+    """The core a row's rounds run on: the pair's, for an accelerator row where the OS can pin a thread; None for
+    a cpu row, whose work is the intra-op pool that one core would change."""
+    return core if device_type != "cpu" and available() else None
 
 
 def core_for_pair(index: int, cores: list[int]) -> int | None:

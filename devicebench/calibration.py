@@ -209,8 +209,9 @@ class Calibration:
 
     def add(self, first: Run, second: Run, how: str) -> list[dict]:
         """The A/A runs' noise, per row both runs have, pooled with an earlier calibration of the same key when
-        its workers timed a like number of rounds, came by their compiled code alike and pinned their rounds
-        alike (affinity.py; else replacing it).
+        its workers timed a like number of rounds and came by their compiled code alike (else replacing it).
+        (Rows whose rounds were pinned to a core have an identity of their own, schema.PINNED_ROUNDS, so their
+        entries are apart from unpinned ones.)
         Returns the new entries."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
@@ -225,8 +226,7 @@ class Calibration:
                            None)
             if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
                     and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2 \
-                    and _recorded_compiled_code(earlier, bool(row.extra.get("compiled"))) == entry["compiled_code"] \
-                    and earlier.get("pinned_rounds", False) == entry["pinned_rounds"]:
+                    and _recorded_compiled_code(earlier, bool(row.extra.get("compiled"))) == entry["compiled_code"]:
                 entry = _pooled(earlier, entry)
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
@@ -315,9 +315,4 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
             "rounds_per_worker": int(statistics.median(rounds)),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,
             "sources": sorted({interleave_id for interleave_id, _ in keys}), "compiled_code": compiled_code(row),
-            "round_log_sd": round_log_sd, "round_df": round_df, "pinned_rounds": pinned_rounds(row)}
-
-
-def pinned_rounds(row: Row) -> bool:
-    """Whether the row's rounds ran pinned to the pair's core (affinity.py); rows written before: not."""
-    return row.extra.get("round_core") is not None
+            "round_log_sd": round_log_sd, "round_df": round_df}

@@ -140,7 +140,8 @@ def change_tables(runs: list[Run], threshold: float, calibration: Calibration | 
 def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row], across_devices: bool = False) -> str:
     """Name the fields in which this row differs from the other run's closest row (``across_devices``: the
     devices view, where the device fields may differ)."""
-    fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, *(() if across_devices else schema.DEVICE_FIELDS))
+    fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, schema.PINNED_ROUNDS,
+              *(() if across_devices else schema.DEVICE_FIELDS))
     ours = identity.fields()
     candidates = [row.identity.fields() for row in baseline_rows]
     if not candidates:

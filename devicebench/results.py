@@ -69,8 +69,10 @@ class Row:
     @functools.cached_property
     def identity(self) -> RowIdentity:
         extra = self.extra
-        return RowIdentity(work=tuple(extra.get(name) for name in schema.WORK_FIELDS),
-                           options=tuple((name, extra[name]) for name in schema.OPTION_FIELDS if name in extra),
+        options = [(name, extra[name]) for name in schema.OPTION_FIELDS if name in extra]
+        if extra.get("round_core") is not None:  # rounds pinned to a core ran another way (schema.PINNED_ROUNDS)
+            options.append((schema.PINNED_ROUNDS, True))
+        return RowIdentity(work=tuple(extra.get(name) for name in schema.WORK_FIELDS), options=tuple(options),
                            device=extra["device"], device_name=str(extra.get("device_name") or extra["device"]))
 
     @property

@@ -75,7 +75,6 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
         "warmup_rounds": scale.warmup_rounds,
         "compile_cache": config.compile_cache,
         "planted_slowdown_fraction": config.slowdown_fraction,
-        "round_core": timing.round_core,
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "peak_memory_bytes": devices.peak_memory_bytes(device),
@@ -110,7 +109,7 @@ def _what_the_row_is(workload: ModuleType, config: RunConfig, device_name: str, 
     return {"workload": workload.NAME, "workload_version": workload.VERSION, "device": config.device.type,
             "device_name": device_name, "pipeline": config.pipeline, "scale": config.scale.name,
             "samples_per_round": run.samples_per_round, "valid_samples": config.scale.valid_samples,
-            **run.describe()}
+            "round_core": affinity.core_for_rounds(config.device.type, config.round_core), **run.describe()}
 
 
 def calibration_key(workload: ModuleType, config: RunConfig, device_name: str, run: WorkloadRun) -> dict:
@@ -134,7 +133,6 @@ class _Timed:
     val_accuracy: float
     profile: dict | None
     step_counts: dict  # counts.py's fields; {} when not counted
-    round_core: int | None  # the core the rounds' thread was pinned to (affinity.py); None: not pinned
 
 
 def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
@@ -179,7 +177,7 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
     if core is not None:
         affinity.start_thread_pool()
     try:
-        with affinity.main_thread_on(core) as pinned:
+        with affinity.main_thread_on(core):
             # Warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run here rather than
             # in pedantic, so that a worker of an interleaved run can learn how many rounds to time from them.
             for _ in range(scale.warmup_rounds):
@@ -198,7 +196,7 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
     val_loss, val_accuracy = run.final_evaluation()
     step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts, pinned)
+    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts)
 
 
 _FLOP_COUNTS: dict = {}

@@ -21,6 +21,11 @@ WORK_FIELDS = ("workload", "workload_version", "pipeline", "scale", "samples_per
 OPTION_FIELDS = ("workers", "optimizer", "pretrained", "data_source", "dtype", "channels_last", "compiled",
                  "cuda_graphs")
 DEVICE_FIELDS = ("device", "device_name")
+# Rounds pinned to one core (``round_core`` set, affinity.py) ran the host side another way: on the H200 the pinned
+# workers of mnist_mlp resident were up to 1.26x as fast as free ones beside them. So a pinned row is another
+# experiment from an unpinned one, and its identity says so with this option, derived from ``round_core``; an
+# unpinned row's identity is what it always was.
+PINNED_ROUNDS = "pinned_rounds"
 
 # name -> meaning. Every row has these (options a pipeline does not have are absent, e.g. ``workers``).
 FIELDS: dict[str, str] = {

@@ -97,3 +97,17 @@ def test_a_bad_round_core_is_a_usage_error_naming_the_variable(tmp_path):
     assert result.returncode == 4, result.stdout + result.stderr
     assert "DEVICEBENCH_ROUND_CORE='core-two': give a core number" in result.stderr
 
+
+
+def test_a_pinned_row_is_another_experiment_than_an_unpinned_one():
+    from devicebench import compare, results
+
+    fields = {"workload": "mnist_mlp", "workload_version": 1, "pipeline": "resident", "scale": "standard",
+              "samples_per_round": 60000, "valid_samples": 10000, "batch_size": 100, "valid_batch_size": 100,
+              "device": "cuda", "device_name": "NVIDIA H200", "round_seconds": [0.1]}
+    free, unrecorded = results.Row("t", {**fields, "round_core": None}), results.Row("t", fields)
+    pinned, other_core = results.Row("t", {**fields, "round_core": 3}), results.Row("t", {**fields, "round_core": 7})
+    # Rows written before the field and rows not pinned are the same experiment; pinned rows, whatever the core,
+    # are another one, and a comparison names the difference instead of calling it a change.
+    assert free.identity == unrecorded.identity != pinned.identity == other_core.identity
+    assert "pinned_rounds None -> True" in compare.why_not_comparable(pinned.identity, [free])

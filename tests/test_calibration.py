@@ -356,16 +356,20 @@ def test_round_noise_never_says_more_than_the_pairs_showed():
     assert wider.pair_variance(10) == pytest.approx(0.05 ** 2)
 
 
-def test_pinned_and_unpinned_calibrations_of_a_row_are_not_pooled(tmp_path):
+def test_pinned_and_unpinned_calibrations_of_a_row_are_kept_apart(tmp_path):
+    # Rounds pinned to a core are another experiment (schema.PINNED_ROUNDS): each calibrates its own entry, and a
+    # run is judged with the one made its way.
     found = Calibration(tmp_path / "calibration.json")
-    first = planted_pairs(seed=26, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)
+    free = planted_pairs(seed=26, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)
     pinned = [Row(row.test, {**paired_row(row.processes, interleave_id="run@2").extra, "round_core": 3})
               for row in planted_pairs(seed=27, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0,
                                        round_sd=0.05)]
-    [one] = found.add(run_of(first[0]), run_of(first[1]), "free")
+    [one] = found.add(run_of(free[0]), run_of(free[1]), "free")
     [two] = found.add(run_of(pinned[0]), run_of(pinned[1]), "pinned")
-    assert not one["pinned_rounds"] and two["pinned_rounds"]
-    assert two["pairs"] == 6 and found.entries == [two]  # replaced, not pooled
+    assert found.entries == [one, two] and (one["pairs"], two["pairs"]) == (4, 6)
+    assert two["identity"]["pinned_rounds"] is True and "pinned_rounds" not in one["identity"]
+    assert found.noise_for(run_of(pinned[1]), pinned[1]).pairs == 6
+    assert found.noise_for(run_of(free[1]), free[1]).pairs == 4
 
 def test_two_calibrations_pool_their_round_noise_too(tmp_path):
     found = Calibration(tmp_path / "calibration.json")
