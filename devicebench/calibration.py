@@ -202,6 +202,27 @@ class Calibration:
             return None
         return self.noise_for(run, row) or self.noise_for(base_run, base_row)
 
+    def pinned_otherwise(self, base_run: Run, base_row: Row, run: Run, row: Row) -> str | None:
+        """Why a row that ``noise_between`` found nothing for has no calibration, where this machine and torch
+        version have one of the same row with its rounds pinned the other way (schema.PINNED_ROUNDS): a
+        calibration made before ``devicebench run`` pinned rounds, or with ``--pin-rounds off``."""
+        if base_run.machine_key != run.machine_key:
+            return None
+        from devicebench import schema
+
+        fields = row.identity.fields()
+        flipped = {name: value for name, value in fields.items() if name != schema.PINNED_ROUNDS}
+        if schema.PINNED_ROUNDS not in fields:
+            flipped[schema.PINNED_ROUNDS] = True
+        for candidate_run in (run, base_run):
+            if self.noise_at(_machine(candidate_run), candidate_run.torch_version, flipped) is not None:
+                measured, these = (("not pinned", "pinned to a core") if schema.PINNED_ROUNDS in fields
+                                   else ("pinned to a core", "not pinned"))
+                return (f"calibration not used: its rounds were {measured}, these {these} (recalibrate with "
+                        f"devicebench calibrate, which pins as devicebench run does, or give both the same "
+                        f"--pin-rounds)")
+        return None
+
     def rows_of(self, machine_key: tuple) -> list[dict]:
         """The entries measured on one machine (``devicebench info``)."""
         node, cpu, accelerators = machine_key

@@ -13,8 +13,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Hashable
 
 from devicebench import counts, fallback, schema, significance
@@ -116,8 +115,21 @@ def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold
     if baseline is not None and cells[baseline].extra.get("parity_failed"):
         return [None] * len(cells)
     return [None if baseline is None or i == baseline or row.extra.get("parity_failed")
-            else judge(cells[baseline], row, threshold, _noise(calibration, members[baseline], members[i]))
+            else _judged(members[baseline], members[i], threshold, calibration)
             for i, row in enumerate(cells)]
+
+
+def _judged(base: tuple[Column, Row], cand: tuple[Column, Row], threshold: float,
+            calibration: Calibration | None) -> Verdict:
+    """``judge`` with the row's calibration; with none found, the verdict says why where a calibration of the same
+    row pinned the other way exists (a user's calibration from before rounds were pinned)."""
+    noise = _noise(calibration, base, cand)
+    verdict = judge(base[1], cand[1], threshold, noise)
+    if noise is None and calibration is not None and verdict.calibration is None:
+        why = calibration.pinned_otherwise(base[0].run, base[1], cand[0].run, cand[1])
+        if why is not None:
+            verdict = replace(verdict, calibration=why)
+    return verdict
 
 
 def change_tables(runs: list[Run], threshold: float, calibration: Calibration | None = None) -> list[Table]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import calibration, cli, results, significance
+from devicebench import calibration, cli, compare, results, significance
 from devicebench.calibration import Calibration
 from devicebench.errors import UsageError
 from devicebench.results import Row, Run
@@ -370,6 +370,25 @@ def test_pinned_and_unpinned_calibrations_of_a_row_are_kept_apart(tmp_path):
     assert two["identity"]["pinned_rounds"] is True and "pinned_rounds" not in one["identity"]
     assert found.noise_for(run_of(pinned[1]), pinned[1]).pairs == 6
     assert found.noise_for(run_of(free[1]), free[1]).pairs == 4
+
+
+def test_a_compare_says_when_its_calibration_pinned_rounds_the_other_way(tmp_path):
+    # A calibration made before runs pinned their rounds (or with --pin-rounds off) does not judge pinned pairs,
+    # and the verdict says why rather than looking uncalibrated.
+    found = Calibration(tmp_path / "calibration.json")
+    free = [paired_row(row.processes, interleave_id="cal@1") for row in
+            planted_pairs(seed=28, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)]
+    found.add(run_of(free[0]), run_of(free[1]), "free A/A")
+    base, cand = (Row(row.test, {**paired_row(row.processes, interleave_id="run@9").extra, "round_core": 2})
+                  for row in planted_pairs(seed=29, pairs=3, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0,
+                                           round_sd=0.05))
+    base_run, cand_run = run_of(base), run_of(cand)
+    [table] = compare.change_tables([base_run, cand_run], 0.05, found)
+    assert "calibration not used: its rounds were not pinned, these pinned to a core" in table.verdicts[1].noise()
+    assert found.pinned_otherwise(base_run, base, cand_run, cand) is not None
+    # A calibration of the same way, or none of the row at all: nothing to say.
+    assert Calibration(tmp_path / "none.json").pinned_otherwise(base_run, base, cand_run, cand) is None
+    assert found.pinned_otherwise(run_of(free[0]), free[0], run_of(free[1]), free[1]) is None
 
 def test_two_calibrations_pool_their_round_noise_too(tmp_path):
     found = Calibration(tmp_path / "calibration.json")
