@@ -219,7 +219,7 @@ def correct_for_rows(tables: list[Table]) -> list[Table]:
             if verdict is None:
                 continue
             if verdict.is_change and index not in surviving:
-                table.verdicts[position] = dataclasses.replace(verdict, not_after_holm=family)
+                table.verdicts[position] = replace(verdict, not_after_holm=family)
             index += 1
     return tables
 
