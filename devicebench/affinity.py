@@ -65,12 +65,12 @@ def core_for_rounds(device_type: str, core: int | None) -> int | None:
 
 
 def core_for_pair(index: int, cores: list[int]) -> int | None:
-    """The core pair ``index`` (from 1) pins its rounds to: the allowed cores in turn, leaving out the first
-    (core 0 takes most interrupts on Linux) where there are others; None with fewer than two cores, where a
-    pinned thread would share its core with everything else the process does."""
+    """The core pair ``index`` (from 1) pins its rounds to: the allowed cores in turn, leaving out core 0 (on
+    Linux it takes most interrupts); None with fewer than two cores, where a pinned thread would share its core
+    with everything else the process does."""
     if len(cores) < 2:
         return None
-    usable = cores[1:]
+    usable = [core for core in cores if core != 0]
     return usable[(index - 1) % len(usable)]
 
 
