@@ -285,7 +285,8 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         spent += _compile_before_the_pairs(environments, pytest_args, staging, echo)
         pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
                                  round_seconds, _rounds_wanted(calibration, until),
-                                 affinity.core_for_pair(index, affinity.allowed_cores()) if pin_rounds else None)
+                                 affinity.core_for_pair(index, affinity.allowed_cores())
+                                 if pin_rounds and not _cpu_only(pytest_args) else None)
         spent += pair_seconds
         index += 1
     if until is not None:
@@ -403,9 +404,14 @@ def _compile_cache_args(pytest_args: list[str], staging: Path, env: Environment)
     kept_dir = ["--compile-cache-dir", str((staging / f"compile-cache-{env.label}").resolve())]
     mode, folder = _option(pytest_args, "--compile-cache"), _option(pytest_args, "--compile-cache-dir")
     if mode is None and folder is None:
-        devices = [device.strip() for device in (_option(pytest_args, "--device") or "").split(",") if device.strip()]
-        return ["--compile-cache", "kept", *kept_dir] if devices == ["cpu"] else []
+        return ["--compile-cache", "kept", *kept_dir] if _cpu_only(pytest_args) else []
     return kept_dir if mode == "kept" and folder is None else []
+
+
+def _cpu_only(pytest_args: list[str]) -> bool:
+    """Whether the run selects the cpu alone (``--device cpu``): no accelerator row, so nothing to pin either."""
+    return [device.strip() for device in (_option(pytest_args, "--device") or "").split(",") if device.strip()] \
+        == ["cpu"]
 
 
 COMPILED_MARK = ".compiled"  # written into an environment's kept folder once its code is compiled

@@ -426,6 +426,12 @@ def test_every_worker_of_a_pair_gets_the_pairs_core_and_the_next_pair_the_next_c
                    for line in lines)
     else:
         assert given == [None, None, None] and not any("on core" in line for line in lines)
+    # A cpu-only run has no accelerator row to pin: its workers get no core. (Its compiling before the pairs is
+    # not what is tested here.)
+    given.clear()
+    monkeypatch.setattr(processes, "_compile_before_the_pairs", lambda *args: 0.0)
+    processes.run_interleaved(ENVS, 2, ["--device", "cpu"], tmp_path, "cpu", echo=lines.append)
+    assert given == [None, None]
 
 
 def test_a_row_the_budget_stopped_short_says_how_many_pairs_its_calibration_expects(monkeypatch, tmp_path):
