@@ -560,6 +560,22 @@ def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch
     assert any(line.startswith("--until 5.0%: not judged: 1 pair(s) measured") for line in lines)
 
 
+
+def test_a_budget_of_two_calibrated_pairs_does_not_say_until_cannot_judge(monkeypatch, tmp_path):
+    # With a calibration, --until judges from two pairs: a budget that held two says per row what it reached and
+    # expects, not "--until judges from 3 pairs on" (the H200's whole-suite A/A read both before this was fixed).
+    fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
+    first, second = processes.run_interleaved(ENVS, 10, [], tmp_path, "cal", echo=lambda line: None)
+    found = Calibration(tmp_path / "calibration.json")
+    found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    fake_pairs(monkeypatch, 250.0, {"test_wobbly": 0.03})
+    lines: list[str] = []
+    processes.run_interleaved(ENVS, None, [], tmp_path, "two", echo=lines.append, until=0.01, budget_seconds=600,
+                              calibration=found)
+    assert any(line.startswith("budget 10m00s spent") and "stopping after 2 pairs" in line for line in lines)
+    assert not any("--until judges from" in line for line in lines)
+    assert "not reached: test_wobbly (" in "\n".join(lines)
+
 def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
     staging = tmp_path / ".r.processes"
