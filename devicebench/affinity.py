@@ -43,7 +43,7 @@ def allowed_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if available() else []
 
 
-def round_core_from_environment(source: str = ROUND_CORE_VARIABLE) -> int | None:
+def round_core_from_environment() -> int | None:
     """$DEVICEBENCH_ROUND_CORE as a core this process may use, None when unset or empty; a clear error otherwise."""
     text = os.environ.get(ROUND_CORE_VARIABLE, "").strip()
     if not text:
@@ -51,9 +51,9 @@ def round_core_from_environment(source: str = ROUND_CORE_VARIABLE) -> int | None
     try:
         core = int(text)
     except ValueError:
-        raise ValueError(f"{source}={text!r}: give a core number, e.g. 3 (or leave it unset)") from None
+        raise ValueError(f"{ROUND_CORE_VARIABLE}={text!r}: give a core number, e.g. 3 (or leave it unset)") from None
     if available() and core not in allowed_cores():
-        raise ValueError(f"{source}={core}: this process may run on cores {_ranges(allowed_cores())} only; give "
+        raise ValueError(f"{ROUND_CORE_VARIABLE}={core}: this process may run on cores {_ranges(allowed_cores())} only; give "
                          f"one of them (or leave it unset)")
     return core
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devicebench.errors import UsageError
-from devicebench import results
+from devicebench import results, schema
 from devicebench.results import Row, Run
 
 CALIBRATION_SCHEMA = 1
@@ -208,8 +208,6 @@ class Calibration:
         calibration made before ``devicebench run`` pinned rounds, or with ``--pin-rounds off``."""
         if base_run.machine_key != run.machine_key:
             return None
-        from devicebench import schema
-
         fields = row.identity.fields()
         flipped = {name: value for name, value in fields.items() if name != schema.PINNED_ROUNDS}
         if schema.PINNED_ROUNDS not in fields:

@@ -237,6 +237,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
     is; stopping on the p-value would not.
     """
     limit = processes if until is not None or processes is not None else DEFAULT_PROCESSES
+    pin = pin_rounds and not _cpu_only(pytest_args)  # a cpu-only run has no accelerator row to pin
     index, spent = 1, 0.0
     while True:
         # An environment in which every row skipped itself takes no further part (its reasons were shown).
@@ -285,8 +286,7 @@ def _run_pairs(environments: list[Environment], processes: int | None, pytest_ar
         spent += _compile_before_the_pairs(environments, pytest_args, staging, echo)
         pair_seconds = _run_pair(environments, index, [*pytest_args, *leave_out], staging, echo, spent,
                                  round_seconds, _rounds_wanted(calibration, until),
-                                 affinity.core_for_pair(index, affinity.allowed_cores())
-                                 if pin_rounds and not _cpu_only(pytest_args) else None)
+                                 affinity.core_for_pair(index, affinity.allowed_cores()) if pin else None)
         spent += pair_seconds
         index += 1
     if until is not None:
@@ -536,8 +536,8 @@ def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
     - else the rounds that reach THREE_PAIR_MARGIN of it in MIN_PAIRS_FOR_UNTIL pairs, no fewer than ``default``
       (H200: mnist_mlp seed, nearly all round noise, 15 where ``--round-time`` gives 10);
     - a row whose per-process part alone is more than that many pairs can average gets the rounds at which its
-      round noise is down to its per-process part (more buy little), no fewer than ``default`` (H200: mnist_mlp
-      resident, 2.8% per process, and resnet18_cifar seed, 5.8%).
+      round noise is down to its per-process part (more buy little), no fewer than ``default`` (H200, workers
+      free: mnist_mlp resident, 2.8% per process, and resnet18_cifar seed, 5.8%).
     """
     per_process = noise.per_process_variance()
     if per_process is None:
