@@ -342,10 +342,9 @@ def _run_pair(environments: list[Environment], index: int, pytest_args: list[str
         if codes[label] != 0 or not parts[label].exists():
             for part in parts.values():
                 part.unlink(missing_ok=True)
-            tail = "\n".join(logs[label].read_text().strip().splitlines()[-15:])
             raise DevicebenchError(f"{label}: its worker of pair {index} exited with {codes[label]} (log: "
                                    f"{logs[label]}); the pairs finished so far are kept and the same command "
-                                   f"resumes after them. Its output ended:\n{tail}")
+                                   f"resumes after them. {_failure_excerpt(logs[label].read_text())}")
     (staging / f"pair-{index:03d}.json").write_text(json.dumps({
         "seconds": seconds, "turns": [[sequence, label, point.test, point.step, point.granted_at]
                                       for sequence, label, point in schedule]}))
@@ -441,15 +440,14 @@ def _compile_before_the_pairs(environments: list[Environment], pytest_args: list
             continue
         command = [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, *kept, "--benchmark-disable",
                    "-k", "tuned" if selected is None else f"({selected}) and tuned", "-p", "no:cacheprovider",
-                   "-q", "-rs"]
+                   "-q", "-rsfE"]
         echo(f"{env.label}: compiling its code in a process of its own before the pairs (not timed; every worker "
              f"of {env.label} loads it)")
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if result.returncode not in (0, 5):  # 5: pytest selected no row (nothing compiled to keep)
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
             raise DevicebenchError(f"{env.label}: compiling its code before the pairs failed (`{' '.join(command)}` "
-                                   f"exited with {result.returncode}); the same command tries again. Its output "
-                                   f"ended:\n{tail}")
+                                   f"exited with {result.returncode}); the same command tries again. "
+                                   f"{_failure_excerpt(result.stdout + result.stderr)}")
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / COMPILED_MARK).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
     return time.monotonic() - started
@@ -653,7 +651,20 @@ def _claim_staging(staging: Path, plan: dict) -> None:
 
 def _pytest_command(env: Environment, pytest_args: list[str], json_file: Path) -> list[str]:
     return [env.python, "-m", "pytest", str(REPO / "benchmarks"), *pytest_args, f"--benchmark-json={json_file}",
-            "-p", "no:cacheprovider", "-q", "-rs"]
+            "-p", "no:cacheprovider", "-q", "-rsfE"]
+
+
+def _failure_excerpt(pytest_output: str, last_lines: int = 15) -> str:
+    """What a failed pytest process printed, cause first.
+
+    The cause (the exception's ``E`` lines, the ``FAILED``/``ERROR`` lines of ``-rfE``) is printed far above the
+    end, before the benchmark tables and summaries that plugins print, so the last lines alone often do not name
+    it (a missing ranger21 on the device showed only the timing table)."""
+    lines = pytest_output.strip().splitlines()
+    causes = list(dict.fromkeys(line for line in lines
+                                if line.startswith(("E  ", "FAILED ", "ERROR ")) and line not in lines[-last_lines:]))
+    cause = "The cause, as pytest printed it:\n" + "\n".join(causes[:8]) + "\n" if causes else ""
+    return cause + "Its output ended:\n" + "\n".join(lines[-last_lines:])
 
 
 def _skip_reasons(pytest_output: str) -> str:
@@ -671,10 +682,9 @@ def _run_one(env: Environment, pytest_args: list[str], target: Path) -> str | No
         return _skip_reasons(result.stdout)
     if result.returncode != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise DevicebenchError(f"{env.label}: `{' '.join(command)}` exited with {result.returncode}; the processes "
-                               f"finished so far are kept and the same command resumes after them. Its output "
-                               f"ended:\n{tail}")
+                               f"finished so far are kept and the same command resumes after them. "
+                               f"{_failure_excerpt(result.stdout + result.stderr)}")
     partial.replace(target)
     return None
 

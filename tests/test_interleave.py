@@ -511,6 +511,25 @@ def test_kept_code_is_compiled_once_per_environment_in_an_untimed_process_before
     assert not (tmp_path / ".f" / "compile-cache-FAIL" / processes.COMPILED_MARK).exists()
 
 
+def test_a_failed_worker_is_reported_by_its_cause_not_only_its_last_lines():
+    # Shaped like the H200 worker of 2026-12-03 that lacked ranger21: the cause is 40 lines above the end.
+    output = "\n".join([
+        "benchmarks/test_resnet18_cifar.py F.",
+        ">           from ranger21 import Ranger21",
+        "E           ModuleNotFoundError: No module named 'ranger21'",
+        *[f"table line {n}" for n in range(40)],
+        "FAILED benchmarks/test_resnet18_cifar.py::test_resnet18_cifar[cuda-tuned] - ModuleNotFoundError: No modu...",
+        "1 failed, 1 passed in 46.38s"])
+    excerpt = processes._failure_excerpt(output)
+    cause, tail = excerpt.split("Its output ended:\n")
+    assert "No module named 'ranger21'" in cause and "FAILED" not in cause  # FAILED is in the last lines already
+    assert tail.splitlines()[-1] == "1 failed, 1 passed in 46.38s" and len(tail.splitlines()) == 15
+    # Nothing that names a cause: the last lines alone, as before.
+    assert processes._failure_excerpt("killed\nby a signal") == "Its output ended:\nkilled\nby a signal"
+    # The workers ask pytest for the failures' summary lines, not only the skips'.
+    assert processes._pytest_command(processes.Environment("A", "python"), [], Path("x.json"))[-1] == "-rsfE"
+
+
 def test_only_the_first_pair_counts_steps_and_checks_parity():
     assert processes._first_pair_only(1, []) == []
     assert processes._first_pair_only(2, ["-k", "mnist"]) == ["--no-step-counts", "--no-parity-check"]

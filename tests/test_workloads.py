@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from devicebench import weights
-from devicebench.errors import DataError, UsageError
+from devicebench.errors import DataError, DevicebenchError, UsageError
 from devicebench.scales import Scale, scale_for
 from devicebench.workloads import get_workload, mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import RunConfig, build
@@ -81,6 +83,12 @@ def test_each_optimizer_constructs_and_steps(optimizer, capsys):
 def test_unknown_optimizer_is_a_usage_error():
     with pytest.raises(UsageError, match="choose one of ranger21, sgd, adam, adamw"):
         resnet18_cifar.make_optimizer("lion", resnet18_cifar.make_model(0), 1, 1)
+
+
+def test_a_python_without_ranger21_is_told_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ranger21", None)  # None in sys.modules: the import raises ImportError
+    with pytest.raises(DevicebenchError, match=r"trains with Ranger21.*`pip install ranger21` into it"):
+        resnet18_cifar.make_optimizer("ranger21", resnet18_cifar.make_model(0), 1, 1)
 
 
 def test_both_cifar_pipelines_load_the_real_format(http_server, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from devicebench import weights
 from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
-from devicebench.errors import UsageError
+from devicebench.errors import DevicebenchError, UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
 from devicebench.tensor_ranger21 import TensorRanger21
@@ -65,7 +66,13 @@ def make_optimizer(name: str, net: nn.Module, num_epochs: int, num_batches_per_e
     if name == "adamw":
         return torch.optim.AdamW(params, lr=LR, weight_decay=0)
     if name == "ranger21":
-        from ranger21 import Ranger21  # imports matplotlib; only load it when asked for
+        try:
+            from ranger21 import Ranger21  # imports matplotlib; only load it when asked for
+        except ImportError as error:
+            raise DevicebenchError(
+                f"resnet18_cifar trains with Ranger21, the post's optimizer, and this Python ({sys.executable}) "
+                f"cannot import it ({error}): `pip install ranger21` into it (devicebench declares it, but an "
+                f"environment given to `devicebench run --env` is its own install)") from error
 
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a settings banner on construction
             optimizer = Ranger21(params, lr=LR, weight_decay=0, num_epochs=num_epochs,
