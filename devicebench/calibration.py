@@ -299,6 +299,26 @@ def a_a_spread(estimates: list[float]) -> float:
     return math.sqrt(sum(estimate ** 2 for estimate in estimates) / len(estimates))
 
 
+def how_added(before: list[dict], entry: dict) -> str:
+    """What ``Calibration.add`` did with ``entry``, given the entries the file held before, in words for the user:
+    pooled with an earlier entry of its row, replacing one (and why), or the row's first."""
+    key = _key(entry["machine"], entry["torch_version"], entry["identity"])
+    earlier = next((e for e in before if _key(e["machine"], e["torch_version"], e["identity"]) == key), None)
+    if earlier is None:
+        return "its first calibration"
+    earlier_sources = set(earlier.get("sources", ()))
+    if earlier_sources & set(entry["sources"]) and len(entry["sources"]) > len(earlier_sources):
+        return f"pooled with {earlier['pairs']} earlier pair(s)"
+    if earlier_sources & set(entry["sources"]):
+        return (f"these runs were already in it: the entry is theirs alone now ({earlier['pairs']} pair(s) "
+                f"before, {entry['pairs']} now)")
+    why = ("its workers timed {0} rounds, these {1}: pooled only within 2x, as round noise differs"
+           .format(earlier["rounds_per_worker"], entry["rounds_per_worker"])
+           if not 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2
+           else "its compiled code came about otherwise")
+    return f"replaces an earlier entry of {earlier['pairs']} pair(s) ({why})"
+
+
 def _pooled(earlier: dict, new: dict) -> dict:
     """Two calibrations of one row, machine and torch version as one: variances weighted by their degrees of
     freedom, as one longer A/A would have given them."""

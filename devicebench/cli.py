@@ -100,11 +100,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
                          f"devicebench run --env A=PY --env B=PY (the same Python twice)")
     found = calibration.Calibration.load(args.calibration)
+    before = list(found.entries)
     added = found.add(first, second, how)
     if not added:
         raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
     path = found.save()
-    print(f"calibration of {len(added)} row(s) written to {path} (pooled with earlier ones of the same row):")
+    print(f"calibration of {len(added)} row(s) written to {path}:")
+    for entry in added:
+        print(f"    {entry['test']}: {calibration.how_added(before, entry)}")
     print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
     return 0
 
