@@ -227,11 +227,16 @@ class Calibration:
         return [entry for entry in self.entries if entry["machine"] == [node, cpu, list(accelerators)]]
 
     def add(self, first: Run, second: Run, how: str) -> list[dict]:
+        """``add_explained``'s entries alone."""
+        return [entry for entry, _ in self.add_explained(first, second, how)]
+
+    def add_explained(self, first: Run, second: Run, how: str) -> list[tuple[dict, str]]:
         """The A/A runs' noise, per row both runs have, pooled with an earlier calibration of the same key when
         its workers timed a like number of rounds and came by their compiled code alike (else replacing it).
         (Rows whose rounds were pinned to a core have an identity of their own, schema.PINNED_ROUNDS, so their
         entries are apart from unpinned ones.)
-        Returns the new entries."""
+        Returns the new entries, each with what was done with it in words for the user: pooled, replacing an
+        earlier entry (and why), or the row's first."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
         added = []
@@ -243,13 +248,20 @@ class Calibration:
             key = _key(entry["machine"], entry["torch_version"], entry["identity"])
             earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
                            None)
-            if earlier is not None and not set(earlier.get("sources", ())) & set(entry["sources"]) \
-                    and 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2 \
-                    and _recorded_compiled_code(earlier, bool(row.extra.get("compiled"))) == entry["compiled_code"]:
+            why = None if earlier is None else _why_kept_apart(earlier, entry)
+            if earlier is None:
+                said = "its first calibration"
+            elif why is None:
+                said = f"pooled with {earlier['pairs']} earlier pair(s)"
                 entry = _pooled(earlier, entry)
+            elif set(earlier.get("sources", ())) & set(entry["sources"]):
+                said = (f"{why}: the entry is theirs alone now ({earlier['pairs']} pair(s) before, "
+                        f"{entry['pairs']} now)")
+            else:
+                said = f"replaces an earlier entry of {earlier['pairs']} pair(s) ({why})"
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
-            added.append(entry)
+            added.append((entry, said))
         return added
 
     def save(self) -> Path:
@@ -299,24 +311,17 @@ def a_a_spread(estimates: list[float]) -> float:
     return math.sqrt(sum(estimate ** 2 for estimate in estimates) / len(estimates))
 
 
-def how_added(before: list[dict], entry: dict) -> str:
-    """What ``Calibration.add`` did with ``entry``, given the entries the file held before, in words for the user:
-    pooled with an earlier entry of its row, replacing one (and why), or the row's first."""
-    key = _key(entry["machine"], entry["torch_version"], entry["identity"])
-    earlier = next((e for e in before if _key(e["machine"], e["torch_version"], e["identity"]) == key), None)
-    if earlier is None:
-        return "its first calibration"
-    earlier_sources = set(earlier.get("sources", ()))
-    if earlier_sources & set(entry["sources"]) and len(entry["sources"]) > len(earlier_sources):
-        return f"pooled with {earlier['pairs']} earlier pair(s)"
-    if earlier_sources & set(entry["sources"]):
-        return (f"these runs were already in it: the entry is theirs alone now ({earlier['pairs']} pair(s) "
-                f"before, {entry['pairs']} now)")
-    why = ("its workers timed {0} rounds, these {1}: pooled only within 2x, as round noise differs"
-           .format(earlier["rounds_per_worker"], entry["rounds_per_worker"])
-           if not 0.5 <= earlier["rounds_per_worker"] / entry["rounds_per_worker"] <= 2
-           else "its compiled code came about otherwise")
-    return f"replaces an earlier entry of {earlier['pairs']} pair(s) ({why})"
+def _why_kept_apart(earlier: dict, new: dict) -> str | None:
+    """Why a new entry replaces the earlier one of its row rather than pooling with it (``Calibration.add``);
+    None: they pool."""
+    if set(earlier.get("sources", ())) & set(new["sources"]):
+        return "these runs were already in it"
+    if not 0.5 <= earlier["rounds_per_worker"] / new["rounds_per_worker"] <= 2:
+        return (f"its workers timed {earlier['rounds_per_worker']} rounds, these {new['rounds_per_worker']}: "
+                f"pooled only within 2x, as round noise differs")
+    if _recorded_compiled_code(earlier, bool(new["identity"].get("compiled"))) != new["compiled_code"]:
+        return "its compiled code came about otherwise"
+    return None
 
 
 def _pooled(earlier: dict, new: dict) -> dict:

@@ -100,14 +100,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
                          f"devicebench run --env A=PY --env B=PY (the same Python twice)")
     found = calibration.Calibration.load(args.calibration)
-    before = list(found.entries)
-    added = found.add(first, second, how)
+    added = found.add_explained(first, second, how)
     if not added:
         raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
     path = found.save()
     print(f"calibration of {len(added)} row(s) written to {path}:")
-    for entry in added:
-        print(f"    {entry['test']}: {calibration.how_added(before, entry)}")
+    for entry, said in added:
+        print(f"    {entry['test']}: {said}")
     print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
     return 0
 

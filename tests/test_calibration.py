@@ -63,26 +63,27 @@ def test_calibrating_from_the_same_runs_again_does_not_count_them_twice(tmp_path
     found = calibrated(tmp_path, process_sd=0.02)
     base, cand = (paired_row(row.processes, interleave_id="calibration@1") for row in
                   planted_pairs(seed=1000, pairs=12, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05))
-    before = list(found.entries)
-    [entry] = found.add(run_of(base), run_of(cand), "again")
+    [(entry, said)] = found.add_explained(run_of(base), run_of(cand), "again")
     assert entry["pairs"] == 12 and entry["how"] == "again" and len(found.entries) == 1
-    assert calibration.how_added(before, entry) == ("these runs were already in it: the entry is theirs alone now "
-                                                    "(12 pair(s) before, 12 now)")
+    assert said == "these runs were already in it: the entry is theirs alone now (12 pair(s) before, 12 now)"
 
 
 def test_calibrate_says_per_row_whether_it_pooled_or_replaced(tmp_path):
     # The command used to say "pooled with earlier ones" of every row, also of one it replaced.
-    found = calibrated(tmp_path, process_sd=0.02)  # 12 pairs, 10 rounds a worker, from calibration@1
-    assert calibration.how_added([], found.entries[0]) == "its first calibration"
+    first = Calibration(tmp_path / "first.json")
+    base, cand = (paired_row(row.processes, interleave_id="calibration@1") for row in
+                  planted_pairs(seed=1000, pairs=12, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.05))
+    [(_, said)] = first.add_explained(run_of(base), run_of(cand), "planted A/A")
+    assert said == "its first calibration"
+    found = calibrated(tmp_path, process_sd=0.02)  # the same: 12 pairs, 10 rounds a worker, from calibration@1
     for rounds, expected in ((15, "pooled with 12 earlier pair(s)"),
                              (30, "replaces an earlier entry of 12 pair(s) (its workers timed 10 rounds, these 30: "
                                   "pooled only within 2x, as round noise differs)")):
         again = Calibration(tmp_path / f"{rounds}.json", json.loads(json.dumps(found.entries)))
-        before = list(again.entries)
         base, cand = (paired_row(row.processes, interleave_id=f"later@{rounds}") for row in
                       planted_pairs(seed=rounds, pairs=4, rounds=rounds, effect=0.0, process_sd=0.02, drift_sd=0.05))
-        [entry] = again.add(run_of(base), run_of(cand), "later")
-        assert calibration.how_added(before, entry) == expected
+        [(entry, said)] = again.add_explained(run_of(base), run_of(cand), "later")
+        assert said == expected
         assert entry["pairs"] == (16 if rounds == 15 else 4)
 
 
@@ -164,11 +165,10 @@ def test_a_compiled_row_uses_only_a_calibration_whose_workers_came_by_their_code
     found = Calibration(tmp_path / "replaced.json")
     found.add(run_of(compiled(base, "kept")), run_of(compiled(cand, "kept")), "kept")
     other_base, other_cand = (paired_row(row.processes, interleave_id="calibration@2") for row in (base, cand))
-    before = list(found.entries)
-    [entry] = found.add(run_of(compiled(other_base, "fresh")), run_of(compiled(other_cand, "fresh")), "fresh")
+    [(entry, said)] = found.add_explained(run_of(compiled(other_base, "fresh")),
+                                          run_of(compiled(other_cand, "fresh")), "fresh")
     assert entry["pairs"] == 12 and entry["compiled_code"] == "fresh" and len(found.entries) == 1
-    assert calibration.how_added(before, entry) == ("replaces an earlier entry of 12 pair(s) (its compiled code "
-                                                    "came about otherwise)")
+    assert said == "replaces an earlier entry of 12 pair(s) (its compiled code came about otherwise)"
 
 
 def test_fewer_rounds_than_the_calibration_timed_do_not_use_it(tmp_path):
