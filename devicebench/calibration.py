@@ -69,10 +69,8 @@ class Noise:
         of rounds: the per-process part) plus the median of its rounds' noise, whose variance falls as 1/rounds
         (``round_variance``). The A/A gives the sum at its rounds (``pair_log_sd``) and the round noise
         (``round_log_sd``); the difference is the per-process part. At the A/A's own rounds this is always the
-        pair spread it measured. Checked on the H200's stored A/As (20 pairs of mnist_mlp seed and resident, 12 of
-        resnet18_cifar seed, workers free): the round noise alone predicts their spread about zero at 5.8, 3.1
-        and 8.8% against the 6.0, 3.7 and 8.0% measured. Without ``round_log_sd`` the calibration holds only at
-        about its own rounds."""
+        pair spread it measured; stored A/As bear the model out (docs/comparing.md). Without ``round_log_sd`` the
+        calibration holds only at about its own rounds."""
         if self.pair_log_sd is None:
             return None
         per_process = self.per_process_variance()
@@ -84,10 +82,9 @@ class Noise:
         """A pair's round-noise variance at one round a worker (divide by the rounds); None if not recorded.
 
         From the rounds' spread as a median of independent normal rounds has it, but never more than the pairs
-        showed: rounds whose times jump between levels (H200 host, rounds pinned to a core: mnist_mlp seed 0.63 s
-        then 0.45 s from one round to the next, on both workers) have a standard deviation far above what moves
-        the median of their ratios. resnet18_cifar seed, pinned: its rounds' spread predicts pairs 8.7% apart, six
-        pairs measured 2.9% (chi-square p=0.005). So the pair spread measured caps it, at the A/A's rounds."""
+        showed: rounds whose times jump between two levels, on both workers at once, have a standard deviation far
+        above what moves the median of their ratios (docs/comparing.md). So the pair spread measured caps it, at
+        the A/A's rounds."""
         if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
             return None
         return min(median_variance(self.round_log_sd, 1), self.pair_log_sd ** 2 * self.rounds_per_worker)
@@ -103,9 +100,8 @@ class Noise:
         """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.
 
         Workers that keep one environment's compiled code share it, so their pairs do not vary by what a compile
-        produces; workers that compile anew do. A calibration of kept code measured mnist_mlp tuned's spread between
-        pairs at 1.3% (2-core VM, 5 pairs); pooled with two pairs of fresh compiles, it let a planted 5% slowdown
-        read 1.01x with a detectable change of 3.3%."""
+        produces; workers that compile anew do. A calibration of kept code understates fresh compiles' noise: pooled
+        with them, it let a planted 5% slowdown read as no change (docs/comparing.md)."""
         mode = compiled_code(row)
         if mode is None or self.compiled_code == mode:
             return None
@@ -305,9 +301,8 @@ def a_a_spread(estimates: list[float]) -> float:
 
     In an A/A the true B/A is known: 1, a log of zero. So the spread is measured about zero, not about the pairs'
     own mean: an offset every pair shares is noise there (nothing changed), and it is exactly what a later
-    comparison must not read as a change. About their mean, an H200 A/A's two resnet18_cifar seed pairs (-16.5%
-    and -14.8%, 5 rounds of 13% variation each) spread 1.2%; about zero, 15.6%. Pooled at 1.2%, the next run
-    would have called a difference of that size significant."""
+    comparison must not read as a change. Two pairs that both read 15% fast spread little about their mean;
+    pooled at that spread, a later run would call a difference of that size significant."""
     return math.sqrt(sum(estimate ** 2 for estimate in estimates) / len(estimates))
 
 

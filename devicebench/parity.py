@@ -9,10 +9,9 @@ order of floating-point reductions, ~1e-7 relative per operation, growing slowly
 Ranger21 normalise each update, which can amplify a tiny gradient difference where a gradient is near zero, so
 parameters are compared by the relative norm of the difference per tensor rather than element by element.
 
-Measured on an NVIDIA H200 (torch 2.11): largest relative differences 1.1e-7 (loss) and 5.4e-7 (parameters) for
-mnist_mlp, 2.3e-5 and 2.0e-5 for resnet18_cifar (BatchNorm statistics and 96 px convolutions reduce in another
-order). The thresholds, 1e-3 relative on each loss and on each tensor's norm, sit ~40x above that and ~10x below
-what the known mps bugs produce (results wrong by 1e-2 and more).
+The thresholds, 1e-3 relative on each loss and on each tensor's norm, sit ~40x above the largest difference a
+healthy GPU showed (2.3e-5, resnet18_cifar: its BatchNorm statistics and convolutions reduce in another order) and
+~10x below what the known mps bugs produce (results wrong by 1e-2 and more). Measured: docs/reference-results.md.
 """
 
 from __future__ import annotations

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
 
 from devicebench.errors import UsageError
 from devicebench.tables import load_table
 
 SCALES = ("quick", "standard", "full")
 DEFAULT_SCALE = "standard"
+
+# How scale_for finds the module of a workload that scales.toml does not list (its module carries a SCALES table):
+# devicebench/workloads/__init__.py sets it to its get_workload. Workloads import this module, never the reverse.
+find_workload: Callable[[str], ModuleType] | None = None
 
 
 @dataclass(frozen=True)
@@ -22,14 +28,17 @@ class Scale:
     rounds: int
 
 
-def scale_for(workload: str, name: str) -> Scale:
+def scale_for(workload: str, name: str, module: ModuleType | None = None) -> Scale:
+    """``workload``'s sizes at scale ``name``: its entry in scales.toml, else its module's ``SCALES`` (a workload
+    registered from outside: base.WorkloadModule). ``module``: that module, where the caller holds it; else it is
+    found by name."""
     if name not in SCALES:
         raise UsageError(f"--scale {name!r}: choose one of {', '.join(SCALES)}")
     profiles = load_table("scales").get(workload)
-    if profiles is None:  # a workload registered from outside: its module carries its scales (base.WorkloadModule)
-        from devicebench.workloads import get_workload
-
-        profiles = getattr(get_workload(workload), "SCALES", None)
+    if profiles is None:
+        if module is None and find_workload is not None:
+            module = find_workload(workload)
+        profiles = getattr(module, "SCALES", None)
         if profiles is None:
             raise UsageError(f"workload {workload!r} has no scales: add them to devicebench/scales.toml or give "
                              f"its module a SCALES table")

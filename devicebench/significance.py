@@ -2,13 +2,13 @@
 
 **The unit is the process.** Rounds inside one process move together (memory layout, compile caches, the kernels
 autotuning chose, the host's state that minute): on the machines this project runs on, separate processes of the
-same code differed by 5-35% while their rounds differed by 1-2%. Treating rounds as independent samples calls that
-process-to-process difference "significant" every time. So, as pyperf does with its worker processes, each
-process contributes one value, the median of its rounds, and the test is on those values.
+same code differed by 5-35% while their rounds differed by 1-2% (docs/comparing.md). Treating rounds as independent
+samples calls that process-to-process difference "significant" every time. So, as pyperf does with its worker
+processes, each process contributes one value, the median of its rounds, and the test is on those values.
 
 **Which test.** Welch's t-test on the logarithms of the per-process medians. The log makes the effect a ratio
 (what "1.10x slower" means) and the spread of timings closer to symmetric; Welch does not assume both sides equally
-noisy. It was chosen over Mann-Whitney U on the process medians because with the few processes a GPU session can
+noisy. It was chosen over Mann-Whitney U on the process medians because with the few processes a GPU run can
 afford (3 a side) Mann-Whitney cannot reach p < 0.05 at all (its smallest two-sided p for 3 vs 3 is 0.1), and over
 a hierarchical bootstrap because a bootstrap of 3-5 values is no more trustworthy and harder to explain.
 
@@ -59,23 +59,21 @@ calibration, one process a side is judged against the calibrated spread of one p
 (``process_log_sd``, the same for both sides): a t-test of the log ratio with standard error ``sqrt(2)
 process_log_sd`` on the calibration's degrees of freedom. A median of fewer than half the rounds the calibration's
 workers timed is noisier than what it measured, so such a calibration is not used (``devicebench calibrate
---round-time 0`` times the scale's rounds, as a plain pytest run does). Without one, the rounds inside a process cannot say
-whether the processes differ (they move together), so no change is claimed unless it is beyond
-``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code this suite has
-measured on a quiet machine (1.45x: mnist_mlp tuned, 2-core VM); the verdict says what would settle it. A change
-beyond that floor whose rounds differ significantly is claimed with a calibration too: a calibration of a few
-pairs on a drifting machine can measure a spread so wide (mnist_mlp seed quick, 2-core VM: 31.5% between
-processes, the VM's speed halving during it) that a planted 2.1x slowdown would pass its test.
-Mann-Whitney U on the rounds still supplies the p-value shown.
+--round-time 0`` times the scale's rounds, as a plain pytest run does). Without one, the rounds inside a process
+cannot say whether the processes differ (they move together), so no change is claimed unless it is beyond
+``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code measured on a quiet
+machine (at most 1.45x); the verdict says what would settle it. A change beyond that floor whose rounds differ
+significantly is claimed with a calibration too: a calibration of a few pairs on a drifting machine can measure a
+spread so wide that a planted doubling would pass its test. Mann-Whitney U on the rounds still supplies the p-value
+shown.
 
 **The gate's answer is one answer for the whole run** (``holm``). Each row's verdict is a test at 5%, so an A/A of
-six rows flags some row about one time in four (1 - 0.95^6): the H200's A/A of mnist_mlp called resident 1.03x
-slower (p=0.019, interval 1.011-1.059x) while nothing had changed. "Did the upgrade slow my training?" is a yes or
-no at 5% for the run, so ``compare --fail-on-regression`` fails only on the slowdowns that survive Holm's
-step-down correction over every row it judged (the smallest p against 5%/m, the next against 5%/(m-1), ...;
-it controls the chance of any false alarm at 5% and never flags less than Bonferroni). A row that is significant
-alone but not after the correction is printed as such. The planted 5% slowdowns on the H200 (p=0.0015-0.0073 over
-three to six rows) survive it.
+six rows flags some row about one time in four (1 - 0.95^6) while nothing changed. "Did the upgrade slow my
+training?" is a yes or no at 5% for the run, so ``compare --fail-on-regression`` fails only on the slowdowns that
+survive Holm's step-down correction over every row it judged (the smallest p against 5%/m, the next against
+5%/(m-1), ...; it controls the chance of any false alarm at 5% and never flags less than Bonferroni). A row that is
+significant alone but not after the correction is printed as such. Planted 5% slowdowns survive it
+(docs/comparing.md).
 """
 
 from __future__ import annotations

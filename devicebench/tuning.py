@@ -104,8 +104,8 @@ class TuningPlan:
 # torch.compile:
 #   cuda  inductor generates Triton kernels: needs triton and compute capability >= 7.0.
 #   cpu   inductor generates C++: needs a C++ compiler on PATH.
-#   mps   not used: inductor's Metal backend is still maturing and this project has not verified these models
-#         on it (and cannot: no Apple hardware here).
+#   mps   not used: inductor's Metal backend is still maturing and these models have not been verified on it
+#         (docs/mps.md says what was not run).
 # CUDA graphs: cuda only. The whole step, for workloads whose step is launch-bound (or whose optimizer is many
 #   small kernels) and whose optimizer is capturable, and not with float16, whose GradScaler reads the inf check
 #   back to the host every step.
@@ -237,15 +237,11 @@ def backend_facts(device: torch.device) -> BackendFacts:
 # Inductor settings that keep it from choosing code by timing candidates on the device. By default it times
 # several launch configurations of each Triton kernel (and padded against unpadded matrix products) once per
 # process and keeps the fastest; for kernels of 1-2 us the timing noise decides, so processes of the same code ran
-# different kernels. H100, mnist_mlp tuned, 4 processes: each picked its own block sizes, and one took a softmax
-# kernel of 4.24 us a step where the others took 1.25-1.46 us. ``deterministic`` fixes the reduction
-# configurations and turns off padding benchmarks; ``triton.autotune_pointwise`` off keeps one configuration for
-# elementwise kernels. With them, three mnist_mlp processes compiled identical launch configurations.
-# Used for launch-bound workloads only (TuningPlan.fixed_kernel_choices): ResNet18 (BatchNorm reductions over
-# 1024x64x48x48 tensors) ran slower with them in the one comparison made (H100, two interleaved processes a side:
-# 65.9 and 65.5 ms an epoch against 58.2 and 58.5 timed). That is a direction, not a verdict: six processes of the
-# same timed code later spread over 59.1-66.2 ms. Fixed choices were not shown to help it, so it keeps timed ones.
-# cuDNN's algorithm search (``cudnn_benchmark``) also times; both are recorded in the row.
+# different kernels, some several times slower. ``deterministic`` fixes the reduction configurations and turns off
+# padding benchmarks; ``triton.autotune_pointwise`` off keeps one configuration for elementwise kernels.
+# Used for launch-bound workloads only (TuningPlan.fixed_kernel_choices): fixed choices were not shown to help
+# ResNet18 (large BatchNorm reductions), so it keeps timed ones. cuDNN's algorithm search (``cudnn_benchmark``)
+# also times; both are recorded in the row. (Measured: docs/comparing.md.)
 FIXED_CHOICE_OPTIONS = {"deterministic": True, "triton.autotune_pointwise": False}
 
 

@@ -11,6 +11,7 @@ import importlib
 import os
 from types import ModuleType
 
+from devicebench import scales
 from devicebench.errors import UsageError
 from devicebench.workloads import mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import check_workload
@@ -40,3 +41,6 @@ def get_workload(name: str) -> ModuleType:
         return workloads[name]
     except KeyError:
         raise UsageError(f"unknown workload {name!r}; known: {', '.join(workloads)}") from None
+
+
+scales.find_workload = get_workload  # for scale_for: a registered workload's module carries its scales

@@ -60,7 +60,6 @@ def parity_case(steps: int = 5, seed: int = 0) -> ParityCase:
     return ParityCase(make_model(seed), make_optimizer, batches, F.cross_entropy)
 
 
-
 class _MnistRun(WorkloadRun):
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -175,8 +174,8 @@ class TunedRun(TunedSetup, ResidentRun):
         self.plan_tuned(TRAITS)
         compiled_step = self.plan.cuda_graphs and self.plan.compiled
         if compiled_step:
-            # Adam's update for all six tensors compiled into one kernel (~3 us a step on an H100), where the fused
-            # Adam kernel took three launches and ~37 us a step inside the graph. A captured Adam must be
+            # Adam's update for all six tensors compiled into one kernel, many times faster inside the graph than
+            # the fused Adam kernel's three launches (measured: docs/profiling.md). A captured Adam must be
             # "capturable" (its step count lives on the device).
             self.optimizer = make_optimizer(self.model, capturable=True, foreach=True)
             self.add_tuning_note("optimizer: Adam's step compiled by torch.compile into one kernel")
@@ -234,8 +233,8 @@ class TunedRun(TunedSetup, ResidentRun):
         batch = self.config.scale.batch_size
         self.full_batches = len(self.x_train_d) // batch
         self.static_order = torch.arange(len(self.x_train_d), device=self.device)
-        # The epoch's order is drawn into pinned host memory and copied without blocking: from pageable memory
-        # the 400 kB copy held the host ~2.7 ms before the graph could launch (H100 profile).
+        # The epoch's order is drawn into pinned host memory and copied without blocking: a copy from pageable
+        # memory holds the host back before the graph can launch.
         self.pinned_order = torch.empty(len(self.x_train_d), dtype=torch.long).pin_memory()
         self.order_copied = None  # the event after the queued copy of the next epoch's order; None: none queued
         self.static_loss_sum = torch.zeros((), device=self.device)
@@ -269,10 +268,10 @@ class TunedRun(TunedSetup, ResidentRun):
     def queue_next_order(self) -> None:
         """Draw the next epoch's order on the host and queue its copy into the graph's order buffer.
 
-        Called while the GPU runs an epoch, so the draw (randperm of 50k: ~0.5 ms on the H100's host, up to 3.7 ms
-        when the host was busy) no longer stands between two epochs with the GPU idle. The copy is queued behind
-        the running epoch, so the graph reads it only on its next replay; epoch k still trains on the k-th order
-        the seeded generator gives, the same orders as ``resident``.
+        Called while the GPU runs an epoch, so the draw (a randperm of 50k, slower when the host is busy) no longer
+        stands between two epochs with the GPU idle (docs/profiling.md). The copy is queued behind the running
+        epoch, so the graph reads it only on its next replay; epoch k still trains on the k-th order the seeded
+        generator gives, the same orders as ``resident``.
         """
         if self.order_copied is not None:
             self.order_copied.synchronize()  # the last copy out of the pinned buffer must be done before refilling

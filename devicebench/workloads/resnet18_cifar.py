@@ -12,32 +12,27 @@ not training) and its ``tqdm`` bar.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import CyclicLR
 from torch.utils.data import DataLoader
 
 from devicebench import weights
 from devicebench.data.cifar10 import CifarImages, load_cifar, synthetic_cifar
-from devicebench.errors import DevicebenchError, UsageError
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
 from devicebench.tensor_ranger21 import TensorRanger21
 from devicebench.tuning import WorkloadTraits, backward_and_step
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+# OPTIMIZERS and make_optimizer are imported from this module too (--optimizer's choices, tests).
+from devicebench.workloads.resnet18_cifar_optimizers import (OPTIMIZERS, make_optimizer, make_scheduler,
+                                                              make_tensor_ranger21)
 from devicebench.workloads.tuned import TunedSetup
 
 NAME = "resnet18_cifar"
 VERSION = 1
-OPTIMIZERS = ("ranger21", "sgd", "adam", "adamw")
 IMAGE_SIZE = 96
-LR, LR_MIN = 0.1, 1e-5
 HAS_CONVOLUTIONS = True
 
 
@@ -56,37 +51,6 @@ def make_model(seed: int, weights_path=None) -> nn.Module:
     return net
 
 
-def make_optimizer(name: str, net: nn.Module, num_epochs: int, num_batches_per_epoch: int):
-    """The post's optimizer choices, built as its ``train()`` builds them."""
-    params = [param for param in net.parameters() if param.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=LR, weight_decay=0)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=LR, weight_decay=0)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=LR, weight_decay=0)
-    if name == "ranger21":
-        try:
-            from ranger21 import Ranger21  # imports matplotlib; only load it when asked for
-        except ImportError as error:
-            raise DevicebenchError(
-                f"resnet18_cifar trains with Ranger21, the post's optimizer, and this Python ({sys.executable}) "
-                f"cannot import it ({error}): `pip install ranger21` into it (devicebench declares it, but an "
-                f"environment given to `devicebench run --env` is its own install)") from error
-
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a settings banner on construction
-            optimizer = Ranger21(params, lr=LR, weight_decay=0, num_epochs=num_epochs,
-                                 num_batches_per_epoch=num_batches_per_epoch, use_warmup=False,
-                                 use_madgrad=False)
-        optimizer.warmdown_displayed = True  # and another when its warm-down starts
-        return optimizer
-    raise UsageError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-
-
-def make_scheduler(optimizer) -> CyclicLR:
-    return CyclicLR(optimizer, base_lr=LR_MIN, max_lr=LR)
-
-
 def flop_counts() -> FlopCounts:
     """Per image at 96 px: the full forward, and a backward that only reaches ``fc`` (the rest is frozen)."""
     return count_flops(make_model(0), torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), torch.randint(0, 10, (2,)),
@@ -101,7 +65,6 @@ def parity_case(steps: int = 4, seed: int = 0, batch_size: int = 32) -> ParityCa
     batches = list(zip(images.split(batch_size), labels.split(batch_size)))
     return ParityCase(make_model(seed), lambda net: make_optimizer("ranger21", net, 1, steps), batches,
                       F.cross_entropy)
-
 
 
 def batches_per_epoch(samples: int, batch_size: int) -> int:
@@ -295,29 +258,14 @@ class TunedRun(TunedSetup, ResidentRun):
     - Ranger21 is ``tensor_ranger21.TensorRanger21``: the same update (checked against ``ranger21.Ranger21`` in
       tests/test_tensor_ranger21.py), with its schedule on the device, so a step never reads back to the host.
     - On cuda, one step (backbone, head forward and backward, Ranger21's update) is captured as a CUDA graph and
-      replayed per batch, the batch gathered into the graph's input buffer first: the step's kernels (287 counted
-      on an H200) become one launch, and the host queues batch after batch without waiting.
+      replayed per batch, the batch gathered into the graph's input buffer first: the step's hundreds of kernels
+      become one launch, and the host queues batch after batch without waiting.
     - Elsewhere (cpu, mps, or an optimizer whose schedule lives in host numbers), the next batch's backbone is
       queued before this batch's optimizer step.
 
     Compilation and capture happen before any round (tuned.TunedSetup.prepare, ``compile_s``), which leaves every
-    weight, BatchNorm statistic and optimizer state as it was.
-
-    Measured on an NVIDIA H200 (torch 2.11.0+cu130, standard scale): 236,479 training images/s (median of two
-    processes of ``devicebench peer``; 234,595-241,691 over ten processes), 0.866x timm's own compiled inference
-    benchmark of the same network in the same call (results/reference/h200/peer-timm.json); the version before,
-    184,836.
-
-    Measured on the H100 (torch 2.11, standard scale, training images/s), the versions before this one: the
-    backbone alone captured through torch.compile's reduce-overhead mode, with the ranger21 package's step eager
-    (Ranger21 read its variance sum to the host every step), 158,346 and 157,069 in two processes. Tried and not
-    kept, with that optimizer:
-    - the whole network compiled as one training graph: 108,479 against 162,727 in one process; in separate
-      processes 164,232 and 121,546 against 116,798 and 146,832;
-    - the next batch's backbone on a second CUDA stream, so the optimizer's host reads do not wait for it:
-      131,987 and 138,430, rounds drifting from 63 to 95 ms;
-    - ``torch.compile(mode="max-autotune-no-cudagraphs")`` (Triton templates tried against cuDNN per
-      convolution): 152,529, and 194 s of compilation.
+    weight, BatchNorm statistic and optimizer state as it was. Its speed against timm's own compiled benchmark, and
+    the designs tried and not kept: docs/profiling.md.
     """
 
     def __init__(self, config: RunConfig):
@@ -343,9 +291,7 @@ class TunedRun(TunedSetup, ResidentRun):
     def make_optimizer(self, num_epochs: int, num_batches_per_epoch: int):
         if self.config.optimizer != "ranger21":
             return super().make_optimizer(num_epochs, num_batches_per_epoch)
-        params = [param for param in self.net.parameters() if param.requires_grad]
-        return TensorRanger21(params, lr=LR, weight_decay=0, num_epochs=num_epochs,
-                              num_batches_per_epoch=num_batches_per_epoch, use_warmup=False, use_madgrad=False)
+        return make_tensor_ranger21(self.net, num_epochs, num_batches_per_epoch)
 
     def features(self, uint8_images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
