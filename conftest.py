@@ -1,3 +1,3 @@
-"""Registers devicebench's pytest plugin: options (--device, --scale, --data, ...), fixtures and hooks."""
+"""Registers devicebench's pytest front: the row options (--device, --scale, --data, ...), fixtures and hooks."""
 
-pytest_plugins = ["fixtures.plugin", "fixtures.http_server"]
+pytest_plugins = ["fixtures.plugin"]

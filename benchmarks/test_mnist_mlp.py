@@ -1,4 +1,4 @@
-"""mnist_mlp (seed 000) on every selected device and pipeline: test_mnist_mlp[<device>-<pipeline>]."""
+"""mnist_mlp (the 000 post) on every selected device and pipeline: test_mnist_mlp[<device>-<pipeline>]."""
 
 from devicebench.workloads import mnist_mlp
 

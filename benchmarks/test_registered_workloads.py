@@ -8,7 +8,7 @@ from devicebench.workloads.base import pipelines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    chosen = metafunc.config.devicebench_pipelines
+    chosen = metafunc.config.devicebench_options.pipelines
     cases = [(workload, pipeline) for workload in registered_workloads().values()
              for pipeline in pipelines(workload) if pipeline in chosen]
     if cases:

@@ -1,19 +1,11 @@
 """Pinning the thread that runs the rounds to one core, the same core for every worker of a pair.
 
 Why. A host-bound accelerator row (the host launching many small kernels, or decoding images for them) goes at
-the speed of the core its main thread runs on, and two workers of the same code, their rounds alternated, still
-differed by more than their rounds explain: on the H200 host (16 cores), A/A pairs of mnist_mlp resident spread
-3.7% about zero where their rounds allow 2.5%, resnet18_cifar seed 8.8% where they allow 6.7%, mnist_mlp seed
-6.1%. The workers of one pair never run rounds at the same time (interleave.py), so they can share a core: each
-pins its main thread to the pair's core for the row's rounds (warm-up and timed), and whatever that core is
-worth is on both sides of the pair's ratio. The next pair gets the next core.
-
-Measured (H200, torch 2.11.0+cu130, A/As of this harness, results/reference/h200/pinned/): pinned pairs spread
-2.5% (mnist_mlp seed, 9 pairs), 2.6% (resident, 13) and 2.9% (resnet18_cifar seed, 6), against 6.1%, 3.7% and
-8.8% for the free pairs of earlier runs (F-test p=0.005, 0.10, 0.008); in one run of four environments, two
-pinned and two free side by side, mnist_mlp resident's pinned pairs spread 3.2% and the free 4.1% (4 pairs
-each, too few to tell apart alone); the pinned workers there were 0.98x, 1.13x, 1.26x and 1.20x as fast as the
-free ones of the same quadruple.
+the speed of the core its main thread runs on, so two workers of the same code, their rounds alternated, still
+differed by more than their rounds explain. The workers of one pair never run rounds at the same time
+(interleave.py), so they can share a core: each pins its main thread to the pair's core for the row's rounds
+(warm-up and timed), and whatever that core is worth is on both sides of the pair's ratio. The next pair gets the
+next core. Pinned pairs spread less than free ones (measured: docs/comparing.md).
 
 What it leaves alone. Only the calling (main) thread is pinned, and only during the rounds: building and
 compiling (inductor's compile workers), the evaluation after the rounds, the step counts and the threads that
@@ -31,9 +23,6 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-ROUND_CORE_VARIABLE = "DEVICEBENCH_ROUND_CORE"
-
-
 def available() -> bool:
     return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
 
@@ -41,21 +30,6 @@ def available() -> bool:
 def allowed_cores() -> list[int]:
     """The cores this process may run on, in order; [] where the OS has no affinity call."""
     return sorted(os.sched_getaffinity(0)) if available() else []
-
-
-def round_core_from_environment() -> int | None:
-    """$DEVICEBENCH_ROUND_CORE as a core this process may use, None when unset or empty; a clear error otherwise."""
-    text = os.environ.get(ROUND_CORE_VARIABLE, "").strip()
-    if not text:
-        return None
-    try:
-        core = int(text)
-    except ValueError:
-        raise ValueError(f"{ROUND_CORE_VARIABLE}={text!r}: give a core number, e.g. 3 (or leave it unset)") from None
-    if available() and core not in allowed_cores():
-        raise ValueError(f"{ROUND_CORE_VARIABLE}={core}: this process may run on cores {_ranges(allowed_cores())} only; give "
-                         f"one of them (or leave it unset)")
-    return core
 
 
 def core_for_rounds(device_type: str, core: int | None) -> int | None:
@@ -96,15 +70,3 @@ def start_thread_pool() -> None:
     import torch
 
     torch.ones(1 << 17).add_(1)
-
-
-def _ranges(cores: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    parts, start = [], None
-    for position, core in enumerate(cores):
-        if start is None:
-            start = core
-        if position + 1 == len(cores) or cores[position + 1] != core + 1:
-            parts.append(str(start) if start == core else f"{start}-{core}")
-            start = None
-    return ", ".join(parts)

@@ -1,5 +1,7 @@
-"""The ``devicebench`` command: info, run, sweep, compare, history and report. Benchmarks run under pytest;
-``run`` starts several pytest processes and merges them.
+"""The ``devicebench`` command: info, run, calibrate, sweep, compare, report, history and peer.
+
+``run`` measures rows in fresh worker processes (coordinator.py); ``pytest benchmarks`` measures the same rows in
+one process. What each command does is in commands.py; this module declares their options.
 
 Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error, or a gate that
 cannot judge (an unreadable run, no row in common with the baseline); the message says what to fix.
@@ -8,221 +10,16 @@ cannot judge (an unreadable run, no row in common with the baseline); the messag
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-from devicebench import calibration, compare, environment, history, processes, results, signals, significance, sweep
-from devicebench.errors import DevicebenchError, UsageError
-from devicebench.processes import DEFAULT_ROUND_SECONDS
+from devicebench import calibration, compare, signals, significance
+from devicebench.commands import (CALIBRATION_PAIRS, cmd_calibrate, cmd_compare, cmd_history, cmd_info, cmd_peer,
+                                  cmd_report, cmd_run, cmd_sweep)
+from devicebench.coordinator import DEFAULT_ROUND_SECONDS
+from devicebench.errors import DevicebenchError
 from devicebench.workloads.base import PIPELINES
-
-
-class GateCannotJudge(DevicebenchError):
-    """The regression gate has nothing it can judge: it fails (exit 2) rather than pass by default."""
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    """The "verify your environment" step of seed 000: versions, backends, and each device's status."""
-    facts = environment.software_facts()
-    width = max(map(len, facts))
-    for key, value in facts.items():
-        if key == "accelerators":
-            value = ", ".join(f"{a['type']}: {a['name']}" + (f" ({a['memory_bytes'] / 2**30:.0f} GiB)"
-                                                            if a.get("memory_bytes") else "") for a in value) or "none"
-        print(f"{key.ljust(width)}  {value}")
-    print()
-    for name, status, detail in environment.device_table():
-        print(f"{name.ljust(5)} {status.ljust(10)} {detail}")
-    print()
-    print(_calibrated_rows(calibration.Calibration.load(args.calibration), environment.machine_key()))
-    return 0
-
-
-def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
-    """What ``info`` says about this machine's calibration (calibration.py)."""
-    entries = found.rows_of(machine_key)
-    if not entries:
-        return (f"calibration: none for this machine in {found.path} (single-process comparisons claim only "
-                f"changes beyond {significance.SINGLE_PROCESS_FLOOR:.0f}x; run devicebench calibrate -- ARGS)")
-    lines = [f"calibration: {len(entries)} row(s) of this machine in {found.path}"]
-    for entry in sorted(entries, key=lambda e: (e["torch_version"], e["test"])):
-        pair = "-" if entry["pair_log_sd"] is None else f"{math.expm1(entry['pair_log_sd']):.1%}"
-        process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
-        identity = entry["identity"]
-        lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: "
-                     f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}, between processes "
-                     f"{process} ({entry['measured'][:10]})")
-    return "\n".join(lines)
-
-
-def _split_of(entry: dict) -> str:
-    """How a calibrated pair spread divides into what more rounds remove and what they do not (calibration.py),
-    where the entry records its round noise."""
-    noise = calibration.noise_of(entry)
-    per_process = noise.per_process_variance()
-    if per_process is None:
-        return ""
-    return (f" at {noise.rounds_per_worker} rounds ({math.expm1(math.sqrt(per_process)):.1%} per process; a round's "
-            f"B/A varies {math.expm1(noise.round_log_sd):.1%})")
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """An A/A of worker pairs of this Python, its per-row noise kept in the calibration file (calibration.py)."""
-    if args.env or args.until is not None:
-        raise UsageError("devicebench calibrate runs one Python against itself (--python, default this one); "
-                         "--env and --until belong to devicebench run")
-    if args.from_runs:
-        written = [Path(path) for path in args.from_runs]
-        how = f"A/A runs {written[0].name}, {written[1].name}"
-    else:
-        python = args.python or sys.executable
-        env_a, env_b = (processes.Environment(label, python) for label in ("A", "B"))
-        pytest_args = _pytest_args(args)
-        if args.round_time == 0 and not any(arg.startswith("--compile-cache") for arg in pytest_args):
-            # For single-process comparisons: each worker compiles anew, as a plain pytest run does. Workers that
-            # loaded kept code spread less than processes that compile (mnist_mlp tuned, 2-core VM: 3.2% between
-            # kept-code workers, 1.21x between two plain runs of the same code).
-            pytest_args = [*pytest_args, "--compile-cache", "fresh"]
-        # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
-        count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
-        written = processes.run_interleaved([env_a, env_b], count, pytest_args, Path(args.output_dir),
-                                            args.name, budget_seconds=args.budget, round_seconds=args.round_time,
-                                            pin_rounds=args.pin_rounds == "pair")
-        round_time = processes.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
-        how = (f"devicebench calibrate, round time {round_time:g}s: "
-               f"{' '.join(pytest_args)} (runs {written[0].name}, {written[1].name})")
-    first, second = (results.load_run(path) for path in written)
-    if first is None or second is None:
-        raise UsageError(f"{', '.join(map(str, written))}: could not be read as devicebench runs (see above)")
-    if not any(row.pairs for row in first.rows):
-        raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
-                         f"devicebench run --env A=PY --env B=PY (the same Python twice)")
-    found = calibration.Calibration.load(args.calibration)
-    added = found.add_explained(first, second, how)
-    if not added:
-        raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
-    path = found.save()
-    print(f"calibration of {len(added)} row(s) written to {path}:")
-    for entry, said in added:
-        print(f"    {entry['test']}: {said}")
-    print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
-    return 0
-
-
-CALIBRATION_PAIRS = 6  # devicebench calibrate's worker pairs when neither --processes nor --budget is given
-CALIBRATION_MAX_PAIRS = 100  # with --budget alone: the budget decides
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    if args.fail_on_regression and args.view == "devices":
-        raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
-    # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
-    runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
-    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device,
-                                        calibration.Calibration.load(args.calibration))
-    tables = [table for table in tables
-              if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
-    if args.details or args.markdown:
-        print(compare.render(view, tables, markdown=args.markdown))
-    else:
-        print(compare.render_compact(view, tables, runs, args.threshold))
-    if args.png:
-        from devicebench import plots
-
-        plots.compare_chart(tables, Path(args.png))
-        print(f"chart written to {args.png}")
-    if args.fail_on_regression:
-        judged = [verdict for table in tables for verdict in table.verdicts if verdict is not None]
-        if view != "change" or not judged:
-            raise GateCannotJudge(
-                "--fail-on-regression: no row of the later runs matches a row of the baseline run (same workload "
-                "version, pipeline, scale, device and options), so there is nothing to judge and the gate fails. "
-                "Compare runs of the same experiment: re-measure the baseline with this devicebench, or see the "
-                "notes above for what differs")
-    if view != "change":
-        return 0
-    for line in compare.inconclusive(tables):
-        print(f"inconclusive at {args.threshold:.0%}: {line}")
-    for line in compare.uncorrected_regressions(tables):
-        print(f"significant alone, not gated on: {line}")
-    found = compare.regressions(tables) + compare.count_regressions(tables, args.threshold)
-    if found:
-        print(f"{len(found)} significant regression(s) beyond {args.threshold:.0%}:")
-        for line in found:
-            print(f"  {line}")
-        return 1 if args.fail_on_regression else 0
-    if args.fail_on_regression:
-        print(f"no significant regression beyond {args.threshold:.0%}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from devicebench import report
-
-    runs = results.load_runs(args.runs, Path(args.results_dir))
-    path = report.write_report(runs, Path(args.output), args.threshold, calibration.Calibration.load(args.calibration))
-    print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    environments = [processes.parse_environment(text) for text in args.env]
-    output_dir = Path(args.output_dir) / args.name
-    runs, skipped = sweep.run_sweep(args.torch, args.processes, _pytest_args(args), output_dir,
-                                    Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
-                                    pip_args=args.pip_args.split(), environments=environments,
-                                    until=_until_target(args.until), budget_seconds=args.budget,
-                                    round_seconds=args.round_time, pin_rounds=args.pin_rounds == "pair",
-                                    calibration=calibration.Calibration.load(args.calibration))
-    for skip in skipped:
-        print(f"skipped torch {skip.version}: {skip.reason}")
-    measured = [run for run in runs if run.exists()]
-    if measured:
-        print(f"\nhistory of {output_dir} (each step judged across processes):\n")
-        return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=args.threshold, png=args.png,
-                                              fail_on_regression=False, calibration=args.calibration))
-    return 1 if skipped else 0
-
-
-def _pytest_args(args: argparse.Namespace) -> list[str]:
-    return args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    environments = [processes.parse_environment(text) for text in args.env] or \
-        [processes.Environment("current", sys.executable)]
-    processes.run_interleaved(environments, args.processes, _pytest_args(args), Path(args.output_dir), args.name,
-                              until=_until_target(args.until), budget_seconds=args.budget,
-                              round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
-                              pin_rounds=args.pin_rounds == "pair")
-    return 0
-
-
-def cmd_peer(args: argparse.Namespace) -> int:
-    """timm's own ResNet18 benchmark beside the tuned row, on the same GPU, in one call (peer.py)."""
-    from devicebench import peer
-
-    output = Path(args.output or f"results/reference/{args.machine}/peer-timm.json")
-    peer.run_peer(Path(args.script), output, args.processes, args.device, args.scale, args.amp_dtype, args.profile)
-    return 0
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    runs = results.load_runs([args.dir], Path(args.dir))
-    lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
-    text, found = history.render(lines, args.threshold)
-    print(text)
-    if args.png:
-        from devicebench import plots
-
-        plots.history_chart(lines, Path(args.png), args.threshold)
-        print(f"chart written to {args.png}")
-    for line in found:
-        print(line)
-    regressed = any(line.startswith("regression") for line in found)
-    return 1 if regressed and args.fail_on_regression else 0
 
 
 def _threshold(text: str) -> float:
@@ -246,18 +43,6 @@ def _until_part(text: str) -> tuple[str | None, float]:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a size above zero, such as 5%")
     return pipeline or None, value
-
-
-def _until_target(parts: list[tuple[str | None, float]] | None) -> processes.UntilTarget | None:
-    """The ``--until`` options as one target: the size for every row and the sizes asked of single pipelines."""
-    if not parts:
-        return None
-    defaults = [value for pipeline, value in parts if pipeline is None]
-    if len(defaults) != 1:
-        raise UsageError("--until: give one size for every row (e.g. --until 5%), and PIPELINE=SIZE for a "
-                         "pipeline that should differ (e.g. --until seed=10%)")
-    by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
-    return processes.UntilTarget(defaults[0], tuple(sorted(by_pipeline.items())))
 
 
 def _duration(text: str) -> float:
@@ -300,13 +85,14 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                         help="with two or more --env: pair (default) runs the accelerator rows' rounds of both "
                              "workers of a pair on one core, another each pair, so that what a core is worth "
                              "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
-                             "puts them (a wrapper's own DEVICEBENCH_ROUND_CORE still applies)")
+                             "puts them")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
     _add_calibration_option(parser)
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                        help="after --: options for pytest benchmarks, e.g. -- --device cpu --scale quick")
+    parser.add_argument("row_arguments", nargs=argparse.REMAINDER,
+                        help="after --: which rows and how, as for pytest benchmarks (--device, --pipeline, --scale, "
+                             "--data, ...), plus -k EXPRESSION and --workload LIST; e.g. -- --device cpu --scale quick")
 
 
 def _add_calibration_option(parser: argparse.ArgumentParser) -> None:
@@ -357,10 +143,10 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="run the benchmarks in several fresh processes (alternating environments) and merge them",
-        description="Runs `pytest benchmarks PYTEST_ARGS` as several processes per environment and writes one run "
-                    "per environment with every process's rounds. With two or more --env, the processes are worker "
-                    "pairs: one live worker per environment, their rounds alternated (A B B A ...), judged pair by "
-                    "pair (significance.py). Cost: one pytest run per process and environment.")
+        description="Measures the rows (selected after --, as for pytest benchmarks) in several fresh worker "
+                    "processes per environment and writes one run per environment with every process's rounds. With "
+                    "two or more --env, the workers are pairs: one live worker per environment, their rounds "
+                    "alternated (A B B A ...), judged pair by pair (significance.py).")
     _add_process_options(
         run, processes=None, output_dir="results/processes",
         processes_help="processes per environment: one after another with one environment, worker pairs with two "
@@ -374,9 +160,9 @@ def parser() -> argparse.ArgumentParser:
 
     sweeping = commands.add_parser(
         "sweep", help="the suite on several torch releases (an environment each), then their history",
-        description="Builds or reuses a virtual environment per torch version (with its torchvision and this "
-                    "checkout), runs `pytest benchmarks PYTEST_ARGS` in each as --processes processes, alternating "
-                    "the versions, saves one run per version and prints `devicebench history` of them.")
+        description="Builds or reuses a virtual environment per torch version (with its torchvision and "
+                    "devicebench's requirements), measures the rows in each as --processes workers, alternating the "
+                    "versions, saves one run per version and prints `devicebench history` of them.")
     sweeping.add_argument("--torch", nargs="*", default=[], metavar="VERSION",
                           help="torch versions, e.g. --torch 2.11.0 2.12.1 2.13.0 2.14.1")
     _add_process_options(
@@ -395,8 +181,7 @@ def parser() -> argparse.ArgumentParser:
 
     calibrating = commands.add_parser(
         "calibrate", help="measure this machine's noise per row once (an A/A of worker pairs) for later comparisons",
-        description="Runs `pytest benchmarks PYTEST_ARGS` as worker pairs of the same Python (an A/A: A and B "
-                    "alternate rounds) and keeps each row's spread between pairs and between processes in the "
+        description="Measures the rows as worker pairs of the same Python (an A/A: A and B alternate rounds) and keeps each row's spread between pairs and between processes in the "
                     "calibration file, keyed by row, machine and torch version. Later comparisons of this machine "
                     "use it: a single-process compare gets a verdict, and a devicebench run of a few pairs the "
                     "degrees of freedom of many. Use the --round-time of the runs it will judge.")

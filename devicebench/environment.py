@@ -26,7 +26,6 @@ def software_facts() -> dict:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "devicebench_version": devicebench.__version__,
-        "devicebench_schema": devicebench.RESULT_SCHEMA_VERSION,
         "torch_version": torch.__version__,
         "torch_git_version": torch.version.git_version,
         "torchvision_version": package_version("torchvision"),
@@ -46,6 +45,21 @@ def machine_key() -> tuple:
     import platform
 
     return (platform.node(), devices.cpu_name(), tuple(a.get("name", "?") for a in devices.accelerators()))
+
+
+def machine_info() -> dict:
+    """What a worker records of its machine: pytest-benchmark's machine_info fields, and ours."""
+    import os
+    import platform
+
+    info = {"node": platform.node(), "processor": platform.processor(), "machine": platform.machine(),
+            "python_compiler": platform.python_compiler(),
+            "python_implementation": platform.python_implementation(),
+            "python_implementation_version": platform.python_version(), "python_version": platform.python_version(),
+            "python_build": list(platform.python_build()), "release": platform.release(),
+            "system": platform.system(), "cpu": {"brand_raw": devices.cpu_name(), "count": os.cpu_count()}}
+    info.update(software_facts())
+    return info
 
 
 def update_machine_info(machine_info: dict) -> None:

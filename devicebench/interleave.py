@@ -4,20 +4,20 @@ Why. On the machines this project measured, most of the spread between separate 
 machine drifting under the run (another tenant, clocks, thermals), not the processes themselves: alternating
 single rounds between two live workers cut the standard error of an A/B ratio from 4.9% to 1.7% (2-core VM,
 mnist_mlp resident) and from 4.3% to 2.3% (H200 host), where whole processes alternated A B A B did not
-(DESIGN.md, "Facts checked 2026-12-01"). Rounds next to each other in time see the same machine, so their ratio
+(docs/comparing.md). Rounds next to each other in time see the same machine, so their ratio
 cancels the drift; the A B B A order also cancels a drift that is linear over a pair of rounds.
 
-How. The coordinator (``run_workers``) starts one pytest process per environment, each with two pipes named by
-``DEVICEBENCH_ROUND_GATE=READ_FD,WRITE_FD``. A worker runs only while it holds the turn: at every gate point (the
-start of each test, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
+How. The coordinator (``run_workers``) starts one worker process per environment (worker.py), each with two pipes
+named in its task (turns.py holds the worker's end). A worker runs only while it holds the turn: at every point (the
+start of each row, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
 coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
 compiles included) while the others sit blocked on a pipe read, and each timed round is labelled with the
 sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
 answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that
 exits closes its pipes: the coordinator reads end-of-file, waits for the process and carries on with the others.
 
-Both workers run the same pytest arguments, so they reach the same tests in the same order; a test seen under
-another name at the same place is an error (the environments would not be timing the same rows).
+Both workers get the same rows, so they reach them in the same order; a row seen under another name at the same
+place is an error (the environments would not be timing the same rows).
 """
 
 from __future__ import annotations
@@ -33,53 +33,8 @@ from typing import Callable
 
 from devicebench.errors import DevicebenchError
 
-GATE_VARIABLE = "DEVICEBENCH_ROUND_GATE"
-
-
-# ------------------------------------------------------------------------------------------------ worker side
-class RoundGate:
-    """A worker's end of the pipes: ``begin_test`` at each test's start, ``before_round`` before each round."""
-
-    def __init__(self, read_fd: int, write_fd: int):
-        self._turns = os.fdopen(read_fd, "r", buffering=1)
-        self._requests = os.fdopen(write_fd, "w", buffering=1)
-        self._item, self._test, self._step = -1, "", 0
-
-    def begin_test(self, item: int, test: str) -> int:
-        self._item, self._test, self._step = item, test, 0
-        return int(self._wait()["sequence"])
-
-    def before_round(self) -> int:
-        """Block until this worker's turn for its next round; the turn's sequence number (its label)."""
-        self._step += 1
-        return int(self._wait()["sequence"])
-
-    def first_timed_round(self, minimum_rounds: int, warmup_seconds: float | None,
-                          row: dict | None = None) -> tuple[int, int]:
-        """Block until this worker's turn for its first timed round, saying how long its last warm-up round took
-        and which row it is (``row``: runner.calibration_key); the turn's sequence number and how many rounds to
-        time (the coordinator decides, the same for every worker of the pair: see ``Scheduler._size``)."""
-        self._step += 1
-        answer = self._wait({"minimum_rounds": minimum_rounds, "warmup_seconds": warmup_seconds, "row": row})
-        return int(answer["sequence"]), int(answer.get("rounds", minimum_rounds))
-
-    def _wait(self, sizing: dict | None = None) -> dict:
-        message = {"item": self._item, "test": self._test, "step": self._step, **(sizing or {})}
-        self._requests.write(json.dumps(message) + "\n")
-        self._requests.flush()
-        answer = self._turns.readline()
-        if not answer:  # the coordinator is gone (interrupted): nothing is left to take turns with
-            raise DevicebenchError("the `devicebench run` that started this worker stopped; this worker stops too")
-        return json.loads(answer)
-
-
-def gate_from_environment() -> RoundGate | None:
-    """The gate a coordinator handed this process, or None for an ordinary run (no waiting anywhere)."""
-    value = os.environ.pop(GATE_VARIABLE, None)  # popped: processes this one starts are not workers
-    if not value:
-        return None
-    read_fd, write_fd = (int(part) for part in value.split(","))
-    return RoundGate(read_fd, write_fd)
+# A worker's command, given the two pipe ends it must hold (its turns to read, its requests to write).
+WorkerCommand = Callable[[int, int], list[str]]
 
 
 # ------------------------------------------------------------------------------------------------ the schedule
@@ -132,10 +87,8 @@ class Scheduler:
         known = self.tests.setdefault(point.item, point.test)
         if known != point.test:
             raise DevicebenchError(
-                f"the environments do not run the same tests: test {point.item + 1} is {known} in one and "
-                f"{point.test} in {label}. Interleaving needs the same rows on every side: select them the same "
-                f"way (-k, --device, --pipeline) and make sure each environment can run them (pytest -rs says "
-                f"why a row skips)")
+                f"the environments do not run the same rows: row {point.item + 1} is {known} in one and "
+                f"{point.test} in {label}. Interleaving needs the same rows on every side")
         self.waiting[label] = point
 
     def next_turn(self) -> tuple[str, int, Point] | None:
@@ -226,27 +179,24 @@ class Worker:
         self.turns.flush()
 
 
-def start_worker(label: str, command: list[str], cwd: Path, log: Path, extra_environment: dict | None = None
-                 ) -> Worker:
+def start_worker(label: str, command: WorkerCommand, log: Path) -> Worker:
     turns_read, turns_write = os.pipe()
     requests_read, requests_write = os.pipe()
-    environment = {**os.environ, **(extra_environment or {}), GATE_VARIABLE: f"{turns_read},{requests_write}"}
     with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command(turns_read, requests_write), stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
     os.close(turns_read)  # the worker's ends: only the worker may hold them, so that its exit reads as EOF here
     os.close(requests_write)
     return Worker(label, process, os.fdopen(turns_write, "w", buffering=1), os.fdopen(requests_read, "r"), log)
 
 
-def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path],
-                round_seconds: float | None = None, rounds_wanted: Callable[[dict, int], int | None] | None = None,
-                extra_environment: dict | None = None) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
+def run_workers(commands: dict[str, WorkerCommand], logs: dict[str, Path], round_seconds: float | None = None,
+                rounds_wanted: Callable[[dict, int], int | None] | None = None
+                ) -> tuple[dict[str, int], list[tuple[int, str, Point]]]:
     """Run one worker per label, taking turns, until every one has exited: their exit codes, and the schedule
     (sequence number, label, point) of every turn given. ``round_seconds``, ``rounds_wanted``: Scheduler._size.
-    ``extra_environment``: variables every worker gets on top of this process's (the pair's round core).
 
-    On any error (a worker's protocol breaks, the tests differ, Ctrl-C) every worker still running is stopped.
+    On any error (a worker's protocol breaks, the rows differ, Ctrl-C) every worker still running is stopped.
     """
     labels = list(commands)
     scheduler = Scheduler(labels, round_seconds, rounds_wanted)
@@ -255,8 +205,8 @@ def run_workers(commands: dict[str, list[str]], cwd: Path, logs: dict[str, Path]
     started = time.monotonic()
     try:
         for label in labels:
-            workers[label] = start_worker(label, commands[label], cwd, logs[label], extra_environment)
-        for label in labels:  # each runs its start-up (imports, collection) up to its first gate
+            workers[label] = start_worker(label, commands[label], logs[label])
+        for label in labels:  # each runs its start-up (imports) up to its first turn
             _take_request(scheduler, workers[label])
         failed = [label for label in labels if workers[label].process.returncode not in (None, 0)]
         while not failed and (turn := scheduler.next_turn()) is not None:

@@ -1,9 +1,9 @@
-"""Time a workload's rounds with pytest-benchmark and describe the result in ``extra_info``.
+"""One row measured: build a workload for a device and pipeline, time its rounds, describe them as the row's fields.
 
-Rounds are timed with ``benchmark.pedantic(rounds=, iterations=1)``: no calibration, so a slow epoch is not called
-seven extra times. The scale's warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run
-before it and are not counted. A worker of an interleaved run may time more rounds than the scale's, as the
-coordinator decides (interleave.Scheduler._size).
+Both fronts call ``measure_row``: the pytest front hands it pytest-benchmark's ``pedantic`` as ``time_rounds`` (no
+calibration, so a slow epoch is not called seven extra times), a worker of ``devicebench run`` a plain loop. The
+scale's warm-up rounds (first-call allocation, cudnn autotuning, compilation) run before and are not counted. A
+worker may time more rounds than the scale's, as its coordinator decides (interleave.Scheduler).
 """
 
 from __future__ import annotations
@@ -19,35 +19,43 @@ from typing import Callable
 
 import torch
 
-import devicebench
 from devicebench import affinity, counts, devices, efficiency, fallback, profiling, schema, stability
 from devicebench.errors import DevicebenchError, DeviceOutOfMemory
-from devicebench.interleave import RoundGate
 from devicebench.tuning import apply_backend_flags
+from devicebench.turns import TurnPipe
 from devicebench.workloads.base import RoundStats, RunConfig, WorkloadRun, build
 
 # Called after every round: (round number from 1, total rounds incl. warm-up, warm-up rounds, stats, samples).
 ProgressCallback = Callable[[int, int, int, RoundStats, int], None]
+# time_rounds(one_round, rounds, before_round): calls before_round (untimed, may be None) and one_round, rounds times.
+RoundTimer = Callable[[Callable[[], None], int, "Callable[[], None] | None"], None]
 
 
-def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
-                  progress: ProgressCallback | None = None, profile_trace: Path | None = None,
-                  gate: RoundGate | None = None, checks: dict | None = None, count_steps: bool = True) -> dict:
-    """Build ``workload`` for ``config``, time its rounds with ``benchmark``, fill and return ``extra_info``.
+def plain_loop(one_round: Callable[[], None], rounds: int, before_round: Callable[[], None] | None) -> None:
+    """A worker's round timer: each round times itself (RoundStats), so nothing more is needed around it."""
+    for _ in range(rounds):
+        if before_round is not None:
+            before_round()
+        one_round()
+
+
+def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_rounds: RoundTimer = plain_loop,
+                progress: ProgressCallback | None = None, profile_trace: Path | None = None,
+                turns: TurnPipe | None = None, checks: dict | None = None, count_steps: bool = True) -> dict:
+    """Build ``workload`` for ``config``, time its rounds, and return the row's fields (schema.py).
 
     With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
-    With ``gate`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
-    waits for its turn first (interleave.py), untimed; the timed rounds' turn numbers go into the row.
+    With ``turns`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
+    waits for its turn first (untimed); the timed rounds' turn numbers go into the row.
     ``checks``: fields of checks made before the row (the parity check's), saved with it. ``count_steps``: one
     untimed epoch after the timed rounds counts what a step dispatches (counts.py).
     """
     scale, device = config.scale, config.device
-    benchmark.group = f"{workload.NAME} ({scale.name})"
     apply_backend_flags(None)  # torch's defaults; a tuned run sets its plan's flags when it is built
     devices.empty_cache(device)
     try:
         with fallback.watch(device) as cpu_fallback_ops:
-            timing = _time_rounds(benchmark, workload, config, device_name, progress, profile_trace, gate,
+            timing = _time_rounds(workload, config, device_name, time_rounds, progress, profile_trace, turns,
                                   count_steps)
     except Exception as error:
         if devices.is_out_of_memory(error):
@@ -58,8 +66,6 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
                 f"smaller --scale. ({str(error).splitlines()[0]})"
             ) from error
         raise
-    if isinstance(timing, dict):  # the smoke run of --benchmark-disable
-        return timing
     run, done, val_loss, val_accuracy = timing.run, timing.rounds, timing.val_loss, timing.val_accuracy
     if not math.isfinite(val_loss):
         raise DevicebenchError(
@@ -68,10 +74,11 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
             f"benchmarks -k parity --device {device.type}`; on mps, try another torch release (docs/mps.md)")
     flags = backend_flags()
     timed = done[scale.warmup_rounds:]
-    extra = describe_rounds(timed, run.samples_per_round)
-    extra.update(_what_the_row_is(workload, config, device_name, run))
+    process = describe_rounds(timed, run.samples_per_round)
+    extra = _what_the_row_is(workload, config, device_name, run)
     extra.update({
-        "schema_version": devicebench.RESULT_SCHEMA_VERSION,
+        "samples_per_s": process["samples_per_s"],
+        "loader_wait_fraction": process["loader_wait_fraction"],
         "warmup_rounds": scale.warmup_rounds,
         "compile_cache": config.compile_cache,
         "planted_slowdown_fraction": config.slowdown_fraction,
@@ -85,23 +92,49 @@ def run_benchmark(benchmark, workload: ModuleType, config: RunConfig, device_nam
     extra["flops_per_round"] = flops.per_round(scale.train_samples, scale.valid_samples)
     peak_dtype = efficiency.compute_dtype(run.precision, device.type, workload.HAS_CONVOLUTIONS,
                                           flags["cudnn_allow_tf32"], flags["matmul_allow_tf32"])
-    extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(extra["round_seconds"]),
+    extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(process["round_seconds"]),
                                               device_name, peak_dtype))
     extra.update(timing.step_counts)
     if timing.profile is not None:
         extra["profile"] = timing.profile
-    if gate is not None:
-        extra["round_sequence"] = timing.turns[scale.warmup_rounds:]
+    if turns is not None:
+        process["round_sequence"] = timing.turns[scale.warmup_rounds:]
     if device.type == "mps":
         extra["mps_fallback_enabled"] = fallback.fallback_enabled()
         extra["cpu_fallback_ops"] = cpu_fallback_ops
     extra.update(checks or {})
-    reason = stability.assess(extra["round_seconds"])
+    reason = stability.assess(process["round_seconds"])
     extra["unstable"], extra["unstable_reason"] = reason is not None, reason
+    process["unstable_reason"] = reason
+    process["compile_s"] = extra.get("compile_s")
+    extra["processes"] = [process]
     schema.check_row(extra)
-    benchmark.extra_info.update(extra)
-    benchmark.has_error = False
     return extra
+
+
+def parity_fields(workload: ModuleType, device: torch.device) -> dict:
+    """Check that ``device`` trains ``workload`` as the cpu does (parity.py): the fields every row of that device
+    and workload then carries. A device that is fast but wrong is marked, and compare never ranks it."""
+    from devicebench import parity
+
+    report = parity.check(workload.parity_case, device)
+    fields = {"parity_failed": not report.ok, "parity_max_param_rel_diff": report.max_param_rel_diff}
+    if not report.ok:
+        fields["parity_mismatches"] = report.mismatches[:5]
+    return fields
+
+
+def trace_path(folder: str | Path, row_name: str) -> Path:
+    """Where --profile writes a row's trace."""
+    safe_name = "".join(char if char.isalnum() or char in "-_." else "-" for char in row_name).strip("-")
+    return Path(folder) / f"{safe_name}.trace.json.gz"
+
+
+def smoke_round(workload: ModuleType, config: RunConfig) -> dict:
+    """pytest-benchmark's --benchmark-disable ("run the benchmarks as plain tests"): one untimed round, to show
+    that the row builds and trains; nothing is saved."""
+    stats = build(workload, config).run_round()
+    return {"smoke_run": True, "train_loss": stats.train_loss, "val_loss": stats.val_loss}
 
 
 def _what_the_row_is(workload: ModuleType, config: RunConfig, device_name: str, run: WorkloadRun) -> dict:
@@ -135,25 +168,20 @@ class _Timed:
     step_counts: dict  # counts.py's fields; {} when not counted
 
 
-def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name: str,
-                 progress: ProgressCallback | None, profile_trace: Path | None, gate: RoundGate | None,
-                 count_steps: bool) -> _Timed | dict:
-    """Build the row and time its rounds; the smoke run's dict instead under --benchmark-disable."""
+def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time_rounds: RoundTimer,
+                 progress: ProgressCallback | None, profile_trace: Path | None, turns: TurnPipe | None,
+                 count_steps: bool) -> _Timed:
+    """Build the row and time its rounds."""
     scale = config.scale
     run = build(workload, config)
-    if getattr(benchmark, "disabled", False):
-        # --benchmark-disable, pytest-benchmark's "run the benchmarks as plain tests": one round as a smoke
-        # test that the row builds and trains; nothing is timed or saved.
-        stats = run.run_round()
-        return {"smoke_run": True, "train_loss": stats.train_loss, "val_loss": stats.val_loss}
     devices.reset_peak_memory(config.device)
     done: list[RoundStats] = []
-    turns: list[int] = []
+    turn_numbers: list[int] = []
     planned = {"rounds": scale.rounds}
     held_turn: list[int] = []  # the first timed round's turn, taken when the rounds were sized
 
-    def wait_for_turn() -> None:  # pedantic's setup: called before every round, outside its clock
-        turns.append(held_turn.pop() if held_turn else gate.before_round())
+    def wait_for_turn() -> None:  # called before every round, outside its clock
+        turn_numbers.append(held_turn.pop() if held_turn else turns.before_round())
 
     def one_round() -> None:
         stats = run.run_round()
@@ -169,9 +197,6 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
     # caches.)
     gc.collect()
     gc.freeze()
-    # Until the row is complete it is marked failed, so a run interrupted in its rounds (Ctrl-C) never saves
-    # the rounds it had as if they were the row (pytest-benchmark leaves rows with an error out of its files).
-    benchmark.has_error = True
     # An accelerator row's rounds run with this thread on the pair's core (affinity.py); a cpu row's never.
     core = affinity.core_for_rounds(config.device.type, config.round_core)
     if core is not None:
@@ -181,22 +206,21 @@ def _time_rounds(benchmark, workload: ModuleType, config: RunConfig, device_name
             # Warm-up rounds (first-call allocation, cudnn autotuning, kernel compilation) run here rather than
             # in pedantic, so that a worker of an interleaved run can learn how many rounds to time from them.
             for _ in range(scale.warmup_rounds):
-                if gate is not None:
+                if turns is not None:
                     wait_for_turn()
                 one_round()
-            if gate is not None:
+            if turns is not None:
                 last_warmup = done[-1].seconds if done else None
-                turn, planned["rounds"] = gate.first_timed_round(
+                turn, planned["rounds"] = turns.first_timed_round(
                     scale.rounds, last_warmup, calibration_key(workload, config, device_name, run))
                 held_turn.append(turn)
-            benchmark.pedantic(one_round, rounds=planned["rounds"], warmup_rounds=0, iterations=1,
-                               setup=wait_for_turn if gate is not None else None)
+            time_rounds(one_round, planned["rounds"], wait_for_turn if turns is not None else None)
     finally:
         gc.unfreeze()
     val_loss, val_accuracy = run.final_evaluation()
     step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turns, val_loss, val_accuracy, profile, step_counts)
+    return _Timed(run, done, turn_numbers, val_loss, val_accuracy, profile, step_counts)
 
 
 _FLOP_COUNTS: dict = {}
@@ -224,7 +248,7 @@ def backend_flags() -> dict:
 
 
 def describe_rounds(rounds: list[RoundStats], samples_per_round: int) -> dict:
-    """Throughput and where the time went, from the timed rounds (raw values kept for significance tests).
+    """One process's entry of a row (``processes``): its timed rounds, kept raw for significance tests.
 
     ``samples_per_s`` is training throughput: training samples over the median training-epoch time (validation
     is timed apart, in ``val_seconds``). ``round_seconds`` is the whole round, what pytest-benchmark's table shows.
@@ -232,7 +256,6 @@ def describe_rounds(rounds: list[RoundStats], samples_per_round: int) -> dict:
     seconds = [r.seconds for r in rounds]
     train_seconds = [r.train_seconds for r in rounds]
     return {
-        "samples_per_round": samples_per_round,
         "samples_per_s": samples_per_round / statistics.median(train_seconds),
         "round_seconds": seconds,
         "train_seconds": train_seconds,

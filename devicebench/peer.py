@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from devicebench import processes, results
+from devicebench import runfile, worker
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.scales import scale_for
 
@@ -40,9 +40,15 @@ def timm_command(script: Path, batch_size: int, image_size: int, amp_dtype: str,
 
 
 def suite_command(json_path: Path, device: str, scale: str, profile: bool) -> list[str]:
-    return [sys.executable, "-m", "pytest", str(processes.REPO / "benchmarks" / "test_resnet18_cifar.py"), "-q",
-            "-p", "no:cacheprovider", "--device", device, "--pipeline", PIPELINE, "--scale", scale,
-            "--benchmark-json", str(json_path), *(["--profile"] if profile else [])]
+    """A worker of this Python measuring the tuned row alone into ``json_path`` (worker.py)."""
+    from devicebench.options import RowOptions
+    from devicebench.rows import RowSpec
+
+    row = RowSpec(WORKLOAD, f"devicebench.workloads.{WORKLOAD}", device, PIPELINE)
+    chosen = RowOptions(devices=(device,), pipelines=(PIPELINE,), scale=scale, profile=profile,
+                        profile_dir=str(json_path.parent))
+    task = worker.Task(rows=[vars(row)], options=chosen.to_dict(), output=str(json_path))
+    return worker.command(sys.executable, task.write(json_path.with_suffix(".task.json")))
 
 
 def parse_timm_output(output: str) -> dict:
@@ -57,13 +63,13 @@ def parse_timm_output(output: str) -> dict:
 
 
 def tuned_row(json_path: Path) -> dict:
-    """The tuned resnet18_cifar row of a suite run's JSON file (its ``extra_info``)."""
-    run = results.load_run(json_path)
-    for row in run.rows if run is not None else []:
-        if row.extra.get("workload") == WORKLOAD and row.extra.get("pipeline") == PIPELINE:
-            return row.extra
-    raise DevicebenchError(f"{json_path} holds no {WORKLOAD} {PIPELINE} row (did the device skip it? run "
-                           f"pytest with -rs to see why)")
+    """The tuned resnet18_cifar row of a worker's file (its fields); the reason where it was not measured."""
+    data = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
+    for row in data["rows"]:
+        if row["status"] == "measured" and row["extra"].get("workload") == WORKLOAD:
+            return row["extra"]
+        raise DevicebenchError(f"{WORKLOAD} {PIPELINE} was not measured: {row['status']}: {row.get('reason')}")
+    raise DevicebenchError(f"{json_path} holds no {WORKLOAD} {PIPELINE} row")
 
 
 def run_peer(script: Path, output: Path, processes_each: int, device: str, scale_name: str, amp_dtype: str,
@@ -76,7 +82,7 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
                          f"(huggingface/pytorch-image-models)")
     if processes_each < 1:
         raise UsageError("--processes must be at least 1")
-    run = run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, cwd=processes.REPO))
+    run = run or (lambda argv: subprocess.run(argv, capture_output=True, text=True))
     scale = scale_for(WORKLOAD, scale_name)
     from devicebench.workloads.resnet18_cifar import IMAGE_SIZE
 
@@ -129,7 +135,7 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
         "profile": rows[-1].get("profile") if profile else None,
         "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    results.write_json_atomically(output, peer)
+    runfile.write_json_atomically(output, peer)
     echo(f"timm {timm_median:,.0f} images/s (inference), devicebench tuned {suite_median:,.0f} training images/s: "
          f"ratio {peer['ratio']:.3f}; written to {output}")
     return peer

@@ -1,20 +1,21 @@
-"""Reading saved runs: pytest-benchmark JSON files written with devicebench's machine_info and extra_info.
+"""Saved runs as the comparisons read them: a ``Run`` of ``Row``s, from run files (runfile.py).
 
-Robust on purpose: a malformed file, a JSON file that is not a pytest-benchmark run, or a run without
-devicebench's fields is skipped with a warning naming it; a run written by a newer schema is refused by name.
+Every file goes through one check: a file that is not a readable devicebench run (malformed, truncated, another
+suite's, a newer schema) and a row whose times are not times or whose identity is incomplete are skipped with a
+warning naming the file, the row and the reason; a regression gate (``strict``) refuses them instead.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devicebench import RESULT_SCHEMA_VERSION, schema
+from devicebench import runfile, schema
 from devicebench.errors import UsageError
+from devicebench.runfile import write_json_atomically  # noqa: F401 - the one writer, re-exported for callers
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,12 @@ class Row:
     @property
     def measures_training_alone(self) -> bool:
         """Schema 1 rows timed training and validation together; their throughput is per round."""
-        return "train_seconds" in self.extra
+        return not self.extra.get("timed_with_validation")
 
     @functools.cached_property
     def processes(self) -> list[list[float]]:
-        """Per process, the times throughput is computed from: training epochs (schema 2) or whole rounds (1)."""
-        key = "train_seconds" if self.measures_training_alone else "round_seconds"
-        per_process = self.extra.get("processes") or [self.extra]
-        return [[float(s) for s in process[key]] for process in per_process]
+        """Per process, its training epochs' times: what throughput is computed from."""
+        return [[float(s) for s in process["train_seconds"]] for process in self.extra["processes"]]
 
     @functools.cached_property
     def pairs(self) -> dict[tuple[str, int], list[float]]:
@@ -168,74 +167,60 @@ class Run:
         return f"{self.machine_info.get('node', '?')} ({', '.join([self.machine_info.get('cpu_name', '?'), *names])})"
 
 
-def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Path:
-    """Written to a temporary file beside ``path`` and renamed: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=sort_keys))
-    partial.replace(path)
-    return path
-
-
 def warn(message: str) -> None:
     print(f"devicebench: warning: {message}", file=sys.stderr)
 
 
-def load_run(path: Path, quiet: bool = False) -> Run | None:
-    """Read one saved run; None (with a warning naming the file, unless ``quiet``) when it is not a readable
-    devicebench run."""
-    if quiet:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stderr(io.StringIO()):
-            return load_run(path)
+def load_run(path: Path, quiet: bool = False, strict: bool = False) -> Run | None:
+    """Read one saved run; None (with a warning naming the file and why, unless ``quiet``) when it is not a
+    readable devicebench run. ``strict``: raise UsageError instead, for a bad file or any bad row in it."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        warn(f"skipping {path}: not readable JSON ({error})")
+        data = runfile.read(Path(path))
+    except runfile.FileError as error:
+        if strict:
+            raise UsageError(f"{error}. A regression gate judges every run it is given, so it fails: re-measure or "
+                             f"remove it") from None
+        if not quiet:
+            warn(f"skipping {error}")
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
-            or not isinstance(data.get("machine_info"), dict):
-        warn(f"skipping {path}: not a pytest-benchmark result file")
+    run = run_of(data, Path(path), quiet=quiet, strict=strict)
+    if not run.rows:
+        if not quiet:
+            warn(f"skipping {path}: none of its rows can be judged (the warnings above say why)")
         return None
-    schema = data["machine_info"].get("devicebench_schema")
-    if schema is None:
-        warn(f"skipping {path}: no devicebench fields (a run of another suite?)")
-        return None
-    if not isinstance(schema, int) or schema > RESULT_SCHEMA_VERSION:
-        warn(f"skipping {path}: written with result schema {schema}, newer than this devicebench understands "
-             f"({RESULT_SCHEMA_VERSION}); upgrade devicebench to read it")
-        return None
+    return run
+
+
+def run_of(data: dict, path: Path, quiet: bool = True, strict: bool = False) -> Run:
+    """A run already in memory (migrated), its bad rows left out with a warning (``strict``: refused)."""
     rows = []
     for bench in data["benchmarks"]:
-        row = _row(bench)
-        if row is None:
-            warn(f"{path}: skipping row {bench.get('name', '?')!r}: missing devicebench fields or round times")
-        else:
-            rows.append(row)
-    about = data.get("devicebench_run") or {}
-    return Run(Path(path), data["machine_info"], str(data.get("datetime", "")), rows,
+        name = str(bench.get("name", "?")) if isinstance(bench, dict) else "?"
+        extra = bench.get("extra_info") if isinstance(bench, dict) else None
+        problem = runfile.row_problem(extra)
+        if problem is None:
+            row = Row(test=name, extra=extra)
+            try:  # every derived field compare and history read, read once here
+                row.identity, row.workload_version, row.samples_per_s  # noqa: B018
+            except (KeyError, TypeError, ValueError, statistics.StatisticsError, ZeroDivisionError) as error:
+                problem = f"unreadable fields ({type(error).__name__}: {error})"
+        if problem is not None:
+            if strict:
+                raise UsageError(f"{path}: row {name!r} cannot be judged: {problem}. A regression gate judges "
+                                 f"every row it is given, so it fails: re-measure or remove the run")
+            if not quiet:
+                warn(f"{path}: skipping row {name!r}: {problem}")
+            continue
+        rows.append(row)
+    about = data.get("devicebench") or {}
+    return Run(Path(path), data.get("machine_info") or {}, str(data.get("datetime", "")), rows,
                interrupted=bool(about.get("interrupted")), environment=about.get("environment"),
                sweep_position=about.get("sweep_position"))
 
 
 def rows_of(data: dict) -> list[Row]:
-    """The readable rows of a run already in memory (a pytest-benchmark-shaped dict)."""
-    return [row for row in map(_row, data.get("benchmarks", [])) if row is not None]
-
-
-def _row(bench: dict) -> Row | None:
-    extra = bench.get("extra_info") if isinstance(bench, dict) else None
-    if not isinstance(extra, dict):
-        return None
-    row = Row(test=str(bench.get("name", "?")), extra=extra)
-    try:  # every field compare and history will read, read once here so that a bad row is skipped by name
-        row.identity, row.workload_version, row.samples_per_s  # noqa: B018
-    except (KeyError, TypeError, ValueError, statistics.StatisticsError, ZeroDivisionError):
-        return None
-    return row
+    """The readable rows of a run already in memory (a run file's dict, migrated)."""
+    return run_of(data, Path("<memory>")).rows
 
 
 def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
@@ -244,10 +229,15 @@ def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
     paths: list[Path] = []
     for spec in specs:
         candidate = Path(spec)
-        if candidate.is_file():
+        if candidate.is_dir() and candidate.suffix != ".json":
+            # Every run in it, not a run's staging folder (.NAME.processes) in the making.
+            found = sorted(path for path in candidate.rglob("*.json")
+                           if not any(part.startswith(".") for part in path.relative_to(candidate).parts))
+            if not found:
+                raise UsageError(f"{spec}: a folder with no .json run files in it")
+            paths.extend(found)
+        elif candidate.exists():  # a file, or something else where a file was expected: reading it says which
             paths.append(candidate)
-        elif candidate.is_dir():
-            paths.extend(sorted(candidate.rglob("*.json")))
         else:
             # A run id is a plain name; a path that does not exist (absolute, or with folders) is no run id.
             is_run_id = not candidate.is_absolute() and len(candidate.parts) == 1
@@ -262,10 +252,7 @@ def load_runs(specs: list[str], results_dir: Path = Path("results"), strict: boo
     """Every readable run the specs name; ``strict`` (a regression gate): any unreadable file is an error."""
     runs = []
     for path in expand(specs, results_dir):
-        run = load_run(path)
-        if run is None and strict:
-            raise UsageError(f"{path} could not be read as a devicebench run (the warning above says why); a "
-                             f"regression gate judges every run it is given, so it fails. Re-measure or remove it")
+        run = load_run(path, strict=strict)
         if run is not None:
             runs.append(run)
     if not runs:

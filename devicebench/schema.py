@@ -1,14 +1,10 @@
 """The fields of a result row (pytest-benchmark's ``extra_info``), defined once: what each means, and which of
 them make up the row's identity.
 
-The runner checks every row it writes against this table (an unknown or missing field is a bug, caught by the
-tests); ``results.Row`` reads rows back through it; the README's field table describes it. Bump
-``RESULT_SCHEMA_VERSION`` (in ``devicebench/__init__.py``) when a field changes meaning; readers accept every
-version up to theirs and refuse newer ones.
-
-Schema history: 1 = first release. 2 = ``train_seconds``/``val_seconds`` (training throughput from training time;
-version 1's ``samples_per_s`` divided by the whole round), ``valid_samples``, ``compile_cache``, and runs made of
-several processes (``processes``).
+The measurement checks every row it makes against this table (an unknown or missing field is a bug, caught by the
+tests); ``results.Row`` reads rows back through it. The file's schema version and the migrations of older files
+live in runfile.py. History: 1 = first release; 2 = training timed apart from validation (``train_seconds``),
+runs of several processes; 3 = the version at the file's top, each round time once, in its process's entry.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ PINNED_ROUNDS = "pinned_rounds"
 
 # name -> meaning. Every row has these (options a pipeline does not have are absent, e.g. ``workers``).
 FIELDS: dict[str, str] = {
-    "schema_version": "version of these fields",
     "workload": "workload name (mnist_mlp, resnet18_cifar, ...)",
     "workload_version": "bumped when the work a round does changes: rows of different versions never compare",
     "pipeline": "seed (the post as written), resident (data on the device), tuned (what the device supports)",
@@ -41,14 +36,8 @@ FIELDS: dict[str, str] = {
     "device": "device type: cpu, mps or cuda",
     "device_name": "the device's model name",
     "warmup_rounds": "rounds run before timing, not counted",
-    "samples_per_s": "training samples per second: samples_per_round / median of train_seconds",
-    "round_seconds": "every timed round: training epoch + validation pass (pytest-benchmark's round time)",
-    "train_seconds": "every timed round's training epoch",
-    "val_seconds": "every timed round's validation pass",
-    "loader_wait_fraction": "share of the rounds spent blocked waiting for the next batch",
-    "loader_wait_fraction_per_round": "the same, per round",
-    "train_loss_per_round": "mean (or last-batch, as the post) training loss per round",
-    "val_loss_per_round": "validation loss per round",
+    "samples_per_s": "training samples per second: samples_per_round / the median process's median train_seconds",
+    "loader_wait_fraction": "share of the rounds spent blocked waiting for the next batch (mean over processes)",
     "val_loss": "untimed evaluation after the timed rounds",
     "val_accuracy": "untimed evaluation after the timed rounds",
     "peak_memory_bytes": "cuda max_memory_allocated; null on mps and cpu",
@@ -68,11 +57,11 @@ FIELDS: dict[str, str] = {
     "compile_cache": "fresh (this process compiled from an empty torch.compile cache), shared (the user's), or "
                      "kept (the compiled code of earlier workers of the same environment, launch configurations "
                      "picked anew)",
-    "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch and validation pass "
-                                 "made this fraction longer on the device; 0 for a real measurement. Not part of the identity, so "
-                                 "a planted run compares with a clean one",
+    "planted_slowdown_fraction": "a planted slowdown (--slowdown-fraction): each training epoch and validation "
+                                 "pass made this fraction longer on the device; 0 for a real measurement. Not part "
+                                 "of the identity, so a planted run compares with a clean one",
     "round_core": "the core the thread running the rounds was pinned to, the same for both workers of a pair "
-                  "(affinity.py; DEVICEBENCH_ROUND_CORE); null: not pinned (a cpu row, a plain run, no affinity "
+                  "(affinity.py); null: not pinned (a cpu row, a plain run, no affinity "
                   "call)",
     # workload and pipeline options
     "workers": "DataLoader workers (resnet18_cifar seed)",
@@ -107,20 +96,20 @@ FIELDS: dict[str, str] = {
     # mps rows (fallback.py, docs/mps.md)
     "mps_fallback_enabled": "mps: PYTORCH_ENABLE_MPS_FALLBACK was set, so operators mps lacks may run on the cpu",
     "cpu_fallback_ops": "mps: the operators that ran on the cpu during the row (torch's fallback warnings); [] none",
-    # runs of several processes (devicebench run --processes N)
-    "processes": "one entry per process: its round_seconds, train_seconds, samples_per_s, compile_s; in an "
-                 "interleaved run (devicebench run --env A=.. --env B=..) also its pair (the worker pair it was "
-                 "one of) and round_sequence",
-    # interleaved runs (interleave.py)
-    "round_sequence": "each timed round's turn number in its worker pair's schedule (interleave.py): which round of "
-                      "the other environment ran just before and after it",
+    # each process's rounds (one entry for a plain pytest run, one per worker for devicebench run)
+    "processes": "one entry per process: its round_seconds (every timed round: training epoch + validation pass), "
+                 "train_seconds (each training epoch), val_seconds, samples_per_s, compile_s, loader_wait_fraction, "
+                 "unstable_reason; a plain run's entry also the per-round losses and loader waits; in an interleaved "
+                 "run (devicebench run --env A=.. --env B=..) its pair and round_sequence (each timed round's turn "
+                 "number in the pair's schedule)",
     "interleave_id": "the interleaved run this row's processes came from; rows of the same id and pair ran side "
                      "by side, round for round, and are judged as pairs (significance.py)",
+    "timed_with_validation": "a schema 1 row: its train_seconds are whole rounds (training and validation)",
 }
 # The kinds a --profile round's time is cut into (profiling.py says what each holds), in display order.
 PROFILE_KINDS = ("matmul_conv", "norm_elementwise", "optimizer", "data_movement", "compilation", "host_gaps")
 
-REQUIRED = ("schema_version", *WORK_FIELDS[:4], "samples_per_round", *DEVICE_FIELDS, "round_seconds")
+REQUIRED = (*WORK_FIELDS[:4], "samples_per_round", *DEVICE_FIELDS, "processes")
 
 
 def check_row(extra: dict) -> None:

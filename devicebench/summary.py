@@ -2,9 +2,10 @@
 
 pytest-benchmark's own table shows milliseconds per round (training and validation together); the figures a user
 came for — training samples/s, how long the training epoch took, how much of it waited for the data loader, the
-device's name and utilization, whether the row is trustworthy — live in the row's fields. When
-``results/reference/`` holds a run of the same device name and row identity (the same experiment), the line adds
-the ratio to it, so a fresh run says at once how it stands against a reference machine.
+device's name and utilization, whether the row is trustworthy — live in the row's fields. When a reference
+machine's curated run (``results/reference/MACHINE/suite.json``) has a row of the same identity (the same
+experiment on the same device model, pinned rounds included), the line adds the ratio to it, so a fresh run says
+at once how it stands against that machine.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from pathlib import Path
 from devicebench import results
 from devicebench.results import Row
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+REFERENCE_RUN = "suite.json"  # the one curated run of each reference machine
 
 
-def reference_rows(folder: Path = REFERENCE_DIR) -> list[tuple[Row, Path]]:
-    """Every readable row under ``folder``, with its file (newest run first, so a lookup finds the latest)."""
+def reference_rows(folder: Path) -> list[tuple[Row, Path]]:
+    """Every readable row of the curated runs under ``folder`` (results/reference), with its file, newest first."""
     if not folder.is_dir():
         return []
     found = []
-    for path in sorted(folder.rglob("*.json")):
+    for path in sorted(folder.glob(f"*/{REFERENCE_RUN}")):
         run = results.load_run(path, quiet=True)
         if run is not None:
             # A planted slowdown is a test of the tools, never a machine's reference figure.
@@ -52,7 +53,6 @@ def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) 
         if reference is not None:
             other, path = reference
             ratio = other.median_seconds / epoch  # > 1: this run is faster than the reference
-            shown = path.relative_to(REFERENCE_DIR) if path.is_relative_to(REFERENCE_DIR) else path
-            parts.append(f"{ratio:.2f}x the speed of reference {shown}")
+            parts.append(f"{ratio:.2f}x the speed of reference {path.parent.name}")
         out.append("  ".join(parts + ([f"[{', '.join(marks)}]"] if marks else [])))
     return out

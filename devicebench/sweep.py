@@ -1,8 +1,8 @@
 """``devicebench sweep``: the suite on several torch releases, one command ("did the new torch make it slower?").
 
 For each torch version it builds (or reuses) a virtual environment with that torch, the torchvision made with it
-(``torch_versions.toml``) and this checkout installed editable, with venv + pip: no resolver of our own. Then it
-runs the suite in every environment as several fresh processes, alternating the versions (processes.py), and
+(``torch_versions.toml``) and devicebench's requirements, with venv + pip: no resolver of our own. Then it
+measures the rows in every environment as several fresh workers, alternating the versions (coordinator.py), and
 saves one run per version where ``compare`` and ``history`` find them. ``history`` then marks the version at which
 a row stepped.
 
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from devicebench import processes
+from devicebench import coordinator
 from devicebench.calibration import Calibration
+from devicebench.until import UntilTarget
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.tables import load_table
 
@@ -54,14 +55,14 @@ def python_of(env_path: Path) -> Path:
 
 
 def ensure_environment(envs_dir: Path, torch_version: str, pip_args: list[str],
-                       echo: Callable[[str], None] = print) -> processes.Environment:
+                       echo: Callable[[str], None] = print) -> coordinator.Environment:
     """The environment for ``torch_version``, built if missing or incomplete. Raises ``Skip`` when pip cannot
     install that version here, ``DevicebenchError`` when the machine cannot build any (disk, index)."""
     label = f"torch-{torch_version}"
     path = environment_path(envs_dir, torch_version)
     if (path / COMPLETE_MARKER).exists():
         echo(f"{label}: reusing {path}")
-        return processes.Environment(label, str(python_of(path)))
+        return coordinator.Environment(label, str(python_of(path)))
     torchvision = torchvision_for(torch_version)
     if torchvision is None:
         known = ", ".join(load_table("torch_versions")["torchvision"])
@@ -76,10 +77,12 @@ def ensure_environment(envs_dir: Path, torch_version: str, pip_args: list[str],
     if path.exists():
         echo(f"{label}: {path} is incomplete (an earlier build stopped); rebuilding it")
         shutil.rmtree(path)
-    echo(f"{label}: building {path} (torch {torch_version}, torchvision {torchvision}, this checkout)")
+    echo(f"{label}: building {path} (torch {torch_version}, torchvision {torchvision}, devicebench's requirements)")
     venv.create(path, with_pip=True)
+    # Not devicebench itself: its workers run this devicebench's code (worker.command), so every version in the
+    # sweep is timed by the same benchmark code.
     command = [str(python_of(path)), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-               f"torch=={torch_version}", f"torchvision=={torchvision}", "-e", str(processes.REPO), *pip_args]
+               f"torch=={torch_version}", f"torchvision=={torchvision}", *requirements(), *pip_args]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
@@ -91,7 +94,22 @@ def ensure_environment(envs_dir: Path, torch_version: str, pip_args: list[str],
         raise Skip(f"pip could not install torch {torch_version} with torchvision {torchvision} here:\n"
                    f"{_tail(output)}")
     (path / COMPLETE_MARKER).write_text(json.dumps({"torch": torch_version, "torchvision": torchvision}))
-    return processes.Environment(label, str(python_of(path)))
+    return coordinator.Environment(label, str(python_of(path)))
+
+
+def requirements() -> list[str]:
+    """devicebench's own requirements but torch and torchvision, which the sweep pins per version."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found = []
+    for text in metadata.requires("devicebench") or []:
+        requirement = Requirement(text)
+        if requirement.name not in ("torch", "torchvision") and (requirement.marker is None
+                                                                 or requirement.marker.evaluate()):
+            found.append(f"{requirement.name}{requirement.specifier}")
+    return found
 
 
 class Skip(Exception):
@@ -108,10 +126,10 @@ def _tail(text: str, lines: int = 6) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list[str], output_dir: Path,
+def run_sweep(versions: list[str], processes_per_version: int, plan: coordinator.Plan, output_dir: Path,
               envs_dir: Path, name: str, rerun: bool = False, pip_args: list[str] | None = None,
-              environments: list[processes.Environment] | None = None,
-              echo: Callable[[str], None] = print, until: "float | processes.UntilTarget | None" = None,
+              environments: list[coordinator.Environment] | None = None,
+              echo: Callable[[str], None] = print, until: "float | UntilTarget | None" = None,
               budget_seconds: float | None = None, calibration: Calibration | None = None,
               round_seconds: float | None = None, pin_rounds: bool = True) -> tuple[list[Path], list[Skipped]]:
     """Measure every version (or the given ``environments``, which need no build); return runs and skips."""
@@ -134,8 +152,7 @@ def run_sweep(versions: list[str], processes_per_version: int, pytest_args: list
         else:
             todo.append(env)
     if todo:
-        processes.run_interleaved(todo, processes_per_version, pytest_args, output_dir, name, echo,
-                                  sweep_positions=positions, until=until if len(todo) > 1 else None,
-                                  budget_seconds=budget_seconds, round_seconds=round_seconds,
-                                  calibration=calibration, pin_rounds=pin_rounds)
+        coordinator.run(todo, processes_per_version, plan, output_dir, name, echo, sweep_positions=positions,
+                        until_target=until if len(todo) > 1 else None, budget_seconds=budget_seconds,
+                        round_seconds=round_seconds, calibration=calibration, pin_rounds=pin_rounds)
     return [Path(output_dir) / f"{name}-{env.label}.json" for env in ready], skipped

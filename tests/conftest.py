@@ -21,6 +21,9 @@ sys.dont_write_bytecode = False  # for this one: what it imports from here on
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the bytecode setting, so that torch's modules are written too)
 
+# The local HTTP server the download tests use (fixtures imported here are these tests' own, not the suite's).
+from tests.doubles.http_server import closed_port_url, http_server  # noqa: E402,F401
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the processes the tests start
     os.environ["MKL_NUM_THREADS"] = "1"

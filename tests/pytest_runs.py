@@ -18,12 +18,13 @@ TINY_WORKLOAD = {"DEVICEBENCH_WORKLOADS": "tests.tiny_workload"}
 # code is compiled once (20-60 s of C++ on 2 cores) rather than once per process; compiled code is keyed by its
 # source and torch version, so a reused entry is the same code. A test that needs other caching says so itself.
 TEST_COMPILE_CACHE = Path(tempfile.gettempdir()) / f"devicebench-test-compile-cache-{os.getuid()}"
-KEPT_COMPILE_CACHE = ["--compile-cache", "kept", "--compile-cache-dir", str(TEST_COMPILE_CACHE)]
+SHARED_COMPILE_CACHE = {"TORCHINDUCTOR_CACHE_DIR": str(TEST_COMPILE_CACHE / "inductor"),
+                        "TRITON_CACHE_DIR": str(TEST_COMPILE_CACHE / "triton")}
 
 
 def run_pytest(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEVICEBENCH_DATA_DIR": str(cwd / "data"), **(env_extra or {})}
-    caching = [] if any(arg.startswith("--compile-cache") for arg in args) else KEPT_COMPILE_CACHE
+    env = {**os.environ, "DEVICEBENCH_DATA_DIR": str(cwd / "data"), **SHARED_COMPILE_CACHE, **(env_extra or {})}
+    caching = [] if any(arg.startswith("--compile-cache") for arg in args) else ["--compile-cache", "shared"]
     return subprocess.run([sys.executable, "-m", "pytest", *args, *caching, "-p", "no:cacheprovider",
                            "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

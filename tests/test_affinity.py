@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from devicebench import affinity, devices
-from devicebench.runner import run_benchmark
-from fixtures.fakes import RecordingBenchmark
+from devicebench.measure import measure_row
+from tests.doubles.fakes import RecordingTimer
 import tiny_workload
 from pytest_runs import REPO, run_pytest
 from test_benchmark_run import tiny_config
@@ -48,24 +48,6 @@ def test_the_thread_runs_on_the_core_inside_the_block_and_gets_its_cores_back_af
         assert pinned is None and os.sched_getaffinity(0) == before
 
 
-def test_the_environment_variable_names_a_core_this_process_may_use(monkeypatch):
-    monkeypatch.delenv(affinity.ROUND_CORE_VARIABLE, raising=False)
-    assert affinity.round_core_from_environment() is None
-    monkeypatch.setenv(affinity.ROUND_CORE_VARIABLE, "  ")
-    assert affinity.round_core_from_environment() is None
-    monkeypatch.setenv(affinity.ROUND_CORE_VARIABLE, "three")
-    with pytest.raises(ValueError, match="DEVICEBENCH_ROUND_CORE='three': give a core number, e.g. 3"):
-        affinity.round_core_from_environment()
-    monkeypatch.setattr(affinity, "allowed_cores", lambda: [0, 1, 2, 5])
-    monkeypatch.setenv(affinity.ROUND_CORE_VARIABLE, "4")
-    if affinity.available():
-        with pytest.raises(ValueError, match=r"DEVICEBENCH_ROUND_CORE=4: this process may run on cores 0-2, 5 only"):
-            affinity.round_core_from_environment()
-    monkeypatch.setenv(affinity.ROUND_CORE_VARIABLE, "5")
-    assert affinity.round_core_from_environment() == 5
-
-
-@needs_affinity
 def test_an_accelerator_rows_rounds_run_on_its_core_and_the_row_says_which(monkeypatch):
     # The tiny workload runs on the cpu; treated as an accelerator row here, its rounds must run on the core
     # (seen from inside every round, warm-up included) and the thread get its cores back afterwards.
@@ -75,7 +57,7 @@ def test_an_accelerator_rows_rounds_run_on_its_core_and_the_row_says_which(monke
     before = os.sched_getaffinity(0)
     core = affinity.allowed_cores()[-1]
     config = replace(tiny_config(), round_core=core)
-    extra = run_benchmark(RecordingBenchmark([]), tiny_workload, config, "test cpu", count_steps=False)
+    extra = measure_row(tiny_workload, config, "test cpu", RecordingTimer([]), count_steps=False)
     rounds = config.scale.warmup_rounds + config.scale.rounds
     assert seen[:2 * rounds] == [{core}] * (2 * rounds)  # two syncs a round: training and validation
     assert extra["round_core"] == core and os.sched_getaffinity(0) == before
@@ -87,16 +69,8 @@ def test_a_cpu_rows_rounds_are_never_pinned(monkeypatch):
         monkeypatch.setattr(devices, "sync", lambda device: seen.append(os.sched_getaffinity(0)))
     before = os.sched_getaffinity(0) if affinity.available() else None
     config = replace(tiny_config(), round_core=affinity.allowed_cores()[-1] if affinity.available() else 0)
-    extra = run_benchmark(RecordingBenchmark([]), tiny_workload, config, "test cpu", count_steps=False)
+    extra = measure_row(tiny_workload, config, "test cpu", RecordingTimer([]), count_steps=False)
     assert extra["round_core"] is None and all(cores == before for cores in seen)
-
-
-def test_a_bad_round_core_is_a_usage_error_naming_the_variable(tmp_path):
-    result = run_pytest(str(REPO / "benchmarks"), "--collect-only", "-q", cwd=tmp_path,
-                        env_extra={affinity.ROUND_CORE_VARIABLE: "core-two"})
-    assert result.returncode == 4, result.stdout + result.stderr
-    assert "DEVICEBENCH_ROUND_CORE='core-two': give a core number" in result.stderr
-
 
 
 def test_a_pinned_row_is_another_experiment_than_an_unpinned_one():

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from devicebench import calibration, devices, environment, results
-from devicebench.runner import run_benchmark
+from devicebench.measure import measure_row
 from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig
-from fixtures.fakes import RecordingBenchmark
+from tests.doubles.fakes import RecordingTimer
 import tiny_workload
 from pytest_runs import QUICK_MNIST, QUICK_TINY, REPO, TINY_WORKLOAD, run_pytest
 from test_calibration import frozen_calibration
@@ -31,16 +31,16 @@ def test_sync_happens_inside_every_timed_round(monkeypatch):
     events: list[str] = []
     monkeypatch.setattr(devices, "sync", lambda device: events.append("sync"))
     config = tiny_config()
-    extra = run_benchmark(RecordingBenchmark(events), tiny_workload, config, "test cpu", count_steps=False)
-    # Warm-up rounds run before pedantic's clock (their syncs too); every timed round syncs after training and
+    extra = measure_row(tiny_workload, config, "test cpu", RecordingTimer(events), count_steps=False)
+    # Warm-up rounds run before the timer's clock (their syncs too); every timed round syncs after training and
     # after validation, inside the clock.
     assert events == (["sync", "sync"] * config.scale.warmup_rounds
                       + ["clock start", "sync", "sync", "clock stop"] * config.scale.rounds)
-    assert len(extra["round_seconds"]) == config.scale.rounds  # warm-up rounds are not counted
+    assert len(extra["processes"][0]["round_seconds"]) == config.scale.rounds  # warm-up rounds are not counted
 
 
 class SizingGate:
-    """A worker's gate whose coordinator asks for 7 timed rounds (interleave.Scheduler._size)."""
+    """A worker's turn pipe whose coordinator asks for 7 timed rounds (interleave.Scheduler._size)."""
 
     def __init__(self):
         self.turn, self.sizing = 0, []
@@ -58,9 +58,10 @@ class SizingGate:
 def test_a_worker_times_as_many_rounds_as_its_coordinator_sized_and_labels_each():
     config = tiny_config()
     gate = SizingGate()
-    extra = run_benchmark(RecordingBenchmark([]), tiny_workload, config, "test cpu", gate=gate)
+    extra = measure_row(tiny_workload, config, "test cpu", RecordingTimer([]), turns=gate)
     warmups = config.scale.warmup_rounds
-    assert len(extra["round_seconds"]) == 7 and extra["round_sequence"] == list(range(warmups + 1, warmups + 8))
+    process, = extra["processes"]
+    assert len(process["round_seconds"]) == 7 and process["round_sequence"] == list(range(warmups + 1, warmups + 8))
     [(minimum, warmup_seconds, row)] = gate.sizing
     assert minimum == config.scale.rounds and warmup_seconds > 0  # the last warm-up round's length
     # The row it tells the coordinator it is, before timing, is the row it then saves, as a calibration keys it.
@@ -97,7 +98,7 @@ def test_saved_quick_runs_compare_and_a_slowed_run_fails_the_gate(tmp_path):
     # The slowed run compared with it by pytest-benchmark's own gate, on a calibration of this machine's noise
     # for the row (planted at 3%): pytest-benchmark fails it, and devicebench's line says it is beyond that noise.
     calibrated = frozen_calibration(tmp_path, first, process_sd=0.03)
-    result = run_pytest(*common, "-p", "fixtures.slowdown", "--slowdown-ms", "10", "--benchmark-compare=0001",
+    result = run_pytest(*common, "-p", "tests.doubles.slowdown", "--slowdown-ms", "10", "--benchmark-compare=0001",
                         "--benchmark-compare-fail=median:5%", cwd=tmp_path,
                         env_extra={"DEVICEBENCH_CALIBRATION": str(calibrated)})
     assert result.returncode != 0 and "Performance has regressed" in result.stdout + result.stderr
@@ -115,8 +116,9 @@ def scaled_copy(run_file: Path, factor: float, target: Path) -> Path:
     """The saved run with every timing multiplied by ``factor``."""
     data = json.loads(run_file.read_text())
     for bench in data["benchmarks"]:
-        for field in ("round_seconds", "train_seconds", "val_seconds"):
-            bench["extra_info"][field] = [value * factor for value in bench["extra_info"][field]]
+        for process in bench["extra_info"]["processes"]:
+            for field in ("round_seconds", "train_seconds", "val_seconds"):
+                process[field] = [value * factor for value in process[field]]
     target.write_text(json.dumps(data))
     return target
 
@@ -134,14 +136,14 @@ def cli_main(argv: list[str]) -> int:
 def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path, signal_name):
     # The tests' tiny workload: 1 warm-up + 5 timed rounds a row, seed first: round 9 is the resident row's third.
     out = tmp_path / "out.json"
-    result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", "-p", "fixtures.interrupt",
+    result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", "-p", "tests.doubles.interrupt",
                         "--interrupt-in-round", "9", "--interrupt-signal", signal_name,
                         "--benchmark-json", str(out), cwd=tmp_path, env_extra=TINY_WORKLOAD)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]  # pytest's "interrupted"
     data = json.loads(out.read_text())
     assert [bench["name"] for bench in data["benchmarks"]] == ["test_workload[tiny_linear-seed-cpu]"]
     assert data["benchmarks"][0]["stats"]["rounds"] == 5
-    assert data["devicebench_run"] == {"interrupted": True, "rows": 1}
+    assert data["devicebench"] == {"schema": 3, "interrupted": True, "rows": 1}
     assert "1 row(s) finished before the interrupt" in result.stdout
     from devicebench import results
 
@@ -149,11 +151,9 @@ def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path
 
 
 def test_benchmark_disable_runs_one_round(monkeypatch):
-    class DisabledBenchmark:
-        disabled, extra_info, group = True, {}, None
+    from devicebench.measure import smoke_round
 
-    config = tiny_config()
-    extra = run_benchmark(DisabledBenchmark(), tiny_workload, config, "test cpu")
+    extra = smoke_round(tiny_workload, tiny_config())
     assert extra["smoke_run"] is True and extra["val_loss"] > 0
 
 
@@ -185,16 +185,25 @@ def test_parallel_rows_under_xdist_are_refused_with_the_reason():
 def test_min_rounds_can_only_ask_for_more_rounds_than_the_scale():
     from fixtures import plugin
 
-    assert plugin.timed_rounds(FakeConfig(), 10) == 10  # pytest-benchmark's default of 5 is not a request
-    assert plugin.timed_rounds(FakeConfig(["--benchmark-min-rounds", "25"], benchmark_min_rounds=25), 10) == 25
-    assert plugin.timed_rounds(FakeConfig(["--benchmark-min-rounds=3"], benchmark_min_rounds=3), 10) == 10
+    from devicebench import rows
+    from devicebench.options import RowOptions
+
+    spec = rows.RowSpec("mnist_mlp", "devicebench.workloads.mnist_mlp", "cpu", "seed")
+    scale_rounds = rows.run_config(spec, RowOptions()).scale.rounds
+
+    def timed(config: FakeConfig) -> int:
+        return rows.run_config(spec, RowOptions(), min_rounds=plugin.min_rounds(config)).scale.rounds
+
+    assert timed(FakeConfig()) == scale_rounds  # pytest-benchmark's default of 5 is not a request
+    assert timed(FakeConfig(["--benchmark-min-rounds", "250"], benchmark_min_rounds=250)) == 250
+    assert timed(FakeConfig(["--benchmark-min-rounds=1"], benchmark_min_rounds=1)) == scale_rounds
 
 
 def test_benchmark_compare_with_another_machine_prints_the_differences_not_the_dump(tmp_path):
     storage = tmp_path / "results"
     saved_dir = storage / "Linux-CPython-3.11-64bit"
     saved_dir.mkdir(parents=True)
-    shutil.copy(REPO / "fixtures" / "runs" / "schema1" / "h200-host-cpu-standard.json",
+    shutil.copy(REPO / "tests" / "runs" / "schema1" / "h200-host-cpu-standard.json",
                 saved_dir / "0001_h200.json")
     result = run_pytest(*QUICK_MNIST, "--pipeline", "resident", f"--benchmark-storage=file://{storage}",
                         "--benchmark-compare=0001", cwd=tmp_path)

@@ -17,7 +17,7 @@ MACHINE_FIELDS = ("torch_version", "torch_git_version", "torchvision_version", "
                   "cudnn_version", "mps_built", "mps_available", "accelerators", "devicebench_version")
 ROW_FIELDS = ("workload", "workload_version", "device", "device_name", "pipeline", "scale", "data_source",
               "samples_per_round", "samples_per_s", "batch_size", "val_loss", "val_accuracy", "peak_memory_bytes",
-              "round_seconds", "loader_wait_fraction", "schema_version")
+              "processes", "loader_wait_fraction")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from devicebench.results import Row, Run
 from pytest_runs import REPO
 from test_interleave import paired_row, planted_pairs
 
-RUNS = REPO / "fixtures" / "runs"
+RUNS = REPO / "tests" / "runs"
 MACHINE = {"node": "box", "cpu_name": "AMD EPYC", "torch_version": "2.14.1", "accelerators": []}
 
 
@@ -242,30 +242,30 @@ def planted_a_a_files(tmp_path: Path) -> list[str]:
         bench = {"name": "test_x", "extra_info": {**row.extra, "valid_samples": 10, "batch_size": 10,
                                                    "valid_batch_size": 10, "samples_per_s": 1000.0}}
         path = tmp_path / f"aa-{label}.json"
-        path.write_text(json.dumps({"machine_info": {**MACHINE, "devicebench_schema": 2}, "benchmarks": [bench]}))
+        path.write_text(json.dumps({"devicebench": {"schema": 3}, "machine_info": MACHINE, "benchmarks": [bench]}))
         files.append(str(path))
     return files
 
 
-@pytest.mark.parametrize("options, pairs, worker_args", [
-    ([], 6, ["--device", "cpu"]),
-    (["--budget", "10m"], 100, ["--device", "cpu"]),
-    (["--processes", "3"], 3, ["--device", "cpu"]),
+@pytest.mark.parametrize("options, pairs, compile_cache", [
+    ([], 6, "kept"),
+    (["--budget", "10m"], 100, "kept"),
+    (["--processes", "3"], 3, "kept"),
     # For single-process comparisons: the scale's rounds, and every worker compiles anew as a plain run does.
-    (["--round-time", "0"], 6, ["--device", "cpu", "--compile-cache", "fresh"])])
+    (["--round-time", "0"], 6, "fresh")])
 def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs,
-                                                                          worker_args):
+                                                                          compile_cache):
     asked = {}
 
-    def run_interleaved(environments, processes, pytest_args, output_dir, name, **options):
-        asked.update(processes=processes, pythons={env.python for env in environments}, pytest_args=pytest_args)
+    def run(environments, processes, plan, output_dir, name, **options):
+        asked.update(processes=processes, pythons={env.python for env in environments}, plan=plan)
         return [Path(path) for path in planted_a_a_files(tmp_path)]
 
-    monkeypatch.setattr("devicebench.processes.run_interleaved", run_interleaved)
+    monkeypatch.setattr("devicebench.coordinator.run", run)
     target = tmp_path / "calibration.json"
     assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
     assert asked["processes"] == pairs and len(asked["pythons"]) == 1  # one Python against itself
-    assert asked["pytest_args"] == worker_args
+    assert {row.device for row in asked["plan"].rows} == {"cpu"} and asked["plan"].compile_cache() == compile_cache
     assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time ")
 
 
@@ -454,11 +454,11 @@ def test_a_run_timing_more_rounds_than_the_calibration_is_judged_with_the_round_
     (0.0879, 0.1307, 5, "balance"),
 ])
 def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default, expected):
-    from devicebench import processes
+    from devicebench import until
 
     noise = calibration.Noise(pair_sd, 7, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=round_sd, round_df=100)
     size = 0.10 if round_sd > 0.1 else 0.05
-    rounds = processes.rounds_for_size(noise, size, default)
+    rounds = until.rounds_for_size(noise, size, default)
     factor = significance.detection_factor
     if expected == "few":
         assert rounds < 5
@@ -471,4 +471,4 @@ def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default,
         assert rounds > default
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds) / 3)) <= 0.9 * size
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds - 1) / 3)) > 0.9 * size
-    assert processes.rounds_for_size(calibration.Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None
+    assert until.rounds_for_size(calibration.Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None

@@ -10,9 +10,9 @@ import pytest
 
 from devicebench.data import cifar10
 from devicebench.errors import DataError
-from fixtures.datafiles import cifar_remote as remote_for
-from fixtures.datafiles import populate_cifar as populate
-from fixtures.datafiles import tiny_cifar_archive
+from tests.doubles.datafiles import cifar_remote as remote_for
+from tests.doubles.datafiles import populate_cifar as populate
+from tests.doubles.datafiles import tiny_cifar_archive
 
 TINY = cifar10.synthetic_cifar(train_size=20, test_size=10, seed=5)
 

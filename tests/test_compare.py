@@ -1,4 +1,4 @@
-"""Comparison, history, the regression gate and the pytest-benchmark hook, on the frozen runs in fixtures/runs/."""
+"""Comparison, history, the regression gate and the pytest-benchmark hook, on the frozen runs in tests/runs/."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 
 from scipy.stats import mannwhitneyu
 
-from devicebench import cli, compare, history, results, significance
+from devicebench import cli, compare, history, results, runfile, significance
 from devicebench.errors import UsageError
 from fixtures import compare_hooks
 from test_calibration import frozen_calibration
 
-RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+RUNS = Path(__file__).resolve().parent / "runs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -250,7 +250,7 @@ def test_the_gate_fails_closed_on_an_unreadable_baseline(tmp_path, capsys):
     truncated.write_text((RUNS / "cpu_torch_2.13.json").read_text()[:500])  # a download or copy cut off
     assert cli.main(["compare", str(truncated), str(RUNS / "cpu_torch_2.14.json"), "--fail-on-regression"]) == 2
     err = capsys.readouterr().err
-    assert f"{truncated} could not be read as a devicebench run" in err and "regression gate" in err
+    assert f"{truncated}: not readable JSON" in err and "regression gate" in err
     # Without the gate, compare still shows what it can read, warning about the rest.
     assert cli.main(["compare", str(truncated), str(RUNS / "cpu_torch_2.14.json")]) == 0
 
@@ -275,7 +275,7 @@ def test_the_gate_fails_closed_on_the_schema_1_h200_reference_against_a_schema_2
 
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
-H100_REFERENCE = REFERENCE / "h100" / "h100-cuda-standard.json"
+H100_REFERENCE = REFERENCE / "h100" / "suite.json"
 
 
 def compact_compare(capsys, *runs: Path) -> list[str]:
@@ -287,7 +287,7 @@ def compact_compare(capsys, *runs: Path) -> list[str]:
 
 
 def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
-    lines = compact_compare(capsys, H100_REFERENCE, REFERENCE / "h200" / "h200-cuda-standard.json")
+    lines = compact_compare(capsys, H100_REFERENCE, REFERENCE / "h200" / "suite.json")
     # Both in the current schema: five rows get the H200's ratio to the H100; resnet18_cifar tuned ran without
     # CUDA graphs on the H100 and with them on the H200, another configuration, and one line per run says so.
     assert sum(line.rstrip().endswith("[single process]") and "x faster" in line for line in lines) == 5
@@ -313,8 +313,9 @@ def test_the_summary_after_a_run_has_one_line_a_row_with_the_ratio_to_a_referenc
     reference = json.loads((RUNS / "cpu_torch_2.13.json").read_text())
     folder = tmp_path / "reference" / "vm"
     folder.mkdir(parents=True)
-    (folder / "ref.json").write_text(json.dumps(reference))
-    fresh = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+    (folder / "suite.json").write_text(json.dumps(reference))  # a reference machine's one curated run
+    (folder / "experiment.json").write_text(json.dumps(reference))  # any other file there is no reference
+    fresh = runfile.migrate(json.loads((RUNS / "cpu_torch_2.14.json").read_text()))
     finished = [(bench["name"], bench["extra_info"]) for bench in fresh["benchmarks"]]
     finished.append(("test_unseen[cpu-resident]", {**finished[0][1], "workload_version": 99, "unstable": True}))
     lines = summary.lines(finished, summary.reference_rows(tmp_path / "reference"))
@@ -323,8 +324,9 @@ def test_the_summary_after_a_run_has_one_line_a_row_with_the_ratio_to_a_referenc
         assert line.startswith(name) and f"{extra['samples_per_s']:,.0f} samples/s" in line
         assert "epoch " in line and "loader wait " in line and "utilization " in line
     matched = results.Row("x", finished[0][1]).median_seconds
-    ratio = results.load_run(folder / "ref.json").rows[0].median_seconds / matched
-    assert f"{ratio:.2f}x the speed of reference" in lines[0]
+    ratio = results.load_run(folder / "suite.json").rows[0].median_seconds / matched
+    assert f"{ratio:.2f}x the speed of reference vm" in lines[0]
+    assert len(summary.reference_rows(tmp_path / "reference")) == len(reference["benchmarks"])
     assert "the speed of reference" not in lines[-1] and "UNSTABLE" in lines[-1]  # another experiment: no ratio
 
 

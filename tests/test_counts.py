@@ -31,7 +31,7 @@ def lone_clone_counts() -> tuple[int, int]:
 
 
 def test_one_planted_clone_per_step_adds_exactly_its_operators_and_kernels():
-    from fixtures.extra_op import clone_after_every_step
+    from tests.doubles.extra_op import clone_after_every_step
 
     before = counted("resident")
     handle = clone_after_every_step()
@@ -64,7 +64,7 @@ def test_step_counts_are_the_same_in_two_processes_and_a_planted_clone_fails_the
     only: a compiled row's C++ build is most of a process here, and two processes of the tuned row are checked in
     test_workloads.py's third-workload test."""
     runs = []
-    for name, extra in (("first", []), ("second", []), ("planted", ["-p", "fixtures.extra_op",
+    for name, extra in (("first", []), ("second", []), ("planted", ["-p", "tests.doubles.extra_op",
                                                                     "--extra-clone-per-step"])):
         out = tmp_path / f"{name}.json"
         result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", *extra, "--benchmark-json", str(out),
@@ -97,8 +97,7 @@ def with_timings_of(run_file, timing_file, target):
     times = {bench["name"]: bench for bench in timing["benchmarks"]}
     for bench in data["benchmarks"]:
         source = times[bench["name"]]
-        for field in ("round_seconds", "train_seconds", "val_seconds"):
-            bench["extra_info"][field] = source["extra_info"][field]
+        bench["extra_info"]["processes"] = source["extra_info"]["processes"]
         bench["stats"] = source["stats"]
     target.write_text(json.dumps(data))
     return target

@@ -14,10 +14,10 @@ import torch
 
 from devicebench import cli, devices, fallback
 from devicebench.errors import DevicebenchError
-from devicebench.runner import run_benchmark
+from devicebench.measure import measure_row
 from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig, WorkloadRun
-from fixtures.fakes import RecordingBenchmark
+from tests.doubles.fakes import RecordingTimer
 
 REPO = Path(__file__).resolve().parents[1]
 MPS = torch.device("mps")
@@ -108,11 +108,11 @@ def test_the_fallback_variable_is_read_as_torch_reads_it(monkeypatch, value, ena
 
 
 def test_compare_says_which_operators_of_an_mps_row_ran_on_the_cpu(tmp_path, capsys):
-    data = json.loads((REPO / "fixtures" / "runs" / "m1_mps.json").read_text())
+    data = json.loads((REPO / "tests" / "runs" / "m1_mps.json").read_text())
     for bench in data["benchmarks"]:
         bench["extra_info"].update(mps_fallback_enabled=True, cpu_fallback_ops=["aten::lerp.Scalar_out"])
     (tmp_path / "m1.json").write_text(json.dumps(data))
-    assert cli.main(["compare", str(tmp_path / "m1.json"), str(REPO / "fixtures" / "runs" / "gtx1060_cuda.json")]) == 0
+    assert cli.main(["compare", str(tmp_path / "m1.json"), str(REPO / "tests" / "runs" / "gtx1060_cuda.json")]) == 0
     assert "mps, 1 operator on the CPU: aten::lerp.Scalar_out" in capsys.readouterr().out
 
 
@@ -138,7 +138,7 @@ def test_a_row_whose_validation_loss_is_not_finite_fails_instead_of_reporting_a_
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=Scale("toy", 10, 10, 10, 10, 0, 2))
     with pytest.raises(DevicebenchError, match=re.escape("ended with a validation loss of nan: the device "
                                                          "computed wrong values")):
-        run_benchmark(RecordingBenchmark([]), workload, config, "cpu")
+        measure_row(workload, config, "cpu", RecordingTimer([]))
 
 
 def test_parity_runs_once_per_accelerator_and_workload_and_marks_its_rows(monkeypatch):
@@ -155,7 +155,9 @@ def test_parity_runs_once_per_accelerator_and_workload_and_marks_its_rows(monkey
         return parity.ParityReport(0.2, 0.5, ["step 1: loss 0.1 on the device vs 2.3 on the cpu"])
 
     monkeypatch.setattr(parity, "check", fake_check)
-    config = types.SimpleNamespace(getoption=lambda name, default=None: False, stash=pytest.Stash())
+    from devicebench.options import RowOptions
+
+    config = types.SimpleNamespace(devicebench_options=RowOptions(), stash=pytest.Stash())
     first = plugin.parity_before_rows(config, mnist_mlp, MPS)
     again = plugin.parity_before_rows(config, mnist_mlp, MPS)
     assert checked == ["mps"] and first == again and first["parity_failed"] is True
@@ -163,12 +165,12 @@ def test_parity_runs_once_per_accelerator_and_workload_and_marks_its_rows(monkey
 
 
 def test_a_device_that_failed_parity_is_never_ranked(tmp_path, capsys):
-    data = json.loads((REPO / "fixtures" / "runs" / "m1_mps.json").read_text())
+    data = json.loads((REPO / "tests" / "runs" / "m1_mps.json").read_text())
     for bench in data["benchmarks"]:
         if bench["extra_info"]["device"] == "mps":
             bench["extra_info"]["parity_failed"] = True
     (tmp_path / "m1.json").write_text(json.dumps(data))
-    gtx = REPO / "fixtures" / "runs" / "gtx1060_cuda.json"
+    gtx = REPO / "tests" / "runs" / "gtx1060_cuda.json"
     assert cli.main(["compare", str(gtx), str(tmp_path / "m1.json"), "--view", "devices"]) == 0
     assert "not ranked: parity with the cpu FAILED" in capsys.readouterr().out
     from devicebench import compare, results
@@ -186,8 +188,8 @@ def test_a_device_that_failed_parity_is_never_ranked(tmp_path, capsys):
 def test_the_checks_made_before_a_row_are_saved_with_it():
     from tests.test_trust import sleepy_workload
 
-    benchmark = RecordingBenchmark([])
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=Scale("toy", 100, 10, 10, 10, 0, 2))
     checks = {"parity_failed": True, "parity_max_param_rel_diff": 0.5}
-    run_benchmark(benchmark, sleepy_workload([0.0] * 2), config, "cpu", checks=checks, count_steps=False)
-    assert benchmark.extra_info["parity_failed"] is True  # what pytest-benchmark writes to the file
+    extra = measure_row(sleepy_workload([0.0] * 2), config, "cpu", RecordingTimer([]), checks=checks,
+                        count_steps=False)
+    assert extra["parity_failed"] is True  # what either front writes to the file

@@ -6,23 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import peer
+from devicebench import peer, runfile
 from devicebench.errors import DevicebenchError, UsageError
 
-RUNS = Path(__file__).parent.parent / "fixtures" / "runs"
+RUNS = Path(__file__).parent / "runs"
 
 
 def suite_json(samples_per_s: float) -> dict:
-    """A real saved run whose cuda resnet18_cifar row is made the tuned one, at ``samples_per_s``."""
-    data = json.loads((RUNS / "devices_after.json").read_text())
-    data["benchmarks"] = [b for b in data["benchmarks"] if b["name"] == "test_resnet18_cifar[cuda-resident]"]
-    data["benchmarks"][0]["extra_info"].update(pipeline="tuned", samples_per_s=samples_per_s,
-                                               profile={"seconds": {"kernels": 0.05}})
-    return data
+    """A worker's file whose row is a real saved cuda resnet18_cifar row made the tuned one, at ``samples_per_s``."""
+    data = runfile.migrate(json.loads((RUNS / "devices_after.json").read_text()))
+    bench, = [b for b in data["benchmarks"] if b["name"] == "test_resnet18_cifar[cuda-resident]"]
+    bench["extra_info"].update(pipeline="tuned", samples_per_s=samples_per_s, profile={"seconds": {"kernels": 0.05}})
+    return {"machine_info": data["machine_info"], "rows": [{"name": "test_resnet18_cifar[cuda-tuned]",
+                                                            "status": "measured", "extra": bench["extra_info"]}]}
 
 
 class FakeProcesses:
-    """Stands in for subprocess.run: timm prints its summary, the suite writes its --benchmark-json file."""
+    """Stands in for subprocess.run: timm prints its summary, the suite's worker writes its file."""
 
     def __init__(self, timm=(200.0, 220.0), suite=(180.0, 170.0, 150.0), timm_output=None):
         self.timm, self.suite, self.timm_output, self.calls = list(timm), list(suite), timm_output, []
@@ -32,9 +32,11 @@ class FakeProcesses:
             self.calls.append("timm")
             output = self.timm_output or f"log line\n--result\n{json.dumps({'infer_samples_per_sec': self.timm.pop(0)})}"
             return subprocess.CompletedProcess(argv, 0, output, "")
-        self.calls.append("profile" if "--profile" in argv else "suite")
-        target = Path(argv[argv.index("--benchmark-json") + 1])
-        target.write_text(json.dumps(suite_json(self.suite.pop(0))))
+        task = json.loads(Path(argv[-1]).read_text())
+        self.calls.append("profile" if task["options"]["profile"] else "suite")
+        assert task["rows"] == [{"workload": "resnet18_cifar", "module": "devicebench.workloads.resnet18_cifar",
+                                 "device": "cuda", "pipeline": "tuned"}]
+        Path(task["output"]).write_text(json.dumps(suite_json(self.suite.pop(0))))
         return subprocess.CompletedProcess(argv, 0, "", "")
 
 

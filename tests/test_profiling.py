@@ -75,7 +75,7 @@ def test_compare_shows_the_breakdowns_side_by_side(tmp_path, capsys):
 
     runs = []
     for index, matmul_ms in enumerate((30.0, 10.0)):
-        data = json.loads((Path(__file__).resolve().parents[1] / "fixtures/runs/aa_first.json").read_text())
+        data = json.loads((Path(__file__).resolve().parent / "runs/aa_first.json").read_text())
         for bench in data["benchmarks"]:
             seconds = dict.fromkeys(KINDS, 0.0) | {"matmul_conv": matmul_ms / 1e3, "host_gaps": 0.01}
             bench["extra_info"]["profile"] = {"basis": "GPU timeline (kernels)", "round_seconds": 0.04,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from devicebench import cli, report, results
 
-RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+RUNS = Path(__file__).resolve().parent / "runs"
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=", re.IGNORECASE)
 
 

@@ -3,6 +3,7 @@ Python with a planted slowdown), an interrupted sweep that resumes, a version pi
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 import sys
@@ -10,26 +11,48 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import cli, history, processes, results, sweep
+from devicebench import cli, commands, coordinator, history, results, staging, sweep
 from devicebench.errors import DevicebenchError
 
-# Small and quick: one pipeline of the tests' tiny workload (rounds of a few ms; a process is mostly its start).
-PYTEST_ARGS = ["-k", "tiny_linear", "--pipeline", "resident", "--device", "cpu", "--scale", "quick",
-               "--compile-cache", "shared"]
 ROUND_SECONDS = 0.001  # the scale's 5 rounds: sizing them is tested in test_interleave.py
 
 
-def wrapper(path: Path, extra: str = "", fail_while: Path | None = None, fail_on_call: int | None = None) -> Path:
-    """An executable standing in for another environment's Python: this Python, maybe slowed, maybe failing
-    (while a file exists, or on its Nth start only: an interruption in the middle of a run)."""
+def plan(*row_arguments: str) -> coordinator.Plan:
+    """The rows of a run, as `devicebench run -- ROW_ARGUMENTS` selects them."""
+    return commands.plan_of(argparse.Namespace(row_arguments=["--", *row_arguments]))
+
+
+def tiny_plan() -> coordinator.Plan:
+    """Small and quick: one pipeline of the tests' tiny workload (rounds of a few ms; a process is mostly its
+    start)."""
+    return plan("--workload", "tiny_linear", "--pipeline", "resident", "--device", "cpu", "--scale", "quick",
+                "--compile-cache", "shared")
+
+
+def wrapper(path: Path, variables: str = "", fail_while: Path | None = None, fail_on_call: int | None = None) -> Path:
+    """An executable standing in for another environment's Python: this Python, maybe with ``variables`` set (a
+    planted slowdown), maybe failing (while a file exists, or on its Nth start only: an interruption in the middle
+    of a run)."""
     guard = f'[ -e "{fail_while}" ] && exit 3\n' if fail_while else ""
     if fail_on_call is not None:
         count = path.with_suffix(".calls")
         guard += (f'n=$(( $(cat "{count}" 2>/dev/null || echo 0) + 1 )); echo $n > "{count}"; '
                   f'[ $n -eq {fail_on_call} ] && exit 3\n')
-    path.write_text(f'#!/bin/sh\n{guard}exec "{sys.executable}" "$@" {extra}\n')
+    exports = f"export {variables}\n" if variables else ""
+    path.write_text(f'#!/bin/sh\n{guard}{exports}exec "{sys.executable}" "$@"\n')
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
+
+
+def slowed_site(tmp_path: Path) -> Path:
+    """A folder whose sitecustomize.py makes every nn.Module forward of the Python that starts with it 5 ms
+    slower: another environment's code, planted (the tiny workload's rounds are too short for a fraction)."""
+    folder = tmp_path / "slowed-site"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import time\nimport torch\n"
+        "torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: time.sleep(0.005))\n")
+    return folder
 
 
 @pytest.fixture
@@ -42,27 +65,27 @@ def tiny_workload(monkeypatch):
 def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_interruption(tmp_path, capsys,
                                                                                           tiny_workload):
     out, envs = tmp_path / "sweeps" / "t", tmp_path / "envs"
-    environments = [processes.Environment("A", sys.executable),
-                    processes.Environment("again", str(wrapper(tmp_path / "again"))),
-                    processes.Environment("slowed", str(wrapper(tmp_path / "slowed",
-                                                                "-p fixtures.slowdown --slowdown-ms 5",
-                                                                fail_on_call=2)))]
+    environments = [coordinator.Environment("A", sys.executable),
+                    coordinator.Environment("again", str(wrapper(tmp_path / "again"))),
+                    coordinator.Environment("slowed", str(wrapper(tmp_path / "slowed",
+                                                                  f"PYTHONPATH={slowed_site(tmp_path)}",
+                                                                  fail_on_call=2)))]
     lines: list[str] = []
-    with pytest.raises(DevicebenchError, match="slowed: its worker of pair 2 exited with 3 .*; the pairs finished "
-                                               "so far are kept"):
-        sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments, echo=lines.append,
+    with pytest.raises(DevicebenchError, match=r"slowed: its worker \(pair 2\) exited with 3: (.|\n)*the workers "
+                                               r"finished so far are kept"):
+        sweep.run_sweep([], 3, tiny_plan(), out, envs, "t", environments=environments, echo=lines.append,
                         round_seconds=ROUND_SECONDS)
     assert not list(out.glob("*.json"))  # nothing half-done where compare or history would read it
     lines.clear()  # the interruption is over: the same command resumes
-    runs, skipped = sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments,
+    runs, skipped = sweep.run_sweep([], 3, tiny_plan(), out, envs, "t", environments=environments,
                                     echo=lines.append, round_seconds=ROUND_SECONDS)
-    # Pair 2 resumes, its first environment turned by one (processes._run_pair).
+    # Pair 2 resumes, its first environment turned by one (coordinator.Pairs.run_pair).
     assert lines[0] == "pair 1: already measured, kept" and lines[1].startswith("pair 2: again + slowed + A workers")
     assert [path.name for path in runs] == ["t-A.json", "t-again.json", "t-slowed.json"] and not skipped
     merged = json.loads(runs[0].read_text())
-    assert merged["devicebench_run"]["processes"] == 3 and merged["devicebench_run"]["sweep_position"] == 0
+    assert merged["devicebench"]["processes"] == 3 and merged["devicebench"]["sweep_position"] == 0
     row = merged["benchmarks"][0]["extra_info"]
-    assert len(row["processes"]) == 3 and len(row["train_seconds"]) == 3 * 5
+    assert len(row["processes"]) == 3 and [len(process["train_seconds"]) for process in row["processes"]] == [5] * 3
     assert [process["pair"] for process in row["processes"]] == [1, 2, 3] and row["interleave_id"]
     # Every timed round is labelled with its turn: three environments, so three turns per round.
     turns = [process["round_sequence"] for process in row["processes"]]
@@ -89,7 +112,7 @@ def test_sweep_marks_the_slowed_environment_as_a_step_and_resumes_after_an_inter
     assert "regression: " in text and "[slowed]" in text and png.stat().st_size > 5000
 
     lines.clear()  # a second sweep reuses what is measured
-    sweep.run_sweep([], 3, PYTEST_ARGS, out, envs, "t", environments=environments[:1], echo=lines.append)
+    sweep.run_sweep([], 3, tiny_plan(), out, envs, "t", environments=environments[:1], echo=lines.append)
     assert lines == [f"A: already measured ({out / 't-A.json'}); kept (--rerun measures it again)"]
 
 
@@ -106,7 +129,7 @@ def test_a_version_pip_cannot_install_is_skipped_with_its_reason_and_leaves_noth
     empty_index = tmp_path / "index"
     empty_index.mkdir()
     envs = tmp_path / "envs"
-    runs, skipped = sweep.run_sweep(["2.14.1", "9.9.9"], 1, PYTEST_ARGS, tmp_path / "out", envs, "t",
+    runs, skipped = sweep.run_sweep(["2.14.1", "9.9.9"], 1, plan("--device", "cpu"), tmp_path / "out", envs, "t",
                                     pip_args=["--no-index", "--find-links", str(empty_index)], echo=lambda _: None)
     assert runs == []
     reasons = {skip.version: skip.reason for skip in skipped}
@@ -127,22 +150,53 @@ def test_an_incomplete_environment_is_rebuilt_not_trusted(tmp_path, enough_disk)
 
 
 def test_processes_of_different_machines_are_never_merged():
-    first = {"machine_info": {"node": "a", "torch_version": "2.14.1"}, "benchmarks": []}
-    second = {"machine_info": {"node": "b", "torch_version": "2.14.1"}, "benchmarks": []}
+    first = {"machine_info": {"node": "a", "torch_version": "2.14.1"}, "rows": []}
+    second = {"machine_info": {"node": "b", "torch_version": "2.14.1"}, "rows": []}
     with pytest.raises(DevicebenchError, match="disagree on node"):
-        processes.merge_processes([first, second], processes.Environment("x", sys.executable))
+        staging.merge([(1, first), (2, second)], "x", sys.executable, None)
 
 
 def test_environment_arguments_are_checked(tmp_path):
     with pytest.raises(DevicebenchError, match="is not an executable Python"):
-        processes.parse_environment(f"A={tmp_path / 'missing'}")
-    assert processes.parse_environment(f"A={sys.executable}").label == "A"
+        coordinator.parse_environment(f"A={tmp_path / 'missing'}")
+    assert coordinator.parse_environment(f"A={sys.executable}").label == "A"
 
 
 def test_an_environment_where_every_row_skips_gets_no_run_and_says_why(tmp_path):
     lines: list[str] = []
-    written = processes.run_interleaved([processes.Environment("A", sys.executable)], 2,
-                                        ["-k", "mnist", "--device", "mps"], tmp_path, "none", lines.append)
+    written = coordinator.run([coordinator.Environment("A", sys.executable)], 2,
+                              plan("-k", "mnist and not tuned", "--device", "mps"), tmp_path, "none", lines.append)
     assert written == [] and not list(tmp_path.glob("*.json"))
     assert any("no row ran in A" in line and "mps" in line for line in lines), lines
     assert not any("process 2/2" in line for line in lines)  # no second process for an environment with no rows
+
+
+def test_the_row_options_after_the_separator_select_rows_as_pytest_would(tmp_path):
+    names = [row.name for row in plan("-k", "mnist and (seed or tuned)", "--device", "cpu,cuda").rows]
+    assert names == ["test_mnist_mlp[cpu-seed]", "test_mnist_mlp[cpu-tuned]", "test_mnist_mlp[cuda-seed]",
+                     "test_mnist_mlp[cuda-tuned]"]
+    assert [row.name for row in plan("--workload", "resnet18_cifar", "--pipeline", "resident").rows] == [
+        "test_resnet18_cifar[cpu-resident]", "test_resnet18_cifar[mps-resident]",
+        "test_resnet18_cifar[cuda-resident]"]
+    chosen = plan("--device", "cpu", "--tuned-off", "compile,cuda-graphs", "--data-dir", "data").options
+    assert chosen.tuning().compile is False and chosen.tuning().cuda_graphs is False
+    assert chosen.tuning().channels_last is True and chosen.data_dir == str(Path("data").resolve())
+    for wrong, message in ((["--tuned-off", "graphs"], "--tuned-off graphs: unknown graphs"),
+                           (["--device", "tpu"], "tpu"), (["--benchmark-json", "x"], "not a row option"),
+                           (["-k", "mnist and"], "ends too early"), (["--workload", "gpt"], "unknown")):
+        with pytest.raises(DevicebenchError, match=message):
+            plan(*wrong)
+
+
+def test_a_workload_whose_package_does_not_import_skips_saying_which():
+    import types
+
+    from devicebench import rows
+
+    module = types.ModuleType("needs_more")
+    module.NAME, module.REQUIRES = "needs_more", ("torch", "no_such_package_here")
+    reason = rows.missing_requirement(module)
+    assert reason.startswith("needs_more needs torch, no_such_package_here matching this torch: "
+                             "no_such_package_here: ModuleNotFoundError")
+    module.REQUIRES = ("torch",)
+    assert rows.missing_requirement(module) is None

@@ -11,12 +11,12 @@ import torch
 
 from devicebench import devices, efficiency, stability
 from devicebench.flops import FlopCounts
-from devicebench.runner import run_benchmark
+from devicebench.measure import measure_row
 from devicebench.scales import Scale
 from devicebench.workloads import mnist_mlp, resnet18_cifar
 from devicebench.workloads import base
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
-from fixtures.fakes import RecordingBenchmark
+from tests.doubles.fakes import RecordingTimer
 
 
 def test_steady_rounds_are_not_flagged():
@@ -79,8 +79,8 @@ def test_run_with_an_injected_slow_round_is_flagged_unstable(sleeps, unstable, m
     monkeypatch.setattr(base, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=1, rounds=5)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
-    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload(sleeps, sleep=clock.advance), config, "test cpu",
-                          count_steps=False)  # the sleepy workload has its rounds' sleeps only
+    extra = measure_row(sleepy_workload(sleeps, sleep=clock.advance), config, "test cpu", RecordingTimer([]),
+                        count_steps=False)  # the sleepy workload has its rounds' sleeps only
     assert extra["unstable"] is unstable
     assert (extra["unstable_reason"] is not None) is unstable
 
@@ -121,14 +121,15 @@ def test_training_throughput_comes_from_training_time_alone():
     # 20 ms of training and 30 ms of validation a round: 100 samples / 0.02 s, not / 0.05 s.
     scale = Scale("toy", 100, 10, 10, 10, warmup_rounds=0, rounds=3)
     config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale)
-    extra = run_benchmark(RecordingBenchmark([]), sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu",
-                          count_steps=False)
+    extra = measure_row(sleepy_workload([0.02] * 3, validation_sleep=0.03), config, "cpu", RecordingTimer([]),
+                        count_steps=False)
+    process, = extra["processes"]
     # Deterministic relations only (sleeps stretch on a loaded machine): throughput is from training time alone.
-    assert extra["samples_per_s"] == pytest.approx(100 / statistics.median(extra["train_seconds"]))
-    assert all(t >= 0.02 for t in extra["train_seconds"]) and all(v >= 0.03 for v in extra["val_seconds"])
-    assert all(t + v <= r + 1e-6 for t, v, r in zip(extra["train_seconds"], extra["val_seconds"],
-                                                    extra["round_seconds"]))
-    assert extra["samples_per_s"] > 100 / statistics.median(extra["round_seconds"])
+    assert extra["samples_per_s"] == pytest.approx(100 / statistics.median(process["train_seconds"]))
+    assert all(t >= 0.02 for t in process["train_seconds"]) and all(v >= 0.03 for v in process["val_seconds"])
+    assert all(t + v <= r + 1e-6 for t, v, r in zip(process["train_seconds"], process["val_seconds"],
+                                                    process["round_seconds"]))
+    assert extra["samples_per_s"] > 100 / statistics.median(process["round_seconds"])
 
 
 class SlowStart:
@@ -173,9 +174,9 @@ def test_the_planted_slowdown_lengthens_each_cpu_epoch_and_validation_by_its_fra
     for fraction in (0.0, 0.05):
         config = RunConfig(device=torch.device("cpu"), pipeline="resident", scale=scale, slowdown_fraction=fraction)
         workload = sleepy_workload([0.04] * 6, validation_sleep=0.02, sleep=clock.sleep)
-        extra = run_benchmark(RecordingBenchmark([]), workload, config, "cpu", count_steps=False)
+        extra = measure_row(workload, config, "cpu", RecordingTimer([]), count_steps=False)
         assert extra["planted_slowdown_fraction"] == fraction
-        medians[fraction] = {field: statistics.median(extra[field])
+        medians[fraction] = {field: statistics.median(extra["processes"][0][field])
                              for field in ("train_seconds", "val_seconds", "round_seconds")}
     for field in ("train_seconds", "val_seconds", "round_seconds"):
         assert medians[0.05][field] / medians[0.0][field] == pytest.approx(1.05, abs=0.002), field
@@ -183,20 +184,19 @@ def test_the_planted_slowdown_lengthens_each_cpu_epoch_and_validation_by_its_fra
 
 @pytest.mark.parametrize("option, variable, expected", [(None, None, 0.0), (None, "0.05", 0.05), (0.1, "0.05", 0.1)])
 def test_slowdown_fraction_comes_from_the_option_else_the_environment(option, variable, expected, monkeypatch):
-    from fixtures import plugin
+    from devicebench import options
 
-    monkeypatch.delenv(plugin.SLOWDOWN_VARIABLE, raising=False)
+    monkeypatch.delenv(options.SLOWDOWN_VARIABLE, raising=False)
     if variable is not None:
-        monkeypatch.setenv(plugin.SLOWDOWN_VARIABLE, variable)
-    config = types.SimpleNamespace(getoption=lambda name: option)
-    assert plugin.slowdown_fraction(config) == expected
+        monkeypatch.setenv(options.SLOWDOWN_VARIABLE, variable)
+    assert options.slowdown_fraction(option) == expected
 
 
 @pytest.mark.parametrize("option, variable", [(1.5, None), (-0.1, None), (None, "five")])
 def test_a_bad_slowdown_fraction_is_a_usage_error(option, variable, monkeypatch):
-    from fixtures import plugin
+    from devicebench import options
+    from devicebench.errors import UsageError
 
-    monkeypatch.setenv(plugin.SLOWDOWN_VARIABLE, variable or "0")
-    config = types.SimpleNamespace(getoption=lambda name: option)
-    with pytest.raises(pytest.UsageError, match="fraction"):
-        plugin.slowdown_fraction(config)
+    monkeypatch.setenv(options.SLOWDOWN_VARIABLE, variable or "0")
+    with pytest.raises(UsageError, match="fraction"):
+        options.slowdown_fraction(option)

@@ -12,7 +12,7 @@ from devicebench.errors import DataError, DevicebenchError, UsageError
 from devicebench.scales import Scale, scale_for
 from devicebench.workloads import get_workload, mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import RunConfig, build
-from fixtures.datafiles import populate_cifar, tiny_cifar_archive
+from tests.doubles.datafiles import populate_cifar, tiny_cifar_archive
 
 CPU = torch.device("cpu")
 
@@ -190,7 +190,7 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
     from pathlib import Path
 
     from devicebench import cli
-    from pytest_runs import KEPT_COMPILE_CACHE
+    from pytest_runs import SHARED_COMPILE_CACHE
 
     repo = Path(__file__).resolve().parents[1]
     outputs = []
@@ -200,9 +200,9 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
             [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "-k", "tiny_linear", "--device", "cpu",
              "--scale", "quick", f"--benchmark-json={out}", "-p", "no:cacheprovider", "-q",
              # the second run reuses the first's compiled code (the tuned row's C++ compile is most of a run)
-             *KEPT_COMPILE_CACHE],
+             "--compile-cache", "shared"],
             cwd=repo, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload"})
+            env={**os.environ, **SHARED_COMPILE_CACHE, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload"})
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         outputs.append(out)
     rows = {bench["name"]: bench["extra_info"] for bench in json.loads(outputs[0].read_text())["benchmarks"]}
@@ -210,7 +210,7 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
                             "test_workload[tiny_linear-tuned-cpu]"]
     for extra in rows.values():
         assert extra["workload"] == "tiny_linear" and extra["samples_per_round"] == 4096
-        assert extra["samples_per_s"] > 0 and len(extra["train_seconds"]) == 5 and extra["dtype"] == "float32"
+        assert extra["samples_per_s"] > 0 and len(extra["processes"][0]["train_seconds"]) == 5 and extra["dtype"] == "float32"
     # The tuned pipeline's setup comes from tuned.TunedSetup: its plan, its compile timing, its row fields.
     tuned = rows["test_workload[tiny_linear-tuned-cpu]"]
     assert tuned["compiled"] is True and tuned["compile_s"] > 0 and tuned["cuda_graphs"] is False

@@ -177,6 +177,8 @@ class WorkloadModule(Protocol):
     - ``RUNS``: pipeline name -> ``WorkloadRun`` subclass: the pipelines it offers (a subset of ``PIPELINES``).
     - ``flop_counts()``: FLOPs per sample (flops.py); ``parity_case()``: a few steps for the cpu-vs-device check.
     - ``SCALES`` (optional): scale name -> sizes, for a workload that has no entry in ``scales.toml``.
+    - ``REQUIRES`` (optional): packages it imports beyond torch; a row skips, saying which, where one does not
+      import with this torch (rows.missing_requirement).
     """
 
     NAME: str

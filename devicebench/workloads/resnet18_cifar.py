@@ -34,6 +34,7 @@ NAME = "resnet18_cifar"
 VERSION = 1
 IMAGE_SIZE = 96
 HAS_CONVOLUTIONS = True
+REQUIRES = ("timm", "torchvision")  # a torch without a matching torchvision skips these rows, saying so
 
 
 def make_model(seed: int, weights_path=None) -> nn.Module:

@@ -1,0 +1,260 @@
+"""What each ``devicebench`` command does (cli.py declares their options)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from devicebench import calibration, compare, coordinator, environment, history, options, results, rows, \
+    significance, sweep
+from devicebench.errors import DevicebenchError, UsageError
+from devicebench.until import UntilTarget
+
+
+class GateCannotJudge(DevicebenchError):
+    """The regression gate has nothing it can judge: it fails (exit 2) rather than pass by default."""
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """The "verify your environment" step of seed 000: versions, backends, and each device's status."""
+    facts = environment.software_facts()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        if key == "accelerators":
+            value = ", ".join(f"{a['type']}: {a['name']}" + (f" ({a['memory_bytes'] / 2**30:.0f} GiB)"
+                                                            if a.get("memory_bytes") else "") for a in value) or "none"
+        print(f"{key.ljust(width)}  {value}")
+    print()
+    for name, status, detail in environment.device_table():
+        print(f"{name.ljust(5)} {status.ljust(10)} {detail}")
+    print()
+    print(_calibrated_rows(calibration.Calibration.load(args.calibration), environment.machine_key()))
+    return 0
+
+
+def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
+    """What ``info`` says about this machine's calibration (calibration.py)."""
+    entries = found.rows_of(machine_key)
+    if not entries:
+        return (f"calibration: none for this machine in {found.path} (single-process comparisons claim only "
+                f"changes beyond {significance.SINGLE_PROCESS_FLOOR:.0f}x; run devicebench calibrate -- ARGS)")
+    lines = [f"calibration: {len(entries)} row(s) of this machine in {found.path}"]
+    for entry in sorted(entries, key=lambda e: (e["torch_version"], e["test"])):
+        pair = "-" if entry["pair_log_sd"] is None else f"{math.expm1(entry['pair_log_sd']):.1%}"
+        process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
+        identity = entry["identity"]
+        lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: "
+                     f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}, between processes "
+                     f"{process} ({entry['measured'][:10]})")
+    return "\n".join(lines)
+
+
+def _split_of(entry: dict) -> str:
+    """How a calibrated pair spread divides into what more rounds remove and what they do not (calibration.py),
+    where the entry records its round noise."""
+    noise = calibration.noise_of(entry)
+    per_process = noise.per_process_variance()
+    if per_process is None:
+        return ""
+    return (f" at {noise.rounds_per_worker} rounds ({math.expm1(math.sqrt(per_process)):.1%} per process; a round's "
+            f"B/A varies {math.expm1(noise.round_log_sd):.1%})")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """An A/A of worker pairs of this Python, its per-row noise kept in the calibration file (calibration.py)."""
+    if args.env or args.until is not None:
+        raise UsageError("devicebench calibrate runs one Python against itself (--python, default this one); "
+                         "--env and --until belong to devicebench run")
+    if args.from_runs:
+        written = [Path(path) for path in args.from_runs]
+        how = f"A/A runs {written[0].name}, {written[1].name}"
+    else:
+        python = args.python or sys.executable
+        env_a, env_b = (coordinator.Environment(label, python) for label in ("A", "B"))
+        plan = plan_of(args)
+        if args.round_time == 0:
+            # For single-process comparisons: each worker compiles anew, as a plain pytest run does (kept code
+            # spreads less between workers than plain runs do: docs/comparing.md).
+            plan = replace(plan, keep_compiled=False)
+        # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
+        count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
+        written = coordinator.run([env_a, env_b], count, plan, Path(args.output_dir), args.name,
+                                  budget_seconds=args.budget, round_seconds=args.round_time,
+                                  pin_rounds=args.pin_rounds == "pair")
+        round_time = coordinator.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
+        how = (f"devicebench calibrate, round time {round_time:g}s: "
+               f"{' '.join(row_arguments(args))} (runs {written[0].name}, {written[1].name})")
+    first, second = (results.load_run(path) for path in written)
+    if first is None or second is None:
+        raise UsageError(f"{', '.join(map(str, written))}: could not be read as devicebench runs (see above)")
+    if not any(row.pairs for row in first.rows):
+        raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
+                         f"devicebench run --env A=PY --env B=PY (the same Python twice)")
+    found = calibration.Calibration.load(args.calibration)
+    added = found.add_explained(first, second, how)
+    if not added:
+        raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
+    path = found.save()
+    print(f"calibration of {len(added)} row(s) written to {path}:")
+    for entry, said in added:
+        print(f"    {entry['test']}: {said}")
+    print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
+    return 0
+
+
+CALIBRATION_PAIRS = 6  # devicebench calibrate's worker pairs when neither --processes nor --budget is given
+CALIBRATION_MAX_PAIRS = 100  # with --budget alone: the budget decides
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if args.fail_on_regression and args.view == "devices":
+        raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
+    # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
+    runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
+    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device,
+                                        calibration.Calibration.load(args.calibration))
+    tables = [table for table in tables
+              if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
+    if args.details or args.markdown:
+        print(compare.render(view, tables, markdown=args.markdown))
+    else:
+        print(compare.render_compact(view, tables, runs, args.threshold))
+    if args.png:
+        from devicebench import plots
+
+        plots.compare_chart(tables, Path(args.png))
+        print(f"chart written to {args.png}")
+    if args.fail_on_regression:
+        judged = [verdict for table in tables for verdict in table.verdicts if verdict is not None]
+        if view != "change" or not judged:
+            raise GateCannotJudge(
+                "--fail-on-regression: no row of the later runs matches a row of the baseline run (same workload "
+                "version, pipeline, scale, device and options), so there is nothing to judge and the gate fails. "
+                "Compare runs of the same experiment: re-measure the baseline with this devicebench, or see the "
+                "notes above for what differs")
+    if view != "change":
+        return 0
+    for line in compare.inconclusive(tables):
+        print(f"inconclusive at {args.threshold:.0%}: {line}")
+    for line in compare.uncorrected_regressions(tables):
+        print(f"significant alone, not gated on: {line}")
+    found = compare.regressions(tables) + compare.count_regressions(tables, args.threshold)
+    if found:
+        print(f"{len(found)} significant regression(s) beyond {args.threshold:.0%}:")
+        for line in found:
+            print(f"  {line}")
+        return 1 if args.fail_on_regression else 0
+    if args.fail_on_regression:
+        print(f"no significant regression beyond {args.threshold:.0%}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from devicebench import report
+
+    runs = results.load_runs(args.runs, Path(args.results_dir))
+    path = report.write_report(runs, Path(args.output), args.threshold, calibration.Calibration.load(args.calibration))
+    print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    environments = [coordinator.parse_environment(text) for text in args.env]
+    output_dir = Path(args.output_dir) / args.name
+    runs, skipped = sweep.run_sweep(args.torch, args.processes, plan_of(args), output_dir,
+                                    Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
+                                    pip_args=args.pip_args.split(), environments=environments,
+                                    until=until_target(args.until), budget_seconds=args.budget,
+                                    round_seconds=args.round_time, pin_rounds=args.pin_rounds == "pair",
+                                    calibration=calibration.Calibration.load(args.calibration))
+    for skip in skipped:
+        print(f"skipped torch {skip.version}: {skip.reason}")
+    measured = [run for run in runs if run.exists()]
+    if measured:
+        print(f"\nhistory of {output_dir} (each step judged across processes):\n")
+        return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=args.threshold, png=args.png,
+                                              fail_on_regression=False, calibration=args.calibration))
+    return 1 if skipped else 0
+
+
+def row_arguments(args: argparse.Namespace) -> list[str]:
+    """The row options given after ``--``."""
+    return args.row_arguments[1:] if args.row_arguments[:1] == ["--"] else args.row_arguments
+
+
+def row_parser() -> argparse.ArgumentParser:
+    """The row options a run takes after ``--``: those of ``pytest benchmarks`` (options.py), -k and --workload."""
+    found = argparse.ArgumentParser(prog="devicebench run ... --", add_help=False)
+    options.add_options(found.add_argument)
+    found.add_argument("-k", dest="keyword", metavar="EXPRESSION",
+                       help="only rows whose name matches, as pytest's -k: words joined by and, or, not")
+    found.add_argument("--workload", help="comma-separated workloads (default: all)")
+    return found
+
+
+def plan_of(args: argparse.Namespace) -> coordinator.Plan:
+    """What a run measures, from the row options after ``--``."""
+    given = row_arguments(args)
+    values, unknown = row_parser().parse_known_args(given)
+    if unknown:
+        raise UsageError(f"{' '.join(unknown)}: not a row option of devicebench; after -- give the options of "
+                         f"pytest benchmarks (--device, --pipeline, --scale, --data, ...), -k or --workload")
+    chosen = options.RowOptions.read(vars(values).get)
+    workloads = [name.strip() for name in (values.workload or "").split(",") if name.strip()]
+    if chosen.data_dir:  # workers may start elsewhere: paths are made absolute here
+        chosen = replace(chosen, data_dir=str(Path(chosen.data_dir).resolve()))
+    if chosen.profile_dir:
+        chosen = replace(chosen, profile_dir=str(Path(chosen.profile_dir).resolve()))
+    if chosen.weights:
+        chosen = replace(chosen, weights=str(Path(chosen.weights).resolve()))
+    return coordinator.Plan(tuple(rows.select(chosen, values.keyword, workloads)), chosen)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    environments = [coordinator.parse_environment(text) for text in args.env] or \
+        [coordinator.Environment("current", sys.executable)]
+    coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
+                    until_target=until_target(args.until), budget_seconds=args.budget,
+                    round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
+                    pin_rounds=args.pin_rounds == "pair")
+    return 0
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    """timm's own ResNet18 benchmark beside the tuned row, on the same GPU, in one call (peer.py)."""
+    from devicebench import peer
+
+    output = Path(args.output or f"results/reference/{args.machine}/peer-timm.json")
+    peer.run_peer(Path(args.script), output, args.processes, args.device, args.scale, args.amp_dtype, args.profile)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    runs = results.load_runs([args.dir], Path(args.dir))
+    lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
+    text, found = history.render(lines, args.threshold)
+    print(text)
+    if args.png:
+        from devicebench import plots
+
+        plots.history_chart(lines, Path(args.png), args.threshold)
+        print(f"chart written to {args.png}")
+    for line in found:
+        print(line)
+    regressed = any(line.startswith("regression") for line in found)
+    return 1 if regressed and args.fail_on_regression else 0
+
+
+def until_target(parts: list[tuple[str | None, float]] | None) -> UntilTarget | None:
+    """The ``--until`` options as one target: the size for every row and the sizes asked of single pipelines."""
+    if not parts:
+        return None
+    defaults = [value for pipeline, value in parts if pipeline is None]
+    if len(defaults) != 1:
+        raise UsageError("--until: give one size for every row (e.g. --until 5%), and PIPELINE=SIZE for a "
+                         "pipeline that should differ (e.g. --until seed=10%)")
+    by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
+    return UntilTarget(defaults[0], tuple(sorted(by_pipeline.items())))

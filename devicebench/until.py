@@ -1,0 +1,211 @@
+"""When an ``--until`` run stops: each row's smallest detectable change after the pairs so far, against its size.
+
+Stopping a row on its detectable change, which depends only on the spread and not on the difference seen, leaves
+the test's error rate as it is; stopping on the p-value would not. A row's calibration (calibration.py) also says
+how many rounds a worker should time of it (``rounds_for_size``) and forecasts the pairs a row still short needs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from devicebench import significance
+from devicebench.calibration import Calibration, Noise
+from devicebench.results import Run
+
+
+@dataclass(frozen=True)
+class UntilTarget:
+    """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``).
+
+    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host,
+    A/A: a B round against the A round beside it, 15-18% standard deviation for mnist_mlp seed, 0.7-1.3% for
+    resnet18_cifar resident and tuned); one size for all would spend the whole budget on the seed rows, or ask too
+    little of the others."""
+
+    default: float
+    by_pipeline: tuple[tuple[str, float], ...] = ()
+
+    def for_pipeline(self, pipeline: str | None) -> float:
+        return dict(self.by_pipeline).get(pipeline, self.default)
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{pipeline} {size:.1%}" for pipeline, size in self.by_pipeline)
+        return f"{self.default:.1%}" + (f" ({extra})" if extra else "")
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """What a row's calibration (where it records round noise) expects of its pairs at the rounds it timed."""
+
+    pair_variance: float  # of a pair's estimate (log B/A) at ``rounds``
+    df: int  # the calibration's degrees of freedom
+    rounds: int
+    per_process_variance: float  # the part no number of rounds removes
+
+
+@dataclass(frozen=True)
+class RowProgress:
+    """Where one row stands in an ``--until`` run: what its pairs so far could detect."""
+
+    test: str
+    pipeline: str | None
+    pairs: int
+    detectable: float | None  # the worst over each environment against the first; None: cannot be judged
+    calibrated: bool  # every verdict behind it pooled this machine's calibration (significance.py)
+    forecast: Forecast | None = None  # the worst over the environments compared
+
+    def pairs_needed(self, until: UntilTarget, most: int = 50) -> int | None:
+        """The pairs at which the calibration expects this row to reach its size (None: more than ``most``, or no
+        forecast): what to tell a user whose budget ended first."""
+        if self.forecast is None:
+            return None
+        limit, forecast = math.log1p(until.for_pipeline(self.pipeline)), self.forecast
+        return next((n for n in range(2, most + 1) if significance.detection_factor(n - 1 + forecast.df)
+                     * math.sqrt(forecast.pair_variance / n) <= limit), None)
+
+    def forecast_text(self, until: UntilTarget) -> str:
+        if self.forecast is None:
+            return ""
+        needed = self.pairs_needed(until)
+        expected = f"about {needed} pairs" if needed else "more than 50 pairs"
+        return (f"; the calibration expects {expected} at {self.forecast.rounds} rounds a worker: "
+                f"{math.expm1(math.sqrt(self.forecast.per_process_variance)):.1%} of a pair's spread is per "
+                f"process, which more rounds do not remove")
+
+    def reached(self, until: UntilTarget) -> bool:
+        # Judged from MIN_PAIRS_FOR_UNTIL pairs, or from two where the calibration supplies the degrees of freedom.
+        enough = self.pairs >= (MIN_PAIRS_CALIBRATED if self.calibrated else MIN_PAIRS_FOR_UNTIL)
+        return enough and self.detectable is not None and self.detectable <= until.for_pipeline(self.pipeline)
+
+
+# --until judges the detectable change only from this many pairs on: with two, a t-test on pair means has one
+# degree of freedom and its detectable change is ten times the pairs' spread, so stopping there is by chance.
+MIN_PAIRS_FOR_UNTIL = 3
+# ... or from two, when the row's verdict pooled this machine's calibration: its degrees of freedom are then the
+# calibration's plus one, and the F-test that guards the pooling has a pair spread to check.
+MIN_PAIRS_CALIBRATED = 2
+
+
+def rounds_wanted(calibration: Calibration | None, until: UntilTarget | None
+                   ) -> Callable[[dict, int], int | None] | None:
+    """The Scheduler's ``rounds_wanted`` for an ``--until`` run with a calibration: each row's rounds from its
+    calibrated noise (``rounds_for_size``); None (the rounds ``--round-time`` gives) otherwise."""
+    if calibration is None or until is None:
+        return None
+
+    def wanted(row: dict, default: int) -> int | None:
+        identity = row["identity"]
+        noise = calibration.noise_at(row["machine"], row["torch_version"], identity)
+        if noise is None or noise.compiled_code != row.get("compiled_code"):  # the verdict would not use it
+            return None
+        return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default)
+
+    return wanted
+
+
+# Rows are sized to reach a fraction of their size, so that this run's own pairs, pooled with the calibration's,
+# may spread a little more than it did and still get there. A row planned for two pairs is one that reaches its
+# size anyway and is only given fewer rounds: planned to half its size, as missing costs a whole pair.
+TWO_PAIR_MARGIN = 0.5
+THREE_PAIR_MARGIN = 0.9
+
+
+def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
+    """How many rounds a worker should time of a row whose calibration records its round noise, so that the
+    row's smallest detectable change reaches ``size`` in few pairs; None when the calibration cannot say.
+
+    A pair's variance is the per-process part plus round noise over the rounds (``Noise.pair_variance``); after
+    n pairs pooled with the calibration, the detectable change is ``detection_factor(df) * sqrt(variance / n)``
+    (significance.py). So:
+
+    - a row that reaches TWO_PAIR_MARGIN of its size in MIN_PAIRS_CALIBRATED pairs with no more than ``default``
+      rounds gets the rounds that does (H200: resnet18_cifar resident and tuned, 33 and 113 rounds a worker by
+      ``--round-time``, were sized to 5 and reached 2.0% and 2.8% in two pairs);
+    - else the rounds that reach THREE_PAIR_MARGIN of it in MIN_PAIRS_FOR_UNTIL pairs, no fewer than ``default``
+      (H200: mnist_mlp seed, nearly all round noise, 15 where ``--round-time`` gives 10);
+    - a row whose per-process part alone is more than that many pairs can average gets the rounds at which its
+      round noise is down to its per-process part (more buy little), no fewer than ``default`` (H200, workers
+      free: mnist_mlp resident, 2.8% per process, and resnet18_cifar seed, 5.8%).
+    """
+    per_process = noise.per_process_variance()
+    if per_process is None:
+        return None
+    round_variance = noise.round_variance()  # a pair's round noise at one round
+
+    def room(pairs: int, target: float) -> float:
+        """The round noise a pair may have so that ``pairs`` pairs detect ``target``."""
+        factor = significance.detection_factor(pairs - 1 + noise.pair_df)
+        return pairs * (math.log1p(target) / factor) ** 2 - per_process
+
+    two = room(MIN_PAIRS_CALIBRATED, TWO_PAIR_MARGIN * size)
+    if two > 0 and math.ceil(round_variance / two) <= default:
+        return max(1, math.ceil(round_variance / two))
+    three = room(MIN_PAIRS_FOR_UNTIL, THREE_PAIR_MARGIN * size)
+    if three > 0:
+        return max(default, math.ceil(round_variance / three))
+    return max(default, math.ceil(round_variance / per_process)) if per_process > 0 else default
+
+
+def progress_by_row(runs: list[Run], calibration: Calibration | None) -> dict[str, RowProgress]:
+    """Each row's smallest detectable change in ``runs`` (one per environment, merged from the pairs so far): the
+    worst over each environment against the first (None where a row cannot be judged), with this machine's
+    calibration where it has the row."""
+    if len(runs) < 2 or not runs[0].rows or min(len(row.processes) for row in runs[0].rows) < 2:
+        return {}
+    found: dict[str, RowProgress] = {}
+    for row in runs[0].rows:
+        worst: float | None = 0.0
+        calibrated = True
+        forecast = None
+        for other_run in runs[1:]:
+            other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
+            noise = None if calibration is None or other is None else \
+                calibration.noise_between(runs[0], row, other_run, other)
+            verdict = None if other is None else significance.judge(row, other, noise=noise)
+            detectable = None if verdict is None else verdict.detectable
+            calibrated = calibrated and verdict is not None and verdict.pooled
+            worst = None if detectable is None or worst is None else max(worst, detectable)
+            per_process = noise.per_process_variance() if verdict is not None and verdict.pooled else None
+            if per_process is not None:
+                rounds = round(statistics.median(len(times) for times in other.processes))
+                candidate = Forecast(noise.pair_variance(rounds), noise.pair_df, rounds, per_process)
+                if forecast is None or candidate.pair_variance > forecast.pair_variance:
+                    forecast = candidate
+        found[row.test] = RowProgress(row.test, row.extra.get("pipeline"),
+                                      len(row.processes), worst, calibrated, forecast)
+    return found
+
+
+def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTarget | None) -> str:
+    marks = []
+    for row in progress.values():
+        figure = "n/a" if row.detectable is None else f"{row.detectable:.1%}"
+        reached = " (reached)" if until is not None and row.reached(until) else ""
+        marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}")
+    return f"    after {pairs} pairs, smallest detectable change: " + "; ".join(marks)
+
+
+def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:
+    if not progress:
+        return (f"--until {until.describe()}: not judged: {pairs} pair(s) measured ({clock(spent)}), and a "
+                f"smallest detectable change needs at least 2")
+    reached = [row for row in progress.values() if row.reached(until)]
+    missed = [row for row in progress.values() if not row.reached(until)]
+    lines = [f"--until {until.describe()}: {len(reached)} of {len(progress)} rows reached it in {pairs} pairs "
+             f"({clock(spent)} measured)"]
+    lines += [f"    reached: {row.test} ({row.detectable:.1%} from {row.pairs} pairs)" for row in reached]
+    lines += [f"    not reached: {row.test} ({'not judged' if row.detectable is None else f'{row.detectable:.1%}'}"
+              f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%}{row.forecast_text(until)})"
+              for row in missed]
+    return "\n".join(lines)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+

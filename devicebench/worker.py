@@ -1,0 +1,152 @@
+"""A worker process of ``devicebench run``: measures the rows its task names and writes them to one file.
+
+The coordinator (coordinator.py) writes a task (``Task``: the rows, their options, the worker's turn pipe and core,
+where to write) and starts ``python -m devicebench.worker TASK.json`` in an environment's Python. The worker
+answers in fields, never in printed text: each row comes back measured, skipped (with the reason) or failed (with
+the error). Its printed lines are a log for people. pyperf's manager and worker are the model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import devicebench
+
+WORKER_FORMAT = 1  # of the task and the worker's file: coordinator and worker come from one devicebench
+
+
+@dataclass
+class Task:
+    rows: list[dict]  # rows.RowSpec fields
+    options: dict  # options.RowOptions fields
+    output: str  # the worker's file, written whole when it ends
+    turn_pipe: list[int] | None = None  # [read fd, write fd]: take turns with the other workers (turns.py)
+    round_core: int | None = None  # the core an accelerator row's rounds run on (affinity.py)
+    compile_cache: str = "fresh"  # compile_cache.MODES
+    compile_cache_dir: str | None = None
+    count_steps: bool = True  # the first pair counts; later workers would repeat the same counts (counts.py)
+    parity_check: bool = True  # likewise the parity check of each accelerator and workload (parity.py)
+    compile_only: bool = False  # one untimed round per row: compile the code a kept cache will hold
+    format: int = WORKER_FORMAT
+    extra: dict = field(default_factory=dict)
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> "Task":
+        values = json.loads(Path(path).read_text())
+        if values.get("format") != WORKER_FORMAT:
+            raise SystemExit(f"devicebench worker: task format {values.get('format')} is not {WORKER_FORMAT}: the "
+                             f"environment's devicebench differs from the coordinator's; install the same one")
+        return cls(**values)
+
+
+def command(python: str, task_path: Path) -> list[str]:
+    """How an environment's Python runs a worker. Its own devicebench wins where it has one; otherwise the
+    coordinator's package is found last on its path, so any Python with torch can be an environment."""
+    root = str(Path(devicebench.__file__).resolve().parents[1])
+    bootstrap = (f"import sys; sys.path.append({root!r}); from devicebench.worker import main; "
+                 f"sys.exit(main(sys.argv[1:]))")
+    return [python, "-c", bootstrap, str(task_path)]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m devicebench.worker TASK.json (started by devicebench run)", file=sys.stderr)
+        return 2
+    task = Task.read(Path(argv[0]))
+    from devicebench import compile_cache, signals
+
+    undo_signals = signals.stop_like_ctrl_c()  # SIGTERM/SIGHUP keep finished rows, as Ctrl-C does
+    undo_cache = compile_cache.use(task.compile_cache, task.compile_cache_dir)
+    finished: list[dict] = []
+    interrupted = False
+    try:
+        measure_rows(task, finished)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        undo_cache()
+        undo_signals()
+    from devicebench import environment, runfile
+
+    runfile.write_json_atomically(Path(task.output), {
+        "devicebench": {"schema": runfile.SCHEMA, "worker": True, "interrupted": interrupted},
+        "machine_info": environment.machine_info(), "datetime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "rows": finished})
+    if interrupted:
+        return 130
+    return 1 if any(row["status"] == "failed" for row in finished) else 0
+
+
+def measure_rows(task: Task, finished: list[dict]) -> None:
+    """Each row in turn into ``finished``; stops at the first that fails (its pair is lost anyway)."""
+    import torch
+
+    from devicebench import devices, measure, rows
+    from devicebench.errors import DevicebenchError
+    from devicebench.options import RowOptions
+    from devicebench.turns import TurnPipe
+
+    options = RowOptions.from_dict(task.options)
+    turns = TurnPipe(*task.turn_pipe) if task.turn_pipe else None
+    statuses: dict[str, devices.DeviceStatus] = {}
+    parity_fields: dict[tuple[str, str], dict] = {}
+    for index, values in enumerate(task.rows):
+        spec = rows.RowSpec(**values)
+        if turns is not None:
+            turns.begin_row(index, spec.name)
+        status = statuses.setdefault(spec.device, devices.probe(spec.device))
+        workload = spec.load()
+        reason = status.skip_reason if not status.available else rows.missing_requirement(workload)
+        if reason is not None:
+            print(f"{spec.name}: skipped: {reason}", flush=True)
+            finished.append({"name": spec.name, "status": "skipped", "reason": reason})
+            continue
+        config = rows.run_config(spec, options, task.round_core, task.compile_cache)
+        try:
+            if task.compile_only:
+                measure.smoke_round(workload, config)
+                finished.append({"name": spec.name, "status": "compiled"})
+                continue
+            checks = {}
+            if spec.device != "cpu" and task.parity_check and options.parity_check:
+                key = (spec.device, spec.workload)
+                if key not in parity_fields:
+                    parity_fields[key] = measure.parity_fields(workload, torch.device(spec.device))
+                checks = parity_fields[key]
+            trace = measure.trace_path(options.profile_dir or Path(task.output).parent, spec.name) \
+                if options.profile else None
+            extra = measure.measure_row(workload, config, status.name, progress=_progress(spec.name),
+                                        profile_trace=trace, turns=turns, checks=checks,
+                                        count_steps=task.count_steps)
+        except DevicebenchError as error:
+            finished.append({"name": spec.name, "status": "failed", "reason": str(error)})
+            print(f"{spec.name}: failed: {error}", flush=True)
+            return
+        except Exception as error:  # noqa: BLE001 - reported as the row's failure, with its traceback in the log
+            traceback.print_exc()
+            finished.append({"name": spec.name, "status": "failed", "reason": f"{type(error).__name__}: {error}"})
+            return
+        finished.append({"name": spec.name, "status": "measured", "extra": extra})
+        print(f"{spec.name}: {extra['samples_per_s']:,.0f} samples/s over {len(extra['processes'][0]['round_seconds'])}"
+              f" rounds", flush=True)
+
+
+def _progress(name: str):
+    def report(number: int, total: int, warmup_rounds: int, stats, samples: int) -> None:
+        if number == warmup_rounds and warmup_rounds:
+            print(f"{name}: warm-up done ({stats.seconds:.3g} s a round)", flush=True)
+
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
