@@ -35,6 +35,11 @@ class FileError(DevicebenchError):
 
 # ------------------------------------------------------------------------------------------------ writing
 def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Path:
+    """``data`` as JSON, written whole or not at all (write_text_atomically)."""
+    return write_text_atomically(path, json.dumps(data, indent=1, sort_keys=sort_keys))
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
     """Write to a temporary file beside ``path``, flush, fsync and rename: a reader sees the old file or the new
     one, never half of one. A failed write (no space, no permission) removes the temporary file, leaves the old
     file as it was, and raises FileError naming the file and the cause."""
@@ -43,7 +48,7 @@ def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Pa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "w") as file:
-            json.dump(data, file, indent=1, sort_keys=sort_keys)
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)

@@ -129,7 +129,7 @@ def cli_main(argv: list[str]) -> int:
     return cli.main(argv)
 
 
-# ------------------------------------------------------------------------------ in a user's hands (issue 10)
+# ------------------------------------------------------------------------------ in a user's hands
 
 
 @pytest.mark.parametrize("signal_name", ["INT", "TERM", "HUP"])  # Ctrl-C; a scheduler or `timeout`; a closed terminal
@@ -148,6 +148,22 @@ def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path
     from devicebench import results
 
     assert results.load_run(out).interrupted
+
+
+@pytest.mark.parametrize("saving", ["--benchmark-json", "--benchmark-autosave"])
+def test_a_full_disk_leaves_the_old_file_and_no_half_written_one_and_says_so_in_one_line(tmp_path, saving):
+    out, storage = tmp_path / "out.json", tmp_path / "results"
+    out.write_text('{"earlier": "run"}')
+    where = ["--benchmark-json", str(out)] if saving == "--benchmark-json" else \
+        ["--benchmark-autosave", f"--benchmark-storage=file://{storage}"]
+    result = run_pytest(*QUICK_TINY, "--pipeline", "resident", "-p", "tests.doubles.full_disk", *where,
+                        cwd=tmp_path, env_extra=TINY_WORKLOAD)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "devicebench: error:" in line]
+    assert len(lines) == 1 and "no space left on the device" in lines[0] and "Traceback" not in result.stdout
+    assert out.read_text() == '{"earlier": "run"}'
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and path.suffix in (".json", ".part")]
+    assert written == [out], written  # nothing half-written beside it, nothing in the storage
 
 
 def test_benchmark_disable_runs_one_round(monkeypatch):

@@ -436,3 +436,37 @@ def test_until_needs_two_environments_and_a_bound(tmp_path):
         run(coordinator.Plan((), RowOptions()), tmp_path, "x")
 
 
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_name_started_together_give_one_refusal_and_one_whole_result(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    # The first run's worker waits for a file before it starts, so the first run is surely alive (holding its
+    # staging folder) when the second starts: no race decides the test.
+    go = tmp_path / "go"
+    waiting = tmp_path / "waiting-python"
+    waiting.write_text(f'#!/bin/sh\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\nexec "{sys.executable}" "$@"\n')
+    waiting.chmod(0o755)
+    variables = {**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload",
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "devicebench", "run", "--processes", "1", "--name", "same", "--output-dir",
+               str(tmp_path / "out")]
+    rows = ["--", "--workload", "tiny_linear", "--pipeline", "resident", "--device", "cpu", "--scale", "quick"]
+    first = subprocess.Popen([*command, "--env", f"A={waiting}", *rows], env=variables, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    lock = tmp_path / "out" / ".same.processes" / "lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([*command, "--env", f"A={sys.executable}", *rows], env=variables, capture_output=True,
+                            text=True, timeout=120)
+    go.write_text("")
+    output, _ = first.communicate(timeout=300)
+    assert second.returncode == 2 and f"still running (pid {first.pid}" in second.stderr, second.stderr
+    assert first.returncode == 0, output
+    run, = results.load_run(tmp_path / "out" / "same-A.json").rows
+    assert run.test == "test_workload[tiny_linear-resident-cpu]" and len(run.processes) == 1
+    assert not (tmp_path / "out" / ".same.processes").exists()
