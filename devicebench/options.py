@@ -109,7 +109,9 @@ class RowOptions:
     tuned_off: tuple[str, ...] = ()
     profile: bool = False
     profile_dir: str | None = None
-    slowdown_fraction: float = 0.0
+    # None: not given, so each process that measures reads $DEVICEBENCH_SLOWDOWN_FRACTION itself; that is how one
+    # environment of an A/B (a wrapper that sets it) carries a planted slowdown the other does not.
+    slowdown_fraction: float | None = None
     compile_cache: str = "fresh"
     parity_check: bool = True
     extra: dict = field(default_factory=dict)  # room for a front's own settings; empty here
@@ -130,7 +132,7 @@ class RowOptions:
                    optimizer=get("optimizer"), pretrained=get("pretrained"), weights=weights,
                    tuned_dtype=get("tuned_dtype"), tuned_off=parse_tuned_off(get("tuned_off")),
                    profile=bool(get("profile")), profile_dir=get("profile_dir"),
-                   slowdown_fraction=slowdown_fraction(get("slowdown_fraction")),
+                   slowdown_fraction=checked_fraction(get("slowdown_fraction")),
                    compile_cache=get("compile_cache"), parity_check=not get("no_parity_check"))
 
     def to_dict(self) -> dict:
@@ -153,9 +155,16 @@ def parse_tuned_off(text: str | None) -> tuple[str, ...]:
     return parts
 
 
+def checked_fraction(value: float | None) -> float | None:
+    """--slowdown-fraction as given (None when not given, read later where the rows run), checked now, and
+    $DEVICEBENCH_SLOWDOWN_FRACTION of this process checked too, so a mistyped value fails before anything runs."""
+    slowdown_fraction(None)
+    return None if value is None else slowdown_fraction(value)
+
+
 def slowdown_fraction(value: float | None) -> float:
-    """--slowdown-fraction, else $DEVICEBENCH_SLOWDOWN_FRACTION (so that one environment of an A/B can carry it),
-    else 0; refused outside [0, 1)."""
+    """--slowdown-fraction, else $DEVICEBENCH_SLOWDOWN_FRACTION of the process that measures (so that one
+    environment of an A/B can carry it), else 0; refused outside [0, 1)."""
     source = "--slowdown-fraction"
     if value is None:
         text, source = os.environ.get(SLOWDOWN_VARIABLE, "0"), SLOWDOWN_VARIABLE

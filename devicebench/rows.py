@@ -16,7 +16,7 @@ import torch
 
 from devicebench.data import default_data_dir
 from devicebench.errors import UsageError
-from devicebench.options import RowOptions
+from devicebench.options import RowOptions, slowdown_fraction
 from devicebench.scales import scale_for
 from devicebench.workloads import BUILT_IN, all_workloads
 from devicebench.workloads.base import RunConfig, pipelines
@@ -126,8 +126,8 @@ def run_config(spec: RowSpec, options: RowOptions, round_core: int | None = None
         data_dir=Path(options.data_dir) if options.data_dir else default_data_dir(), workers=options.workers,
         optimizer=options.optimizer, pretrained=options.pretrained,
         weights_file=Path(options.weights) if options.weights else None, tuning=options.tuning(),
-        compile_cache=compile_cache or options.compile_cache, slowdown_fraction=options.slowdown_fraction,
-        round_core=round_core)
+        compile_cache=compile_cache or options.compile_cache,
+        slowdown_fraction=slowdown_fraction(options.slowdown_fraction), round_core=round_core)
 
 
 def missing_requirement(module: ModuleType) -> str | None:

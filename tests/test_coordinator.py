@@ -470,3 +470,21 @@ def test_two_runs_of_one_name_started_together_give_one_refusal_and_one_whole_re
     run, = results.load_run(tmp_path / "out" / "same-A.json").rows
     assert run.test == "test_workload[tiny_linear-resident-cpu]" and len(run.processes) == 1
     assert not (tmp_path / "out" / ".same.processes").exists()
+
+
+def test_a_slowdown_planted_in_one_environment_reaches_its_workers_and_no_other(tmp_path, monkeypatch):
+    # The planted-change check of the README: a wrapper that sets DEVICEBENCH_SLOWDOWN_FRACTION is one side of an
+    # A/B; the coordinator's own environment must not decide it for both.
+    monkeypatch.setenv("DEVICEBENCH_WORKLOADS", "tests.tiny_workload")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.delenv("DEVICEBENCH_SLOWDOWN_FRACTION", raising=False)
+    slowed = tmp_path / "slowed"
+    slowed.write_text(f'#!/bin/sh\nexport DEVICEBENCH_SLOWDOWN_FRACTION=0.05\nexec "{sys.executable}" "$@"\n')
+    slowed.chmod(0o755)
+    plan = commands.plan_of(argparse.Namespace(row_arguments=[
+        "--", "--workload", "tiny_linear", "--pipeline", "resident", "--device", "cpu", "--scale", "quick"]))
+    environments = [coordinator.Environment("A", sys.executable), coordinator.Environment("slowed", str(slowed))]
+    written = coordinator.run(environments, 1, plan, tmp_path, "p", echo=lambda line: None, round_seconds=0.001)
+    planted = {path.stem: [row.extra["planted_slowdown_fraction"] for row in results.load_run(path).rows]
+               for path in written}
+    assert planted == {"p-A": [0.0], "p-slowed": [0.05]}
