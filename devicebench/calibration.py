@@ -5,8 +5,9 @@ for devicebench. ``devicebench calibrate`` runs the same Python twice as worker 
 A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the log of the round times:
 
 - ``pair_log_sd``: how much worker pairs' estimates of B/A vary about 1 when nothing changed (per-process state
-  and what round noise is left after pairing; ``a_a_spread``). An interleaved comparison of a few pairs pools it with its own spread
-  (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom of many.
+  and what round noise is left after pairing; ``a_a_spread``). An interleaved comparison of a few pairs pools it
+  with its own spread (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom
+  of many.
 - ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
   times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against.
 - ``round_log_sd``: how much one round's B/A varies about its pair's own, from round to round: the part of a pair's

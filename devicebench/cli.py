@@ -92,7 +92,8 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     _add_calibration_option(parser)
     parser.add_argument("row_arguments", nargs=argparse.REMAINDER,
                         help="after --: which rows and how, as for pytest benchmarks (--device, --pipeline, --scale, "
-                             "--data, ...), plus -k EXPRESSION and --workload LIST; e.g. -- --device cpu --scale quick")
+                             "--data, ...), plus -k EXPRESSION and --workload LIST; e.g. -- --device cpu --scale quick "
+                             "(-- --help lists them)")
 
 
 def _add_calibration_option(parser: argparse.ArgumentParser) -> None:
@@ -181,10 +182,11 @@ def parser() -> argparse.ArgumentParser:
 
     calibrating = commands.add_parser(
         "calibrate", help="measure this machine's noise per row once (an A/A of worker pairs) for later comparisons",
-        description="Measures the rows as worker pairs of the same Python (an A/A: A and B alternate rounds) and keeps each row's spread between pairs and between processes in the "
-                    "calibration file, keyed by row, machine and torch version. Later comparisons of this machine "
-                    "use it: a single-process compare gets a verdict, and a devicebench run of a few pairs the "
-                    "degrees of freedom of many. Use the --round-time of the runs it will judge.")
+        description="Measures the rows as worker pairs of the same Python (an A/A: A and B alternate rounds) "
+                    "and keeps each row's spread between pairs and between processes in the calibration file, "
+                    "keyed by row, machine and torch version. Later comparisons of this machine use it: a "
+                    "single-process compare gets a verdict, and a devicebench run of a few pairs the degrees of "
+                    "freedom of many. Use the --round-time of the runs it will judge.")
     _add_process_options(
         calibrating, processes=None, output_dir="results/calibration",
         processes_help=f"worker pairs (default {CALIBRATION_PAIRS}, or as many as --budget allows)",

@@ -187,7 +187,8 @@ def row_arguments(args: argparse.Namespace) -> list[str]:
 
 def row_parser() -> argparse.ArgumentParser:
     """The row options a run takes after ``--``: those of ``pytest benchmarks`` (options.py), -k and --workload."""
-    found = argparse.ArgumentParser(prog="devicebench run ... --", add_help=False)
+    found = argparse.ArgumentParser(prog="devicebench run ... --",
+                                    description="the rows a run measures, and how (the options of pytest benchmarks)")
     options.add_options(found.add_argument)
     found.add_argument("-k", dest="keyword", metavar="EXPRESSION",
                        help="only rows whose name matches, as pytest's -k: words joined by and, or, not")

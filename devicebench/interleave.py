@@ -40,13 +40,13 @@ WorkerCommand = Callable[[int, int], list[str]]
 # ------------------------------------------------------------------------------------------------ the schedule
 @dataclass(frozen=True)
 class Point:
-    """Where a worker waits: the ``item``-th test of its session, named ``test``, at ``step`` (0: the test's
-    start, where it builds its row; k: before its k-th round, warm-up rounds counted)."""
+    """Where a worker waits: its ``item``-th row, named ``test``, at ``step`` (0: the row's start, where it builds
+    it; k: before its k-th round, warm-up rounds counted)."""
 
     item: int
     test: str
     step: int
-    # Set at a worker's first timed round of a test (RoundGate.first_timed_round): the scale's rounds and how
+    # Set at a worker's first timed round of a test (turns.TurnPipe.first_timed_round): the scale's rounds and how
     # long the worker's last warm-up round took (None: it had none).
     minimum_rounds: int | None = field(default=None, compare=False)
     warmup_seconds: float | None = field(default=None, compare=False)

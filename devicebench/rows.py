@@ -33,7 +33,8 @@ class RowSpec:
     def name(self) -> str:
         if self.workload in BUILT_IN:
             return f"test_{self.workload}[{self.device}-{self.pipeline}]"
-        return f"test_workload[{self.workload}-{self.pipeline}-{self.device}]"  # benchmarks/test_registered_workloads.py
+        # as benchmarks/test_registered_workloads.py names its rows
+        return f"test_workload[{self.workload}-{self.pipeline}-{self.device}]"
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)

@@ -3,8 +3,8 @@
 ``plan_tuning`` turns (backend facts, workload traits, user options) into a ``TuningPlan``: the dtype for autocast,
 channels_last, torch.compile, CUDA graphs, and for each feature left off the reason why. Every choice is recorded
 in the result (``dtype``, ``channels_last``, ``compiled``, ``cuda_graphs``, ``tuning_notes``), and each can be
-switched off by an option (``--tuned-dtype float32``, ``--no-channels-last``, ``--no-compile``,
-``--no-cuda-graphs``) so a user can see what it buys.
+switched off by an option (``--tuned-dtype float32``, ``--tuned-off channels-last,compile,cuda-graphs,
+cudnn-benchmark``) so a user can see what it buys.
 """
 
 from __future__ import annotations
@@ -182,9 +182,9 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
     if not traits.has_convolutions:
         notes.append("channels_last: no convolutions in this model")
     elif not options.channels_last:
-        notes.append("channels_last: switched off by --no-channels-last")
+        notes.append("channels_last: switched off by --tuned-off channels-last")
 
-    compile_blocker = None if options.compile else "switched off by --no-compile"
+    compile_blocker = None if options.compile else "switched off by --tuned-off compile"
     compile_blocker = compile_blocker or _compile_blocker(facts)
     if compile_blocker:
         notes.append(f"compile: {compile_blocker}")
@@ -198,14 +198,14 @@ def plan_tuning(facts: BackendFacts, traits: WorkloadTraits, options: TuningOpti
          "the optimizer reads values back to the host or keeps its schedule in host numbers, which a graph "
          "would freeze"),
         (dtype == "float16", "float16 needs a GradScaler, whose inf check syncs every step"),
-        (not options.cuda_graphs, "switched off by --no-cuda-graphs"))
+        (not options.cuda_graphs, "switched off by --tuned-off cuda-graphs"))
     if graphs_blocker:
         notes.append(f"cuda_graphs: {graphs_blocker}")
 
     cudnn_blocker = _first_blocker(
         (facts.device_type != "cuda", "cuDNN autotuning exists on cuda only"),
         (not traits.has_convolutions, "no convolutions in this model"),
-        (not options.cudnn_benchmark, "switched off by --no-cudnn-benchmark"))
+        (not options.cudnn_benchmark, "switched off by --tuned-off cudnn-benchmark"))
     if cudnn_blocker:
         notes.append(f"cudnn_benchmark: {cudnn_blocker}")
 

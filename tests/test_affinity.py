@@ -1,5 +1,5 @@
 """The rounds' core (affinity.py): which core each pair gets, pinning and giving back the thread's cores, what a
-row records, and the errors a user can cause with DEVICEBENCH_ROUND_CORE."""
+and what a row records."""
 
 from __future__ import annotations
 

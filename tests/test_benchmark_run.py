@@ -22,7 +22,7 @@ from test_calibration import frozen_calibration
 
 
 def tiny_config() -> RunConfig:
-    """tests/tiny_workload.py's resident row: rounds of milliseconds, for what the runner does around any row."""
+    """tests/tiny_workload.py's resident row: rounds of milliseconds, for what the measurement does around any row."""
     return RunConfig(device=torch.device("cpu"), pipeline="resident", data_mode="synthetic",
                      scale=Scale(name="quick", valid_batch_size=256, **tiny_workload.SCALES["quick"]))
 

@@ -30,7 +30,7 @@ def test_h100_gets_everything_for_the_mlp():
 def test_cudnn_autotuning_belongs_to_the_plan_and_can_be_switched_off():
     assert plan_tuning(H100, CNN_RANGER, TuningOptions()).cudnn_benchmark is True
     off = plan_tuning(H100, CNN_RANGER, TuningOptions(cudnn_benchmark=False))
-    assert off.cudnn_benchmark is False and "cudnn_benchmark: switched off by --no-cudnn-benchmark" in off.notes
+    assert off.cudnn_benchmark is False and "cudnn_benchmark: switched off by --tuned-off cudnn-benchmark" in off.notes
 
 
 def test_h100_cnn_with_ranger21_gets_no_graphs_and_says_why():
@@ -78,7 +78,7 @@ def test_each_option_switches_its_feature_off():
     assert not plan_tuning(H100, MLP, TuningOptions(cuda_graphs=False)).cuda_graphs
     assert not plan_tuning(H100, CNN_RANGER, TuningOptions(channels_last=False)).channels_last
     notes = plan_tuning(H100, MLP, TuningOptions(compile=False, cuda_graphs=False)).notes
-    assert "compile: switched off by --no-compile" in notes and "cuda_graphs: switched off by --no-cuda-graphs" in notes
+    assert "compile: switched off by --tuned-off compile" in notes and "cuda_graphs: switched off by --tuned-off cuda-graphs" in notes
 
 
 def test_unknown_dtype_is_a_usage_error():
