@@ -84,6 +84,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         written = coordinator.run([env_a, env_b], count, plan, Path(args.output_dir), args.name,
                                   budget_seconds=args.budget, round_seconds=args.round_time,
                                   pin_rounds=args.pin_rounds == "pair")
+        if len(written) < 2:
+            raise DevicebenchError("no row ran in both environments (the reasons are above): nothing to calibrate")
         round_time = coordinator.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
         how = (f"devicebench calibrate, round time {round_time:g}s: "
                f"{' '.join(row_arguments(args))} (runs {written[0].name}, {written[1].name})")

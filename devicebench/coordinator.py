@@ -18,7 +18,7 @@ import os
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -67,13 +67,15 @@ class Plan:
         return all(row.device == "cpu" for row in self.rows)
 
     def compile_cache(self) -> str:
-        """shared where the user asked for it; kept on the cpu alone; else every worker compiles anew."""
-        if self.options.compile_cache == "shared":
-            return "shared"
+        """What the user asked for; else kept for worker pairs on the cpu alone, and compiled anew everywhere else
+        (as a plain run does)."""
+        if self.options.compile_cache is not None:
+            return self.options.compile_cache
         return "kept" if self.cpu_only and self.keep_compiled else "fresh"
 
     def describe(self) -> dict:
-        return {"rows": [vars(row) for row in self.rows], "options": self.options.to_dict()}
+        return {"rows": [vars(row) for row in self.rows], "options": self.options.to_dict(),
+                "compile_cache": self.compile_cache()}
 
 
 def run(environments: list[Environment], processes: int | None, plan: Plan, output_dir: Path, name: str,
@@ -106,6 +108,8 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         raise UsageError("--until needs a bound: --budget (e.g. --budget 15m) or --processes as the most pairs; a "
                          "row that cannot get there would otherwise add pairs forever")
     output_dir = Path(output_dir).resolve()
+    if len(environments) == 1:  # separate processes, as plain runs are: each compiles its own code
+        plan = replace(plan, keep_compiled=False)
     folder = staging.claim(output_dir / f".{name}.processes",
                            {**plan.describe(), "environments": [vars(env) for env in environments]})
     finished = False
@@ -163,13 +167,24 @@ def _run_sequential(env: Environment, processes: int, plan: Plan, folder: stagin
             continue
         echo(f"{where}: running ({clock(time.monotonic() - started)} so far)")
         task = _task(plan, folder, env, index, plan.rows, count_steps=index == 1, parity_check=index == 1)
-        task_file = task.write(folder.task_file(env.label, index))
-        with open(folder.log(env.label, index), "w") as log:
-            code = subprocess.run(worker.command(env.python, task_file), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL).returncode
+        code = _run_worker(env, task, folder.task_file(env.label, index), folder.log(env.label, index))
         if _accept(folder, env, index, code, f"process {index}", echo):
             echo("    " + _summary(json.loads(folder.worker_file(env.label, index).read_text())))
     return processes
+
+
+def _run_worker(env: Environment, task: worker.Task, task_file: Path, log: Path) -> int:
+    """One worker alone, to its end; its exit code. A file left by an earlier attempt is removed first, so that
+    what is read afterwards is this worker's."""
+    Path(task.output).unlink(missing_ok=True)
+    task.write(task_file)
+    try:
+        with open(log, "w") as output:
+            return subprocess.run(worker.command(env.python, task_file), stdout=output, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL).returncode
+    except OSError as error:
+        raise runfile.FileError(f"could not write {log}: {error.strerror}; free space or choose another "
+                                f"--output-dir, then run again") from None
 
 
 def _accept(folder: staging.Staging, env: Environment, index: int, code: int | None, what: str,
@@ -178,9 +193,11 @@ def _accept(folder: staging.Staging, env: Environment, index: int, code: int | N
     with the worker's own reason, if it failed. True when a file was kept."""
     part = folder.worker_file(env.label, index).with_suffix(".part")
     data = json.loads(part.read_text()) if part.exists() else None
-    if code == 0 and data is not None and not any(row["status"] == "measured" for row in data["rows"]):
+    measured_before = any(folder.worker_file(env.label, earlier).exists() for earlier in range(1, index))
+    if code == 0 and data is not None and not any(row["status"] == "measured" for row in data["rows"]) \
+            and not measured_before:
         reasons = "\n".join(f"    {row['name']}: {row.get('reason')}" for row in data["rows"]) or "    (no rows)"
-        folder.no_rows(env.label).write_text(reasons)
+        runfile.write_text_atomically(folder.no_rows(env.label), reasons)
         part.unlink()
         echo(f"    no row ran in {env.label}, so it gets no more workers and no run:\n{reasons}")
         return False
@@ -217,15 +234,12 @@ def _compile_first(environments: list[Environment], plan: Plan, folder: staging.
         echo(f"{env.label}: compiling its code in a worker of its own first (not timed; every worker of {env.label} "
              f"loads it)")
         task = _task(plan, folder, env, 0, compiled, compile_only=True, count_steps=False, parity_check=False)
-        with open(folder.log(env.label, 0), "w") as log:
-            code = subprocess.run(worker.command(env.python, task.write(folder.task_file(env.label, 0))), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        code = _run_worker(env, task, folder.task_file(env.label, 0), folder.log(env.label, 0))
         if code != 0:
             raise DevicebenchError(f"{env.label}: compiling its code first failed (exit {code}); the same command "
                                    f"tries again. {_log_tail(folder.log(env.label, 0))}")
         Path(task.output).unlink(missing_ok=True)
-        mark.parent.mkdir(parents=True, exist_ok=True)
-        mark.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        runfile.write_text_atomically(mark, time.strftime("%Y-%m-%dT%H:%M:%S"))
     return time.monotonic() - started
 
 
@@ -283,12 +297,17 @@ class Pairs:
                               f"{clock(spent / done)} a pair this budget holds {done}: give --budget {needed}m or "
                               f"more, or fewer rows (-k); the same command resumes after the pairs measured")
                 break
+            # Rows some environment skips can never be judged: they leave the later pairs too.
+            unjudged = self.unjudgeable(environments, done)
+            if unjudged and index == 2:
+                self.echo(f"    not judged, and left out of later pairs: {', '.join(sorted(unjudged))} (measured in "
+                          f"some environments only; the workers' logs say why the others skipped them)")
             skip = {row.test for row in reached}
             if skip:
                 self.echo(f"    pair {index} leaves out {len(skip)} row(s) that reached their size: "
                           f"{', '.join(sorted(test.removeprefix('test_') for test in skip))}")
             spent += _compile_first(environments, self.plan, self.folder, self.echo)
-            rows = tuple(row for row in self.plan.rows if row.name not in skip)
+            rows = tuple(row for row in self.plan.rows if row.name not in skip | unjudged)
             spent += self.run_pair(environments, index, rows, spent)
             index += 1
             done = index - 1
@@ -297,11 +316,23 @@ class Pairs:
         return done
 
     def progress(self, environments: list[Environment], pairs: int) -> dict[str, until.RowProgress]:
+        """Each row's standing after ``pairs`` pairs, of the rows every environment measured."""
         if pairs < 2 or len(environments) < 2:
             return {}
         runs = [results.run_of(merged_run(self.folder, env, pairs, "in progress"), self.folder.folder)
                 for env in environments]
-        return until.progress_by_row(runs, self.calibration)
+        skipped = self.unjudgeable(environments, pairs)
+        return {test: row for test, row in until.progress_by_row(runs, self.calibration).items()
+                if test not in skipped}
+
+    def unjudgeable(self, environments: list[Environment], pairs: int) -> set[str]:
+        """Rows of the first pair that some environment's worker did not measure (it skipped them)."""
+        if pairs < 1 or len(environments) < 2:
+            return set()
+        measured = [{row["name"] for row in json.loads(self.folder.worker_file(env.label, 1).read_text())["rows"]
+                     if row["status"] == "measured"} if self.folder.worker_file(env.label, 1).exists() else set()
+                    for env in environments]
+        return set.union(*measured) - set.intersection(*measured)
 
     def run_pair(self, environments: list[Environment], index: int, rows: tuple[RowSpec, ...],
                  spent: float) -> float:
@@ -316,6 +347,9 @@ class Pairs:
         on_core = f", accelerator rounds on core {core}" if core is not None else ""
         self.echo(f"pair {index}: {' + '.join(env.label for env in environments)} workers, rounds alternated"
                   f"{on_core} ({clock(spent)} measured so far)")
+
+        for env in environments:  # a file left by an earlier attempt at this pair is not this one's
+            self.folder.worker_file(env.label, index).with_suffix(".part").unlink(missing_ok=True)
 
         def command_for(env: Environment) -> interleave.WorkerCommand:
             def command(read_fd: int, write_fd: int) -> list[str]:

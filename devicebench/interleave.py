@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench.errors import DevicebenchError
+from devicebench.runfile import FileError
 
 # A worker's command, given the two pipe ends it must hold (its turns to read, its requests to write).
 WorkerCommand = Callable[[int, int], list[str]]
@@ -182,9 +183,14 @@ class Worker:
 def start_worker(label: str, command: WorkerCommand, log: Path) -> Worker:
     turns_read, turns_write = os.pipe()
     requests_read, requests_write = os.pipe()
-    with open(log, "w") as output:
-        process = subprocess.Popen(command(turns_read, requests_write), stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
+    try:
+        with open(log, "w") as output:
+            process = subprocess.Popen(command(turns_read, requests_write), stdout=output, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
+    except OSError as error:
+        for descriptor in (turns_read, turns_write, requests_read, requests_write):
+            os.close(descriptor)
+        raise FileError(f"could not start {label}'s worker (log {log}): {error.strerror}") from None
     os.close(turns_read)  # the worker's ends: only the worker may hold them, so that its exit reads as EOF here
     os.close(requests_write)
     return Worker(label, process, os.fdopen(turns_write, "w", buffering=1), os.fdopen(requests_read, "r"), log)

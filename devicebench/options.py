@@ -79,8 +79,9 @@ OPTIONS = (
                                   "validation pass made this fraction longer, on the device (e.g. 0.05). Default: "
                                   f"${SLOWDOWN_VARIABLE}, else 0", type=float),
     Option("--compile-cache", "fresh (default): compile from an empty torch.compile cache, so every process times "
-                              "the same code; shared: reuse the user's cache (faster start)", "fresh",
-           COMPILE_CACHES),
+                              "the same code; shared: reuse the user's cache (faster start). devicebench run keeps "
+                              "an environment's compiled code for its later workers on the cpu alone unless given",
+           None, COMPILE_CACHES),
     Option("--no-parity-check", "skip the check before an accelerator's first row of each workload (a few training "
                                 "steps on the device against the cpu)", flag_only=True),
 )
@@ -112,7 +113,7 @@ class RowOptions:
     # None: not given, so each process that measures reads $DEVICEBENCH_SLOWDOWN_FRACTION itself; that is how one
     # environment of an A/B (a wrapper that sets it) carries a planted slowdown the other does not.
     slowdown_fraction: float | None = None
-    compile_cache: str = "fresh"
+    compile_cache: str | None = None  # None: not given (a plain run compiles fresh; compile_cache.py)
     parity_check: bool = True
     extra: dict = field(default_factory=dict)  # room for a front's own settings; empty here
 

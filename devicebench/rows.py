@@ -36,6 +36,13 @@ class RowSpec:
         # as benchmarks/test_registered_workloads.py names its rows
         return f"test_workload[{self.workload}-{self.pipeline}-{self.device}]"
 
+    @property
+    def nodeid(self) -> str:
+        """pytest's id of the row, run from the checkout: pytest-benchmark pairs saved rows by it."""
+        if self.workload in BUILT_IN:
+            return f"benchmarks/test_{self.workload}.py::{self.name}"
+        return f"benchmarks/test_registered_workloads.py::{self.name}"
+
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
 
@@ -127,7 +134,7 @@ def run_config(spec: RowSpec, options: RowOptions, round_core: int | None = None
         data_dir=Path(options.data_dir) if options.data_dir else default_data_dir(), workers=options.workers,
         optimizer=options.optimizer, pretrained=options.pretrained,
         weights_file=Path(options.weights) if options.weights else None, tuning=options.tuning(),
-        compile_cache=compile_cache or options.compile_cache,
+        compile_cache=compile_cache or options.compile_cache or "fresh",
         slowdown_fraction=slowdown_fraction(options.slowdown_fraction), round_core=round_core)
 
 

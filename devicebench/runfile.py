@@ -89,10 +89,10 @@ def schema_of(data: dict) -> int:
 
 def update_to_2(data: dict) -> None:
     """Schema 1 timed training and validation together: its round is the training time, marked as such."""
-    for bench in data.get("benchmarks", []):
+    for bench in _benchmarks(data):
         extra = bench.get("extra_info")
         if isinstance(extra, dict) and "train_seconds" not in extra:
-            for entry in [extra, *(extra.get("processes") or [])]:
+            for entry in [extra, *_entries(extra.get("processes"))]:
                 if "round_seconds" in entry:
                     entry["train_seconds"] = entry["round_seconds"]
             extra["timed_with_validation"] = True
@@ -103,7 +103,7 @@ def update_to_3(data: dict) -> None:
     machine_info = data.get("machine_info") or {}
     machine_info.pop("devicebench_schema", None)
     data["devicebench"] = {**(data.pop("devicebench_run", None) or {}), "schema": 3}
-    for bench in data.get("benchmarks", []):
+    for bench in _benchmarks(data):
         extra = bench.get("extra_info")
         if not isinstance(extra, dict):
             continue
@@ -120,6 +120,16 @@ def update_to_3(data: dict) -> None:
 UPDATES = {2: update_to_2, 3: update_to_3}
 
 
+def _benchmarks(data: dict) -> list[dict]:
+    """The rows a migration can read; others are left for row_problem to refuse by name."""
+    rows = data.get("benchmarks")
+    return [bench for bench in rows if isinstance(bench, dict)] if isinstance(rows, list) else []
+
+
+def _entries(processes: object) -> list[dict]:
+    return [entry for entry in processes if isinstance(entry, dict)] if isinstance(processes, list) else []
+
+
 # ------------------------------------------------------------------------------------------------ checking
 IDENTITY_FIELDS = ("workload", "workload_version", "pipeline", "scale", "samples_per_round", "device")
 
@@ -132,6 +142,13 @@ def row_problem(extra: object) -> str | None:
     missing = [name for name in IDENTITY_FIELDS if extra.get(name) in (None, "")]
     if missing:
         return f"missing {', '.join(missing)}"
+    for name in ("workload", "pipeline", "scale", "device", "device_name", "interleave_id"):
+        if name in extra and extra[name] is not None and not isinstance(extra[name], str):
+            return f"{name} is {extra[name]!r}, not a name"
+    for name in ("workers", "optimizer", "pretrained", "data_source", "dtype", "channels_last", "compiled",
+                 "cuda_graphs"):
+        if isinstance(extra.get(name), (list, dict)):
+            return f"{name} is {extra[name]!r}, not a value"
     if not _whole(extra["workload_version"]) or extra["workload_version"] < 0:
         return f"workload_version is {extra['workload_version']!r}, not a version number"
     if not _whole(extra["samples_per_round"]) or extra["samples_per_round"] < 1:

@@ -82,12 +82,18 @@ def claim(folder: Path, plan: dict) -> Staging:
     staging = Staging(folder, lock)
     plan_file = folder / "plan.json"
     if plan_file.exists():
-        saved = json.loads(plan_file.read_text())
+        try:
+            saved = json.loads(plan_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = {"unreadable": True}
         saved.pop("interleave_id", None)
         if saved == plan:
             return staging
         if any(folder.glob("*-[0-9][0-9][0-9].json")):
             lock.close()
+            if "rows" not in saved:
+                raise UsageError(f"{folder} holds the unfinished workers of another devicebench version's run, which "
+                                 f"this one cannot resume; delete the folder, or choose another --name")
             raise UsageError(f"{folder} holds the unfinished workers of another `devicebench run` (other options or "
                              f"environments); re-run that command to finish it, delete the folder, or choose "
                              f"another --name")
@@ -109,8 +115,11 @@ def merge(worker_files: list[tuple[int, dict]], label: str, python: str, interle
         if len(values) > 1:
             raise DevicebenchError(f"{label}: its processes disagree on {field} ({', '.join(sorted(values))}); "
                                    f"runs of different machines or torch versions are never merged")
+    if not worker_files:
+        raise DevicebenchError(f"{label}: no worker of this environment measured anything; nothing to merge")
     measured = [(index, {row["name"]: row["extra"] for row in data["rows"] if row["status"] == "measured"})
                 for index, data in worker_files]
+    nodeids = {row["name"]: row.get("nodeid") for _, data in worker_files for row in data["rows"]}
     names = list(dict.fromkeys(name for _, rows in measured for name in rows))
     benchmarks = []
     for name in names:
@@ -120,14 +129,14 @@ def merge(worker_files: list[tuple[int, dict]], label: str, python: str, interle
         missing = name not in measured[0][1] if interleave_id is not None else len(present) < len(measured)
         if missing:
             raise DevicebenchError(f"{label}: row {name} is missing from some processes; run again")
-        benchmarks.append(_merge_row(name, present, interleave_id))
+        benchmarks.append(_merge_row(name, nodeids.get(name), present, interleave_id))
     return {"devicebench": {"schema": runfile.SCHEMA, "interrupted": False, "rows": len(benchmarks),
                             "processes": len(worker_files), "environment": label, "python": python},
             "machine_info": first["machine_info"], "commit_info": {}, "datetime": first.get("datetime"),
             "version": _pytest_benchmark_version(), "benchmarks": benchmarks}
 
 
-def _merge_row(name: str, numbered: list[tuple[int, dict]], interleave_id: str | None) -> dict:
+def _merge_row(name: str, nodeid: str | None, numbered: list[tuple[int, dict]], interleave_id: str | None) -> dict:
     extras = [extra for _, extra in numbered]
     extra = {key: value for key, value in extras[0].items() if key != "processes"}
     extra["processes"] = []
@@ -146,8 +155,8 @@ def _merge_row(name: str, numbered: list[tuple[int, dict]], interleave_id: str |
     extra["unstable"] = bool(reasons or between)
     extra["unstable_reason"] = "; ".join(filter(None, [between, *reasons])) or None
     pooled = [value for process in extra["processes"] for value in process["round_seconds"]]
-    workload, _, params = name.partition("[")
-    return {"group": f"{extra['workload']} ({extra['scale']})", "name": name, "fullname": name,
+    params = name.partition("[")[2]
+    return {"group": f"{extra['workload']} ({extra['scale']})", "name": name, "fullname": nodeid or name,
             "params": None, "param": params.rstrip("]") or None, "extra_info": extra, "options": {},
             "stats": runfile.stats_summary(pooled)}
 

@@ -36,8 +36,9 @@ class Task:
     extra: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self)))
-        return path
+        from devicebench import runfile
+
+        return runfile.write_text_atomically(path, json.dumps(asdict(self)))
 
     @classmethod
     def read(cls, path: Path) -> "Task":
@@ -49,10 +50,10 @@ class Task:
 
 
 def command(python: str, task_path: Path) -> list[str]:
-    """How an environment's Python runs a worker. Its own devicebench wins where it has one; otherwise the
-    coordinator's package is found last on its path, so any Python with torch can be an environment."""
+    """How an environment's Python runs a worker: with the coordinator's devicebench first on its path, so every
+    environment is measured by the same benchmark code (an environment needs torch and the requirements only)."""
     root = str(Path(devicebench.__file__).resolve().parents[1])
-    bootstrap = (f"import sys; sys.path.append({root!r}); from devicebench.worker import main; "
+    bootstrap = (f"import sys; sys.path.insert(0, {root!r}); from devicebench.worker import main; "
                  f"sys.exit(main(sys.argv[1:]))")
     return [python, "-c", bootstrap, str(task_path)]
 
@@ -135,7 +136,7 @@ def measure_rows(task: Task, finished: list[dict]) -> None:
             traceback.print_exc()
             finished.append({"name": spec.name, "status": "failed", "reason": f"{type(error).__name__}: {error}"})
             return
-        finished.append({"name": spec.name, "status": "measured", "extra": extra})
+        finished.append({"name": spec.name, "nodeid": spec.nodeid, "status": "measured", "extra": extra})
         print(f"{spec.name}: {extra['samples_per_s']:,.0f} samples/s over {len(extra['processes'][0]['round_seconds'])}"
               f" rounds", flush=True)
 

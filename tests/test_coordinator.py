@@ -408,13 +408,13 @@ def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
 
 def test_a_staging_folder_of_another_command_is_refused_only_when_it_holds_measurements(tmp_path):
     folder = tmp_path / ".s.processes"
-    staging.claim(folder, {"options": {"pretrained": "none"}}).release(remove=False)
+    staging.claim(folder, {"rows": [], "options": {"pretrained": "none"}}).release(remove=False)
     # That command failed before measuring anything (a mistyped option): the corrected one takes the folder over.
-    staging.claim(folder, {"options": {"pretrained": "no"}}).release(remove=False)
+    staging.claim(folder, {"rows": [], "options": {"pretrained": "no"}}).release(remove=False)
     assert json.loads((folder / "plan.json").read_text())["options"] == {"pretrained": "no"}
     (folder / "A-001.json").write_text("{}")
     with pytest.raises(DevicebenchError, match="holds the unfinished workers of another `devicebench run`"):
-        staging.claim(folder, {"options": {}})
+        staging.claim(folder, {"rows": [], "options": {}})
 
 
 def test_a_second_run_of_the_same_name_is_refused_while_the_first_is_alive(tmp_path):
@@ -488,3 +488,34 @@ def test_a_slowdown_planted_in_one_environment_reaches_its_workers_and_no_other(
     planted = {path.stem: [row.extra["planted_slowdown_fraction"] for row in results.load_run(path).rows]
                for path in written}
     assert planted == {"p-A": [0.0], "p-slowed": [0.05]}
+
+
+def test_a_staging_folder_another_version_left_is_named_as_such_not_resumed(tmp_path):
+    folder = tmp_path / ".old.processes"
+    folder.mkdir()
+    (folder / "plan.json").write_text('{"pytest_args": ["--device", "cpu"], "environ')  # cut off mid-write
+    (folder / "A-001.json").write_text("{}")
+    with pytest.raises(DevicebenchError, match="another devicebench version's run, which this one cannot resume"):
+        staging.claim(folder, {"rows": [], "options": {}})
+    (folder / "A-001.json").unlink()
+    staging.claim(folder, {"rows": [], "options": {}}).release(remove=True)  # nothing measured: taken over
+
+
+def test_rows_only_some_environments_measured_are_left_out_of_later_pairs_and_not_judged(monkeypatch, tmp_path):
+    started = []
+
+    def run_pair(self, environments, index, rows, spent):
+        started.append([row.name for row in rows])
+        for env in environments:
+            names = [row.name for row in rows if env.label == "A" or row.name != "test_only_a"]
+            data = worker_file({name: [1.0] * 5 for name in names})
+            self.folder.worker_file(env.label, index).write_text(json.dumps(data))
+        self.folder.pair_meta(index).write_text(json.dumps({"seconds": 1.0, "turns": []}))
+        return 1.0
+
+    monkeypatch.setattr(coordinator.Pairs, "run_pair", run_pair)
+    lines: list[str] = []
+    written = run(plan_of("test_both", "test_only_a"), tmp_path, "s", 3, echo=lines.append)
+    assert started == [["test_both", "test_only_a"], ["test_both"], ["test_both"]]
+    assert any("not judged, and left out of later pairs: test_only_a" in line for line in lines)
+    assert [path.name for path in written] == ["s-A.json", "s-B.json"]

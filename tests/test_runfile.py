@@ -64,7 +64,8 @@ def worker_file(node: str = "n") -> dict:
                  "samples_per_s": 1000.0, "loader_wait_fraction": 0.0, "round_sequence": [1, 3, 5],
                  "train_loss_per_round": [1.0, 0.9, 0.8]}]}
     return {"machine_info": {"node": node, "torch_version": "2.14.1"}, "datetime": "2026-12-04T10:00:00",
-            "rows": [{"name": "test_w[cpu-resident]", "status": "measured", "extra": extra},
+            "rows": [{"name": "test_w[cpu-resident]", "nodeid": "benchmarks/test_w.py::test_w[cpu-resident]",
+                      "status": "measured", "extra": extra},
                      {"name": "test_w[mps-resident]", "status": "skipped", "reason": "mps: not here"}]}
 
 
@@ -75,6 +76,8 @@ def test_a_merged_run_stores_each_round_time_once_and_pytest_benchmarks_summary(
     assert text.count("[0.1013, 0.1127, 0.1241]") == 2 and text.count("[0.0913, 0.1027, 0.1141]") == 2
     bench, = merged["benchmarks"]
     assert bench["name"] == "test_w[cpu-resident]" and "data" not in bench["stats"]
+    # pytest-benchmark's --benchmark-compare pairs saved rows by their pytest id
+    assert bench["fullname"] == "benchmarks/test_w.py::test_w[cpu-resident]"
     assert not {"round_seconds", "train_seconds", "val_seconds"} & set(bench["extra_info"])
     assert bench["stats"]["rounds"] == 6 and bench["stats"]["median"] == pytest.approx(0.1127)
     assert [process["pair"] for process in bench["extra_info"]["processes"]] == [1, 2]
@@ -150,6 +153,8 @@ CORPUS = {
     "missing": (json.dumps(without("pipeline")), "missing pipeline"),
     "wrong-type": (json.dumps(with_times("fast")), "holds 'fast', not a finite time above zero"),
     "fractional-count": (json.dumps(changed(samples_per_round=0.5)), "samples_per_round is 0.5"),
+    "list-for-a-name": (json.dumps(changed(pipeline=["seed"])), "pipeline is ['seed'], not a name"),
+    "rows-not-entries": (json.dumps({**base_run(), "benchmarks": ["test_x", 3]}), "no devicebench fields"),
     "future": (json.dumps({**base_run(), "devicebench": {"schema": 7}}), "result schema 7, newer than"),
     "empty": (json.dumps({**base_run(), "benchmarks": []}), "holds no rows"),
     "truncated": (json.dumps(base_run())[:300], "not readable JSON"),
