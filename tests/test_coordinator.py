@@ -88,8 +88,7 @@ def run(plan: coordinator.Plan, tmp_path: Path, name: str, processes: int | None
 def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(monkeypatch, tmp_path):
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01, "test_noisy": 0.03})
     lines: list[str] = []
-    written = run(started.plan, tmp_path, "u", None, echo=lines.append, until_target=0.05,
-                                        budget_seconds=3600)
+    written = run(started.plan, tmp_path, "u", None, echo=lines.append, until_target=0.05, budget_seconds=3600)
     runs = [results.load_run(path) for path in written]
     # Independently: the verdict on what was kept can see 5% on both rows, and one pair fewer could not.
     for base, cand in zip(runs[0].rows, runs[1].rows):
@@ -104,8 +103,7 @@ def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(mo
 def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pair_numbers(monkeypatch, tmp_path):
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.001, "test_noisy": 0.03})
     lines: list[str] = []
-    written = run(started.plan, tmp_path, "d", None, echo=lines.append, until_target=0.05,
-                                        budget_seconds=3600)
+    written = run(started.plan, tmp_path, "d", None, echo=lines.append, until_target=0.05, budget_seconds=3600)
     assert started == [1, 2, 3, 4, 5]
     assert "    pair 4 leaves out 1 row(s) that reached their size: steady" in lines
     runs = [results.load_run(path) for path in written]
@@ -133,17 +131,23 @@ def test_until_asks_a_pipeline_its_own_size(monkeypatch, tmp_path):
         commands.until_target([cli._until_part("seed=10%")])
 
 
-def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
-    # The machine's A/A, ten pairs, kept as its calibration; then an --until run of the same rows stops after
-    # two pairs, where an uncalibrated one needs three.
-    started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
+def calibration_of_an_a_a(monkeypatch, tmp_path: Path, spread: dict[str, float]) -> Calibration:
+    """The machine's A/A of ten fake pairs, kept as its calibration (what devicebench calibrate does)."""
+    started = fake_pairs(monkeypatch, 1.0, spread)
     first, second = run(started.plan, tmp_path, "cal", 10, echo=lambda line: None)
     found = Calibration(tmp_path / "calibration.json")
     found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    return found
+
+
+def test_a_calibrated_row_is_judged_from_two_pairs(monkeypatch, tmp_path):
+    # The machine's A/A, ten pairs, kept as its calibration; then an --until run of the same rows stops after
+    # two pairs, where an uncalibrated one needs three.
+    found = calibration_of_an_a_a(monkeypatch, tmp_path, {"test_steady": 0.01})
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
     lines: list[str] = []
     run(started.plan, tmp_path, "u", None, echo=lines.append, until_target=0.05, budget_seconds=600,
-                              calibration=found)
+        calibration=found)
     assert started == [1, 2]
     assert "    reached: test_steady (" in lines[-2] and "from 2 pairs)" in lines[-2]
     started.clear()
@@ -228,10 +232,8 @@ def test_every_worker_of_a_pair_gets_the_pairs_core_and_the_next_pair_the_next_c
 def test_a_row_the_budget_stopped_short_says_how_many_pairs_its_calibration_expects(monkeypatch, tmp_path):
     # The machine's A/A, ten pairs whose workers differ by 3% (their rounds alike: no round noise), kept as its
     # calibration; an --until 2% run capped at 3 pairs cannot get there, and says what would.
-    started = fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
-    first, second = run(started.plan, tmp_path, "cal", 10, echo=lambda line: None)
-    found = Calibration(tmp_path / "calibration.json")
-    [entry] = found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    found = calibration_of_an_a_a(monkeypatch, tmp_path, {"test_wobbly": 0.03})
+    [entry] = found.entries
     assert entry["round_log_sd"] == pytest.approx(0.0, abs=1e-12)
     started = fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
     lines: list[str] = []
@@ -376,21 +378,18 @@ def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch
     assert any(line.startswith("--until 5.0%: not judged: 1 pair(s) measured") for line in lines)
 
 
-
 def test_a_budget_of_two_calibrated_pairs_does_not_say_until_cannot_judge(monkeypatch, tmp_path):
     # With a calibration, --until judges from two pairs: a budget that held two says per row what it reached and
-    # expects, not "--until judges from 3 pairs on" (the H200's whole-suite A/A read both before this was fixed).
-    started = fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.03})
-    first, second = run(started.plan, tmp_path, "cal", 10, echo=lambda line: None)
-    found = Calibration(tmp_path / "calibration.json")
-    found.add(results.load_run(first), results.load_run(second), "planted A/A")
+    # expects, not "--until judges from 3 pairs on".
+    found = calibration_of_an_a_a(monkeypatch, tmp_path, {"test_wobbly": 0.03})
     started = fake_pairs(monkeypatch, 250.0, {"test_wobbly": 0.03})
     lines: list[str] = []
     run(started.plan, tmp_path, "two", None, echo=lines.append, until_target=0.01, budget_seconds=600,
-                              calibration=found)
+        calibration=found)
     assert any(line.startswith("budget 10m00s spent") and "stopping after 2 pairs" in line for line in lines)
     assert not any("--until judges from" in line for line in lines)
     assert "not reached: test_wobbly (" in "\n".join(lines)
+
 
 def test_until_resumes_from_the_pairs_already_measured(monkeypatch, tmp_path):
     started = fake_pairs(monkeypatch, 1.0, {"test_steady": 0.01})
@@ -434,7 +433,6 @@ def test_until_needs_two_environments_and_a_bound(tmp_path):
         run(plan, tmp_path, "x", until_target=0.05)
     with pytest.raises(DevicebenchError, match="no row selected"):
         run(coordinator.Plan((), RowOptions()), tmp_path, "x")
-
 
 
 
