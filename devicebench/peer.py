@@ -131,7 +131,9 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
         "tuning_notes": last.get("tuning_notes"),
         "timm_command": " ".join(timm_argv[1:]),
         "timm_script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
-        "suite_command": " ".join(suite_command(Path("RUN.json"), device, scale_name, False)[1:]),
+        # the same row as a user measures it (the peer ran it in workers of this Python)
+        "suite_command": f"devicebench run --processes 1 -- --device {device} --workload {WORKLOAD} "
+                         f"--pipeline {PIPELINE} --scale {scale_name}",
         "profile": rows[-1].get("profile") if profile else None,
         "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -40,7 +40,10 @@ class FakeProcesses:
         return subprocess.CompletedProcess(argv, 0, "", "")
 
 
-def test_alternates_the_sides_and_writes_both_medians_and_their_ratio(tmp_path):
+def test_alternates_the_sides_and_writes_both_medians_and_their_ratio(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # where the user stands: nothing may be written there
     script = tmp_path / "benchmark.py"
     script.write_text("# timm's benchmark")
     fake = FakeProcesses()
@@ -55,7 +58,9 @@ def test_alternates_the_sides_and_writes_both_medians_and_their_ratio(tmp_path):
     assert saved["devicebench_tuned_samples_per_s_per_process"] == [180.0, 170.0]  # the profiled one is apart
     assert saved["profile"] == {"seconds": {"kernels": 0.05}}
     assert "--img-size 96 -b 1024 --num-classes 10" in saved["timm_command"]
-    assert not list(out.parent.glob("*.part"))
+    assert not list(out.parent.glob("*.part")) and list(here.iterdir()) == []
+    assert saved["suite_command"] == ("devicebench run --processes 1 -- --device cuda --workload resnet18_cifar "
+                                      "--pipeline tuned --scale standard")
 
 
 def test_a_missing_script_a_silent_timm_and_a_failed_suite_are_named(tmp_path):
