@@ -157,7 +157,6 @@ def _run_sequential(env: Environment, processes: int, plan: Plan, folder: stagin
                     echo: Callable[[str], None]) -> int:
     """``processes`` fresh workers of one environment, one after another; how many were measured."""
     started = time.monotonic()
-    _compile_first([env], plan, folder, echo)
     for index in range(1, processes + 1):
         where = f"[{index}/{processes}] {env.label} process {index}/{processes}"
         if folder.no_rows(env.label).exists():

@@ -8,7 +8,7 @@ line to parse back.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,7 +115,6 @@ class RowOptions:
     slowdown_fraction: float | None = None
     compile_cache: str | None = None  # None: not given (a plain run compiles fresh; compile_cache.py)
     parity_check: bool = True
-    extra: dict = field(default_factory=dict)  # room for a front's own settings; empty here
 
     @classmethod
     def read(cls, get: Callable[[str], Any]) -> "RowOptions":

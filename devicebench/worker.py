@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import devicebench
@@ -33,7 +33,6 @@ class Task:
     parity_check: bool = True  # likewise the parity check of each accelerator and workload (parity.py)
     compile_only: bool = False  # one untimed round per row: compile the code a kept cache will hold
     format: int = WORKER_FORMAT
-    extra: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> Path:
         from devicebench import runfile
