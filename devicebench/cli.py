@@ -199,18 +199,23 @@ def parser() -> argparse.ArgumentParser:
     calibrating.set_defaults(handler=cmd_calibrate)
 
     peering = commands.add_parser(
-        "peer", help="timm's own resnet18 benchmark beside the tuned resnet18_cifar row, on the same GPU",
-        description="Alternates timm's benchmark.py (inference, the tuned row's image size, batch, 10 classes, "
-                    "mixed precision, channels_last, torch.compile) and the suite's resnet18_cifar tuned row as "
-                    "separate processes, and writes both medians and their ratio.")
+        "peer", help="another project's own benchmark beside a tuned row, on the same GPU (timm, nanoGPT)",
+        description="Alternates a peer's benchmark and the suite's tuned row of the same network as separate "
+                    "processes, and writes both medians and their ratio. timm: timm's benchmark.py (resnet18 "
+                    "inference at the row's image size and batch, mixed precision, channels_last, torch.compile) "
+                    "beside resnet18_cifar. nanogpt: nanoGPT's bench.py (training, run from a copy of its folder "
+                    "with its model sized as the scale's) beside char_gpt.")
+    peering.add_argument("--peer", choices=("timm", "nanogpt"), default="timm",
+                         help="whose benchmark (default %(default)s)")
     peering.add_argument("--script", required=True, metavar="PATH",
-                         help="timm's benchmark.py (huggingface/pytorch-image-models); not shipped here")
+                         help="timm's benchmark.py, or nanoGPT's bench.py beside its model.py and configurator.py; "
+                              "not shipped here")
     peering.add_argument("--machine", required=True, help="a name for this machine: the file goes to "
-                                                          "results/reference/MACHINE/peer-timm.json")
+                                                          "results/reference/MACHINE/peer-PEER[-SCALE].json")
     peering.add_argument("-o", "--output", help="write the peer file here instead")
     peering.add_argument("--processes", type=int, default=2, help="processes of each side (default %(default)s)")
     peering.add_argument("--device", default="cuda")
-    peering.add_argument("--scale", default="standard")
+    peering.add_argument("--scale", default="standard", help="standard (default), or gpt2 for nanogpt")
     peering.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"),
                          help="timm's --amp-dtype: the tuned row's dtype on this GPU (default %(default)s)")
     peering.add_argument("--profile", action="store_true",

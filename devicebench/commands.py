@@ -227,11 +227,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
-    """timm's own ResNet18 benchmark beside the tuned row, on the same GPU, in one call (peer.py)."""
+    """A peer's own benchmark beside the tuned row of the same network, on the same GPU, in one call (peer.py)."""
     from devicebench import peer
 
-    output = Path(args.output or f"results/reference/{args.machine}/peer-timm.json")
-    peer.run_peer(Path(args.script), output, args.processes, args.device, args.scale, args.amp_dtype, args.profile)
+    output = Path(args.output or f"results/reference/{args.machine}/{peer.peer_file_name(args.peer, args.scale)}")
+    peer.run_peer(Path(args.script), output, args.processes, args.device, args.scale, args.amp_dtype, args.profile,
+                  peer_name=args.peer)
     return 0
 
 

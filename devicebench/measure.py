@@ -87,7 +87,8 @@ def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_
         "peak_memory_bytes": devices.peak_memory_bytes(device),
         **flags,
     })
-    flops = _flop_counts(workload)
+    extra.update(schema.derived_speeds(extra))
+    flops = _flop_counts(workload, scale)
     extra["flops_per_sample"] = flops.train_per_sample
     extra["flops_per_round"] = flops.per_round(scale.train_samples, scale.valid_samples)
     peak_dtype = efficiency.compute_dtype(run.precision, device.type, workload.HAS_CONVOLUTIONS,
@@ -226,11 +227,12 @@ def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time
 _FLOP_COUNTS: dict = {}
 
 
-def _flop_counts(workload: ModuleType):
-    """Counted once per workload and process (a forward and backward on the cpu)."""
-    if workload.NAME not in _FLOP_COUNTS:
-        _FLOP_COUNTS[workload.NAME] = workload.flop_counts()
-    return _FLOP_COUNTS[workload.NAME]
+def _flop_counts(workload: ModuleType, scale):
+    """Counted once per workload, scale and process (a forward and backward on the cpu, or a formula)."""
+    key = (workload.NAME, scale.name)
+    if key not in _FLOP_COUNTS:
+        _FLOP_COUNTS[key] = workload.flop_counts(scale)
+    return _FLOP_COUNTS[key]
 
 
 def backend_flags() -> dict:

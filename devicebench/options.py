@@ -58,7 +58,8 @@ OPTIONS = (
     Option("--device", "comma-separated devices, of cpu,mps,cuda (default: all; absent ones skip, saying why)",
            ",".join(devices.KNOWN_DEVICES)),
     Option("--pipeline", f"comma-separated pipelines, of {','.join(PIPELINES)} (default: all)", ",".join(PIPELINES)),
-    Option("--scale", "work per round: quick (tests, CI), standard (default), full (the posts)", DEFAULT_SCALE,
+    Option("--scale", "work per round: quick (tests, CI), standard (default), full (the posts), gpt2 (char_gpt "
+                      "at GPT-2 124M, accelerators only)", DEFAULT_SCALE,
            SCALES),
     Option("--data", "real: download and verify the data sets; synthetic: generated data of the same shapes; auto "
                      "(default): real if it can be had, else synthetic", "auto", DATA_MODES),

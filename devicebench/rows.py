@@ -17,7 +17,7 @@ import torch
 from devicebench.data import default_data_dir
 from devicebench.errors import UsageError
 from devicebench.options import RowOptions, slowdown_fraction
-from devicebench.scales import scale_for
+from devicebench.scales import ScaleNotOffered, scale_for
 from devicebench.workloads import BUILT_IN, all_workloads
 from devicebench.workloads.base import RunConfig, pipelines
 
@@ -136,6 +136,21 @@ def run_config(spec: RowSpec, options: RowOptions, round_core: int | None = None
         weights_file=Path(options.weights) if options.weights else None, tuning=options.tuning(),
         compile_cache=compile_cache or options.compile_cache or "fresh",
         slowdown_fraction=slowdown_fraction(options.slowdown_fraction), round_core=round_core)
+
+
+def skip_reason(module: ModuleType, device: str, scale_name: str) -> str | None:
+    """Why a row of ``module`` cannot run here, else None: a package it needs does not import, it has no sizes
+    for this scale, or the scale is too large for the cpu."""
+    reason = missing_requirement(module)
+    if reason is not None:
+        return reason
+    try:
+        scale = scale_for(module.NAME, scale_name, module)
+    except ScaleNotOffered as error:
+        return str(error)
+    if scale.needs_accelerator and device == "cpu":
+        return f"{module.NAME} at --scale {scale_name} is sized for accelerators: the cpu would take hours"
+    return None
 
 
 def missing_requirement(module: ModuleType) -> str | None:

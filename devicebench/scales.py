@@ -9,7 +9,7 @@ from typing import Callable
 from devicebench.errors import UsageError
 from devicebench.tables import load_table
 
-SCALES = ("quick", "standard", "full")
+SCALES = ("quick", "standard", "full", "gpt2")  # gpt2: char_gpt's GPT-2 124M, on accelerators
 DEFAULT_SCALE = "standard"
 
 # How scale_for finds the module of a workload that scales.toml does not list (its module carries a SCALES table):
@@ -26,6 +26,13 @@ class Scale:
     valid_batch_size: int
     warmup_rounds: int
     rounds: int
+    # A model's sizes where the scale sets them (char_gpt: layers, heads, width, context), as sorted pairs.
+    model: tuple[tuple[str, int | float], ...] = ()
+    needs_accelerator: bool = False  # too large for a cpu: rows on the cpu skip, saying so
+
+
+class ScaleNotOffered(UsageError):
+    """The workload has no sizes for this scale: its rows skip, naming the scales it has."""
 
 
 def scale_for(workload: str, name: str, module: ModuleType | None = None) -> Scale:
@@ -42,6 +49,9 @@ def scale_for(workload: str, name: str, module: ModuleType | None = None) -> Sca
         if profiles is None:
             raise UsageError(f"workload {workload!r} has no scales: add them to devicebench/scales.toml or give "
                              f"its module a SCALES table")
+    if name not in profiles:
+        raise ScaleNotOffered(f"{workload} has no {name} scale (it has {', '.join(profiles)})")
     entry = dict(profiles[name])
     entry.setdefault("valid_batch_size", entry["batch_size"])
+    entry["model"] = tuple(sorted(entry.get("model", {}).items()))
     return Scale(name=name, **entry)

@@ -28,7 +28,7 @@ FIELDS: dict[str, str] = {
     "workload": "workload name (mnist_mlp, resnet18_cifar, ...)",
     "workload_version": "bumped when the work a round does changes: rows of different versions never compare",
     "pipeline": "seed (the post as written), resident (data on the device), tuned (what the device supports)",
-    "scale": "scale profile name (quick, standard, full)",
+    "scale": "scale profile name (quick, standard, full, gpt2)",
     "samples_per_round": "training samples per round",
     "valid_samples": "validation samples per round",
     "batch_size": "training batch size",
@@ -68,6 +68,14 @@ FIELDS: dict[str, str] = {
     "optimizer": "resnet18_cifar optimizer",
     "pretrained": "which ResNet18 weights: hub:..., file:NAME, none",
     "image_size": "resnet18_cifar input size",
+    "block_size": "char_gpt: tokens in a window (its context); a sample is one window",
+    "n_layer": "char_gpt: transformer blocks",
+    "n_embd": "char_gpt: model width",
+    "vocab_size": "char_gpt: token vocabulary (65 characters, or GPT-2's 50304 at --scale gpt2)",
+    "tokens_per_sample": "char_gpt: tokens in one sample (block_size)",
+    "iterations_per_round": "char_gpt: training iterations (optimizer steps) in a round",
+    "tokens_per_s": "char_gpt: training tokens per second: samples_per_s x tokens_per_sample",
+    "ms_per_iteration": "char_gpt: milliseconds per training iteration: batch_size / samples_per_s",
     "dtype": "autocast dtype that ran (float32 = none)",
     "channels_last": "tuned: channels_last layout",
     "compiled": "tuned: torch.compile",
@@ -110,6 +118,14 @@ FIELDS: dict[str, str] = {
 PROFILE_KINDS = ("matmul_conv", "norm_elementwise", "optimizer", "data_movement", "compilation", "host_gaps")
 
 REQUIRED = (*WORK_FIELDS[:4], "samples_per_round", *DEVICE_FIELDS, "processes")
+
+
+def derived_speeds(extra: dict) -> dict:
+    """Speeds computed from ``samples_per_s`` for a workload whose samples are windows of tokens (char_gpt)."""
+    if "tokens_per_sample" not in extra:
+        return {}
+    return {"tokens_per_s": extra["samples_per_s"] * extra["tokens_per_sample"],
+            "ms_per_iteration": 1000 * extra["batch_size"] / extra["samples_per_s"]}
 
 
 def check_row(extra: dict) -> None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicebench import runfile, stability
+from devicebench import runfile, schema, stability
 from devicebench.errors import DevicebenchError, UsageError
 
 # machine_info fields that must agree between the processes merged into one run (pyperf refuses the same).
@@ -149,6 +149,7 @@ def _merge_row(name: str, nodeid: str | None, numbered: list[tuple[int, dict]], 
         extra["interleave_id"] = interleave_id
     process_medians = [statistics.median(process["train_seconds"]) for process in extra["processes"]]
     extra["samples_per_s"] = extra["samples_per_round"] / statistics.median(process_medians)
+    extra.update(schema.derived_speeds(extra))
     extra["loader_wait_fraction"] = statistics.fmean(e["loader_wait_fraction"] for e in extras)
     reasons = [f"process {i}: {e['unstable_reason']}" for i, e in enumerate(extras, 1) if e.get("unstable")]
     between = stability.assess_processes(process_medians)

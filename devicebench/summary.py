@@ -44,6 +44,8 @@ def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) 
         utilization = extra.get("utilization")
         parts = [name.ljust(width), str(extra.get("device_name", extra["device"])),
                  f"{extra['samples_per_s']:,.0f} samples/s", f"epoch {epoch * 1e3:,.4g} ms",
+                 *([f"{extra['tokens_per_s']:,.0f} tokens/s", f"{extra['ms_per_iteration']:.4g} ms/iteration"]
+                   if "tokens_per_s" in extra else []),
                  f"loader wait {extra.get('loader_wait_fraction', 0):.0%}",
                  f"utilization {utilization:.1%}" if isinstance(utilization, (int, float)) else "utilization n/a"]
         marks = [mark for mark, on in (("UNSTABLE", extra.get("unstable")), ("PARITY FAILED", extra.get("parity_failed")),

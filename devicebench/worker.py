@@ -105,7 +105,8 @@ def measure_rows(task: Task, finished: list[dict]) -> None:
             turns.begin_row(index, spec.name)
         status = statuses.setdefault(spec.device, devices.probe(spec.device))
         workload = spec.load()
-        reason = status.skip_reason if not status.available else rows.missing_requirement(workload)
+        reason = status.skip_reason if not status.available else \
+            rows.skip_reason(workload, spec.device, options.scale)
         if reason is not None:
             print(f"{spec.name}: skipped: {reason}", flush=True)
             finished.append({"name": spec.name, "status": "skipped", "reason": reason})

@@ -58,7 +58,7 @@ class SleepyRun(WorkloadRun):
 def sleepy_workload(sleeps, validation_sleep=0.0, sleep=time.sleep):
     return types.SimpleNamespace(NAME="sleepy", VERSION=1, HAS_CONVOLUTIONS=False,
                                  RUNS={"resident": lambda config: SleepyRun(config, sleeps, validation_sleep, sleep)},
-                                 flop_counts=lambda: FlopCounts(1e6, 5e5))
+                                 flop_counts=lambda scale: FlopCounts(1e6, 5e5))
 
 
 class FakeClock:

@@ -78,8 +78,8 @@ def fetch(remote: RemoteFile, directory: Path, *, timeout_s: float = 30.0, attem
     cached = cached_or_none(remote, directory)
     if cached is not None:
         return cached
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / remote.filename
+    target.parent.mkdir(parents=True, exist_ok=True)  # a filename may name a folder too (tinyshakespeare/input.txt)
     last_error: str = "no attempt made"
     for attempt in range(1, attempts + 1):
         try:
@@ -102,7 +102,7 @@ class _Retryable(Exception):
 
 def _download_verified(remote: RemoteFile, target: Path, timeout_s: float) -> None:
     # The temporary name is unique, so two runs downloading at once never write into each other's file.
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{remote.filename}.", suffix=".part")
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as out:

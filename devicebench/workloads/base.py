@@ -175,8 +175,10 @@ class WorkloadModule(Protocol):
     - ``NAME``: its name in results and test ids; ``VERSION``: bumped when the work a round does changes.
     - ``HAS_CONVOLUTIONS``: channels_last applies, and float32 work counts against the TF32 peak on cuda.
     - ``RUNS``: pipeline name -> ``WorkloadRun`` subclass: the pipelines it offers (a subset of ``PIPELINES``).
-    - ``flop_counts()``: FLOPs per sample (flops.py); ``parity_case()``: a few steps for the cpu-vs-device check.
-    - ``SCALES`` (optional): scale name -> sizes, for a workload that has no entry in ``scales.toml``.
+    - ``flop_counts(scale)``: FLOPs per sample at that scale (flops.py); ``parity_case()``: a few steps for the
+      cpu-vs-device check.
+    - ``SCALES`` (optional): scale name -> sizes, for a workload that has no entry in ``scales.toml``; a scale it
+      lacks skips its rows, saying so.
     - ``REQUIRES`` (optional): packages it imports beyond torch; a row skips, saying which, where one does not
       import with this torch (rows.missing_requirement).
     """
