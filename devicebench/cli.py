@@ -81,11 +81,11 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                              f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
                              "more rounds for fast rows, a tighter estimate per pair; 0: the scale's rounds, as "
                              "a plain pytest run times them (calibrate so for single-process comparisons)")
-    parser.add_argument("--pin-rounds", choices=("pair", "off"), default="pair",
-                        help="with two or more --env: pair (default) runs the accelerator rows' rounds of both "
+    parser.add_argument("--pin-rounds", choices=("pair", "off"), default=None,
+                        help="with two or more --env: pair (the default) runs the accelerator rows' rounds of both "
                              "workers of a pair on one core, another each pair, so that what a core is worth "
                              "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
-                             "puts them")
+                             "puts them, as plain pytest runs do (the default of calibrate --round-time 0)")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")

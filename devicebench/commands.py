@@ -81,9 +81,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             plan = replace(plan, keep_compiled=False)
         # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
         count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
+        # --round-time 0 calibrates as plain pytest runs are timed: the scale's rounds, left where the OS puts them.
+        pin = args.pin_rounds or ("off" if args.round_time == 0 else "pair")
         written = coordinator.run([env_a, env_b], count, plan, Path(args.output_dir), args.name,
                                   budget_seconds=args.budget, round_seconds=args.round_time,
-                                  pin_rounds=args.pin_rounds == "pair")
+                                  pin_rounds=pin == "pair")
         if len(written) < 2:
             raise DevicebenchError("no row ran in both environments (the reasons are above): nothing to calibrate")
         round_time = coordinator.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
@@ -170,7 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
                                     pip_args=args.pip_args.split(), environments=environments,
                                     until=until_target(args.until), budget_seconds=args.budget,
-                                    round_seconds=args.round_time, pin_rounds=args.pin_rounds == "pair",
+                                    round_seconds=args.round_time, pin_rounds=args.pin_rounds != "off",
                                     calibration=calibration.Calibration.load(args.calibration))
     for skip in skipped:
         print(f"skipped torch {skip.version}: {skip.reason}")
@@ -222,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
                     until_target=until_target(args.until), budget_seconds=args.budget,
                     round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
-                    pin_rounds=args.pin_rounds == "pair")
+                    pin_rounds=args.pin_rounds != "off")
     return 0
 
 

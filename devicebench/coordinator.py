@@ -321,7 +321,8 @@ class Pairs:
         runs = [results.run_of(merged_run(self.folder, env, pairs, "in progress"), self.folder.folder)
                 for env in environments]
         skipped = self.unjudgeable(environments, pairs)
-        return {test: row for test, row in until.progress_by_row(runs, self.calibration).items()
+        family = sum(1 for row in runs[0].rows if row.test not in skipped)  # the rows the gate will judge
+        return {test: row for test, row in until.progress_by_row(runs, self.calibration, family).items()
                 if test not in skipped}
 
     def unjudgeable(self, environments: list[Environment], pairs: int) -> set[str]:
@@ -363,7 +364,7 @@ class Pairs:
             codes, schedule = interleave.run_workers(
                 {env.label: command_for(env) for env in environments},
                 {env.label: self.folder.log(env.label, index) for env in environments}, self.round_seconds,
-                until.rounds_wanted(self.calibration, self.target))
+                until.rounds_wanted(self.calibration, self.target, family=len(rows)))
         except BaseException:
             for env in environments:
                 self.folder.worker_file(env.label, index).with_suffix(".part").unlink(missing_ok=True)

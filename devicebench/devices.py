@@ -200,16 +200,34 @@ def _cuda_sleep_cycles_per_second() -> float:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "mps" and _accelerator_memory() is not None:
+        try:
+            _accelerator_memory().reset_peak_memory_stats()
+        except (RuntimeError, NotImplementedError):
+            pass  # the peak then reads as absent (peak_memory_bytes)
+
+
+def _accelerator_memory():
+    """``torch.accelerator`` where this torch has its memory statistics (2.9 and later), else None."""
+    accelerator = getattr(torch, "accelerator", None)
+    needed = ("max_memory_allocated", "reset_peak_memory_stats")
+    return accelerator if accelerator is not None and all(hasattr(accelerator, n) for n in needed) else None
 
 
 def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak bytes allocated by tensors since ``reset_peak_memory``; None where the backend does not track a peak.
 
-    mps offers only current allocations (``torch.mps.current_allocated_memory``), not a peak, so it reports None
-    rather than a number that would look like a peak and not be one.
+    mps has a peak only through ``torch.accelerator``'s memory statistics (torch 2.9 and later, where its allocator
+    reports them); elsewhere it reports None rather than a number that would look like a peak and not be one.
     """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps" and _accelerator_memory() is not None:
+        try:
+            peak = int(_accelerator_memory().max_memory_allocated())
+        except (RuntimeError, NotImplementedError):
+            return None
+        return peak if peak > 0 else None  # a backend without statistics reads 0: absent, not zero bytes
     return None
 
 

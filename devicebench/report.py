@@ -5,10 +5,10 @@ from a network when it opens). Four parts, each present when the runs hold what 
 
 - **devices**: training samples/s per configuration, a bar per run and device, with the spread between its
   processes (fastest to slowest process) as the error bar;
-- **change**: each row against the same row (the same experiment) in the first run that has it, the ratio with
-  the smallest change the data could detect as its band, coloured by verdict (significance.py's verdicts, as
-  ``compare`` prints them, with this machine's calibrated noise where ``devicebench calibrate`` measured it; the
-  hover text says which noise was used);
+- **change**: first, the verdict table (row, run, ratio, 95% interval, verdict, noise), then the chart: each row
+  against the same row (the same experiment) in the first run, the ratio on a log axis with its 95% interval,
+  coloured by verdict. Both are ``compare``'s change view (its verdicts, Holm's correction and detectable changes
+  at the gate's level, with this machine's calibrated noise where ``devicebench calibrate`` measured it);
 - **history**: samples/s over torch versions per machine and device, steps marked (history.py);
 - **profiles**: where a ``--profile`` round's time went, by kind, per row.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from devicebench import compare, history, schema
 from devicebench.calibration import Calibration
 from devicebench.results import Row, Run
-from devicebench.significance import Verdict, judge
+from devicebench.significance import Verdict
 
 VERDICT_COLOURS = {"slower": "#c0392b", "faster": "#27ae60", "no change": "#7f8c8d", "inconclusive": "#e6a23c"}
 
@@ -30,12 +30,12 @@ def write_report(runs: list[Run], path: Path, threshold: float, calibration: Cal
     """Write the report for ``runs`` to ``path`` (atomically) and return it."""
     import plotly.graph_objects as go  # imported here: only this command needs plotly
 
+    changes = _change_rows(runs, threshold, calibration)
     sections = [("Devices: training samples/s", _devices_figure(go, runs, threshold)),
-                ("Change: each row against the first run that has it",
-                 _change_figure(go, runs, threshold, calibration)),
+                ("Change: each row against the first run, as compare judges it", _change_figure(go, changes)),
                 ("History over torch versions", _history_figure(go, runs, threshold, calibration)),
                 ("Where the time goes (--profile)", _profile_figure(go, runs))]
-    parts, first = [], True
+    parts, first = [_verdict_table(changes)] if changes else [], True
     for title, figure in sections:
         if figure is None:
             continue
@@ -87,38 +87,60 @@ def _verdict_kind(verdict: Verdict) -> str:
     return "inconclusive" if verdict.inconclusive else "no change"
 
 
-def _change_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):
-    """Each row identity seen in several runs: every later run's row against the first run that has it."""
-    by_identity: dict = {}
-    for run in runs:
-        for row in run.rows:
-            by_identity.setdefault(row.identity, []).append((run, row))
-    figure, shown = go.Figure(), 0
-    for kind, colour in VERDICT_COLOURS.items():
-        x, y, band, text = [], [], [], []
-        for members in by_identity.values():
-            base_run, baseline = members[0]
-            for run, row in members[1:]:
-                noise = None if calibration is None else calibration.noise_between(base_run, baseline, run, row)
-                verdict = judge(baseline, row, threshold, noise)
-                if _verdict_kind(verdict) != kind:
-                    continue
-                x.append(f"{bar_label(row)}:{row.device} {run.path.stem[:30]}")
-                y.append(verdict.ratio)
-                band.append(verdict.detectable or 0.0)
-                text.append(f"against {base_run.path.name}: {verdict.describe()}; noise: {verdict.noise()}")
-        if x:
-            shown += len(x)
-            figure.add_scatter(name=kind, x=x, y=y, mode="markers", marker=dict(color=colour, size=11), text=text,
-                               error_y=dict(type="data", array=band, color=colour))
-    if not shown:
+def _change_rows(runs: list[Run], threshold: float, calibration: Calibration | None
+                 ) -> list[tuple[str, str, Verdict]]:
+    """(row, run, verdict) of every later run's row against the first run's, from compare's change view."""
+    if len(runs) < 2:
+        return []
+    found = []
+    for table in compare.change_tables(runs, threshold, calibration):
+        for column, row, verdict in zip(table.columns, table.cells, table.verdicts):
+            if verdict is not None:
+                found.append((f"{bar_label(row)}:{row.device}", column.run.path.stem[:40], verdict))
+    return found
+
+
+def _verdict_table(changes: list[tuple[str, str, Verdict]]) -> str:
+    """The page's opening: one line per judged row, the verdict in words before any chart."""
+    lines = []
+    for row, run, verdict in changes:
+        interval = "" if verdict.interval is None else f"{verdict.interval[0]:.3f}-{verdict.interval[1]:.3f}x"
+        cells = (row, run, f"{verdict.ratio:.3f}x", interval, verdict.describe(), verdict.noise())
+        colour = VERDICT_COLOURS[_verdict_kind(verdict)]
+        lines.append(f"<tr style='color: {colour}'>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+                     + "</tr>")
+    head = "".join(f"<th>{name}</th>" for name in ("row", "run", "time ratio", "95% interval", "verdict",
+                                                      "noise"))
+    return (f"<h2>Verdicts: each row against the first run</h2><table border='1' cellpadding='4' "
+            f"style='border-collapse: collapse; font-size: 90%'><tr>{head}</tr>{''.join(lines)}</table>")
+
+
+def _change_figure(go, changes: list[tuple[str, str, Verdict]]):
+    """The ratios on a log axis (a 2x slowdown as far from 1 as a 2x speed-up), each with its 95% interval."""
+    if not changes:
         return None
+    figure = go.Figure()
+    for kind, colour in VERDICT_COLOURS.items():
+        chosen = [(row, run, verdict) for row, run, verdict in changes if _verdict_kind(verdict) == kind]
+        if not chosen:
+            continue
+        ratios = [verdict.ratio for _, _, verdict in chosen]
+        high = [verdict.interval[1] - verdict.ratio if verdict.interval else 0.0 for _, _, verdict in chosen]
+        low = [verdict.ratio - verdict.interval[0] if verdict.interval else 0.0 for _, _, verdict in chosen]
+        figure.add_scatter(name=kind, x=[f"{row} {run}" for row, run, _ in chosen], y=ratios, mode="markers",
+                           marker=dict(color=colour, size=11),
+                           text=[f"{verdict.describe()}; noise: {verdict.noise()}" for _, _, verdict in chosen],
+                           error_y=dict(type="data", symmetric=False, array=high, arrayminus=low, color=colour))
     figure.add_hline(y=1.0, line_dash="dot")
-    for bound in (1 - threshold, 1 + threshold):
+    for bound in (1 / (1 + _threshold_of(changes)), 1 + _threshold_of(changes)):
         figure.add_hline(y=bound, line_dash="dash", line_color="#bbbbbb")
-    figure.update_layout(yaxis_title="time / first run's time (> 1 slower); band: smallest detectable change",
+    figure.update_layout(yaxis_type="log", yaxis_title="time / first run's time (log; > 1 slower), 95% interval",
                          height=520)
     return figure
+
+
+def _threshold_of(changes: list[tuple[str, str, Verdict]]) -> float:
+    return changes[0][2].threshold
 
 
 def _history_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):

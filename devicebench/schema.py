@@ -40,7 +40,8 @@ FIELDS: dict[str, str] = {
     "loader_wait_fraction": "share of the rounds spent blocked waiting for the next batch (mean over processes)",
     "val_loss": "untimed evaluation after the timed rounds",
     "val_accuracy": "untimed evaluation after the timed rounds",
-    "peak_memory_bytes": "cuda max_memory_allocated; null on mps and cpu",
+    "peak_memory_bytes": "cuda max_memory_allocated; mps torch.accelerator.max_memory_allocated where this torch "
+                         "reports it; null otherwise (absent, never 0)",
     "data_source": "real or synthetic",
     "flops_per_sample": "training FLOPs per sample (torch.utils.flop_counter)",
     "flops_per_round": "FLOPs of a round, training and validation",

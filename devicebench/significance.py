@@ -74,11 +74,20 @@ survive Holm's step-down correction over every row it judged (the smallest p aga
 5%/(m-1), ...; it controls the chance of any false alarm at 5% and never flags less than Bonferroni). A row that is
 significant alone but not after the correction is printed as such. Planted 5% slowdowns survive it
 (docs/comparing.md).
+
+**The gate's power.** A smallest detectable change promises that the gate flags a change of that size with 80%
+power, so where several rows are judged together it is computed at the level the gate applies to a row: two-sided
+5%/m over the m rows judged (``detection_factor``'s ``family``). That is the level of Holm's first step, the one a
+single changed row among m must pass, and every later step is easier, so Holm's power for such a row is at least
+this one (Bonferroni's level: the conservative bound, not an approximation that may promise too much). compare
+restates every verdict at its family (``Verdict.for_family``), and an ``--until`` run sizes its rows at the number
+of rows it runs, so "reached 5%" means the gate would flag a 5% change on that row, 80 times in 100.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -93,6 +102,12 @@ def _stats():
     from scipy import stats
 
     return stats
+
+def _optimize():
+    from scipy import optimize
+
+    return optimize
+
 
 ALPHA = 0.05
 POWER = 0.80
@@ -118,6 +133,18 @@ class Verdict:
     # A change significant alone that did not survive Holm's correction over this many rows judged with it (0: it
     # survived, or it was judged alone); set by compare.correct_for_rows, said by describe().
     not_after_holm: int = 0
+    # What the detectable change is computed from (log scale), so that it can be restated at the gate's level.
+    log_standard_error: float | None = None
+    df: float | None = None
+    family: int = 1  # rows judged together: ``detectable`` is at the gate's level over them (``for_family``)
+
+    def for_family(self, family: int) -> "Verdict":
+        """This verdict with its smallest detectable change at the level the gate tests this row against when
+        ``family`` rows are judged together (``detection_factor``'s ``family``)."""
+        if self.log_standard_error is None or self.df is None or family == self.family:
+            return dataclasses.replace(self, family=family)
+        detectable = math.expm1(detection_factor(self.df, family) * self.log_standard_error)
+        return dataclasses.replace(self, detectable=detectable, family=family)
 
     @property
     def process_level(self) -> bool:
@@ -169,13 +196,16 @@ class Verdict:
             return (f"one process a side and {why}: only a change beyond {SINGLE_PROCESS_FLOOR:.0f}x is claimed; "
                     f"run devicebench calibrate --round-time 0 once, or devicebench run for several processes a "
                     f"side")
+        detectable = f"smallest detectable change {self.detectable:.1%}{self._family_text()}"
         if not self.process_level:
-            return f"one process a side, smallest detectable change {self.detectable:.1%}{calibrated}"
+            return f"one process a side, {detectable}{calibrated}"
         if self.paired:
             return (f"{self.processes[0]} worker pairs, rounds alternated; spread between pairs {self.spread:.1%}, "
-                    f"smallest detectable change {self.detectable:.1%}{calibrated}")
-        return (f"{self.processes[0]} vs {self.processes[1]} processes, spread {self.spread:.1%}, "
-                f"smallest detectable change {self.detectable:.1%}")
+                    f"{detectable}{calibrated}")
+        return f"{self.processes[0]} vs {self.processes[1]} processes, spread {self.spread:.1%}, {detectable}"
+
+    def _family_text(self) -> str:
+        return "" if self.family <= 1 else f" at the gate's level over {self.family} rows"
 
     def describe(self) -> str:
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
@@ -249,7 +279,7 @@ def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, 
     detectable_log = detection_factor(df) * standard_error
     return Verdict(ratio, p_value, threshold, counts, spread=math.expm1(noise.process_log_sd),
                    detectable=math.expm1(detectable_log), interval=_interval(log_ratio, standard_error, df),
-                   rounds_p_value=rounds_p_value,
+                   rounds_p_value=rounds_p_value, log_standard_error=standard_error, df=df,
                    calibration=f"one process's median from another's {math.expm1(noise.process_log_sd):.1%}, "
                                f"{noise.describe()}")
 
@@ -265,13 +295,15 @@ def _process_level(base: list[float], cand: list[float], threshold: float) -> Ve
     n_a, n_b = len(log_a), len(log_b)
     pooled = math.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
     df = n_a + n_b - 2
-    detectable_log = detection_factor(df) * pooled * math.sqrt(1 / n_a + 1 / n_b)
+    pooled_error = pooled * math.sqrt(1 / n_a + 1 / n_b)
+    detectable_log = detection_factor(df) * pooled_error
     # Welch's interval, to match its test: standard error and Welch-Satterthwaite degrees of freedom.
     se_a, se_b = var_a / n_a, var_b / n_b
     welch_df = (se_a + se_b) ** 2 / (se_a ** 2 / (n_a - 1) + se_b ** 2 / (n_b - 1)) if se_a + se_b > 0 else df
     return Verdict(ratio, p_value, threshold, (n_a, n_b), spread=math.expm1(pooled),
                    detectable=math.expm1(detectable_log),
-                   interval=_interval(math.log(ratio), math.sqrt(se_a + se_b), welch_df))
+                   interval=_interval(math.log(ratio), math.sqrt(se_a + se_b), welch_df),
+                   log_standard_error=pooled_error, df=df)
 
 
 def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, noise: Noise | None,
@@ -311,13 +343,25 @@ def _paired(base: list[list[float]], cand: list[list[float]], threshold: float, 
     detectable_log = detection_factor(df) * standard_error
     return Verdict(math.exp(mean), p_value, threshold, (n, n), spread=math.expm1(math.sqrt(variance)),
                    detectable=math.expm1(detectable_log), paired=True,
-                   interval=_interval(mean, standard_error, df), calibration=used, pooled=df > n - 1)
+                   interval=_interval(mean, standard_error, df), calibration=used, pooled=df > n - 1,
+                   log_standard_error=standard_error, df=df)
 
 
-def detection_factor(df: float) -> float:
-    """The smallest detectable change of a t-test on ``df`` degrees of freedom, in standard errors (two-sided
-    ALPHA, POWER): ``detectable_log = detection_factor(df) * standard_error``."""
-    return float(_stats().t.ppf(1 - ALPHA / 2, df) + _stats().t.ppf(POWER, df))
+@functools.lru_cache(maxsize=4096)
+def detection_factor(df: float, family: int = 1) -> float:
+    """The smallest detectable change of a t-test on ``df`` degrees of freedom, in standard errors: the shift at
+    which a two-sided test at the level the gate applies to one row of ``family`` judged together (ALPHA /
+    family, "The gate's power" above) rejects with probability POWER, from the noncentral t distribution
+    (``t_crit + t_power``, the usual shortcut, promises 80% where small samples give 74%):
+    ``detectable_log = detection_factor(df, family) * standard_error``."""
+    stats = _stats()
+    critical = float(stats.t.ppf(1 - ALPHA / (2 * max(1, family)), df))
+
+    def power(shift: float) -> float:  # the far tail's share (under ALPHA / 2 / family) is left out
+        return float(stats.nct.sf(critical, df, shift))
+
+    shortcut = critical + float(stats.t.ppf(POWER, df))
+    return float(_optimize().brentq(lambda shift: power(shift) - POWER, critical, 2 * shortcut))
 
 
 def _interval(log_ratio: float, standard_error: float, df: float) -> tuple[float, float]:

@@ -33,6 +33,11 @@ def reference_rows(folder: Path) -> list[tuple[Row, Path]]:
     return [(row, path) for row, path, _ in found]
 
 
+def duration(seconds: float) -> str:
+    """``152.3 ms`` under a second, ``45.17 s`` from there: never an exponent."""
+    return f"{seconds * 1e3:.4g} ms" if seconds < 1 else f"{seconds:.4g} s"
+
+
 def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) -> list[str]:
     """One line per finished row: test, device, samples/s, epoch, loader wait, utilization, marks, reference."""
     rows = [(name, Row(test=name, extra=extra)) for name, extra in finished]
@@ -43,8 +48,9 @@ def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) 
         epoch = row.median_seconds  # the median process's median, as samples_per_s
         utilization = extra.get("utilization")
         parts = [name.ljust(width), str(extra.get("device_name", extra["device"])),
-                 f"{extra['samples_per_s']:,.0f} samples/s", f"epoch {epoch * 1e3:,.4g} ms",
-                 *([f"{extra['tokens_per_s']:,.0f} tokens/s", f"{extra['ms_per_iteration']:.4g} ms/iteration"]
+                 f"{extra['samples_per_s']:,.0f} samples/s", f"epoch {duration(epoch)}",
+                 *([f"{extra['tokens_per_s']:,.0f} tokens/s",
+                    f"{duration(extra['ms_per_iteration'] / 1e3)}/iteration"]
                    if "tokens_per_s" in extra else []),
                  f"loader wait {extra.get('loader_wait_fraction', 0):.0%}",
                  f"utilization {utilization:.1%}" if isinstance(utilization, (int, float)) else "utilization n/a"]

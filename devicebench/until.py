@@ -57,6 +57,7 @@ class RowProgress:
     detectable: float | None  # the worst over each environment against the first; None: cannot be judged
     calibrated: bool  # every verdict behind it pooled this machine's calibration (significance.py)
     forecast: Forecast | None = None  # the worst over the environments compared
+    family: int = 1  # rows judged together: the detectable change is at the gate's level over them
 
     def pairs_needed(self, until: UntilTarget, most: int = 50) -> int | None:
         """The pairs at which the calibration expects this row to reach its size (None: more than ``most``, or no
@@ -64,7 +65,7 @@ class RowProgress:
         if self.forecast is None:
             return None
         limit, forecast = math.log1p(until.for_pipeline(self.pipeline)), self.forecast
-        return next((n for n in range(2, most + 1) if significance.detection_factor(n - 1 + forecast.df)
+        return next((n for n in range(2, most + 1) if significance.detection_factor(n - 1 + forecast.df, self.family)
                      * math.sqrt(forecast.pair_variance / n) <= limit), None)
 
     def forecast_text(self, until: UntilTarget) -> str:
@@ -90,10 +91,11 @@ MIN_PAIRS_FOR_UNTIL = 3
 MIN_PAIRS_CALIBRATED = 2
 
 
-def rounds_wanted(calibration: Calibration | None, until: UntilTarget | None
+def rounds_wanted(calibration: Calibration | None, until: UntilTarget | None, family: int = 1
                    ) -> Callable[[dict, int], int | None] | None:
     """The Scheduler's ``rounds_wanted`` for an ``--until`` run with a calibration: each row's rounds from its
-    calibrated noise (``rounds_for_size``); None (the rounds ``--round-time`` gives) otherwise."""
+    calibrated noise (``rounds_for_size``, at the gate's level over the ``family`` rows the run judges); None (the
+    rounds ``--round-time`` gives) otherwise."""
     if calibration is None or until is None:
         return None
 
@@ -102,7 +104,7 @@ def rounds_wanted(calibration: Calibration | None, until: UntilTarget | None
         noise = calibration.noise_at(row["machine"], row["torch_version"], identity)
         if noise is None or noise.compiled_code != row.get("compiled_code"):  # the verdict would not use it
             return None
-        return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default)
+        return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default, family)
 
     return wanted
 
@@ -114,13 +116,13 @@ TWO_PAIR_MARGIN = 0.5
 THREE_PAIR_MARGIN = 0.9
 
 
-def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
+def rounds_for_size(noise: Noise, size: float, default: int, family: int = 1) -> int | None:
     """How many rounds a worker should time of a row whose calibration records its round noise, so that the
     row's smallest detectable change reaches ``size`` in few pairs; None when the calibration cannot say.
 
     A pair's variance is the per-process part plus round noise over the rounds (``Noise.pair_variance``); after
-    n pairs pooled with the calibration, the detectable change is ``detection_factor(df) * sqrt(variance / n)``
-    (significance.py). So:
+    n pairs pooled with the calibration, the detectable change is ``detection_factor(df, family) * sqrt(variance /
+    n)`` (significance.py: at the gate's level over the ``family`` rows judged together). So:
 
     - a row that reaches TWO_PAIR_MARGIN of its size in MIN_PAIRS_CALIBRATED pairs with no more than ``default``
       rounds gets the rounds that does (H200: resnet18_cifar resident and tuned, 33 and 113 rounds a worker by
@@ -138,7 +140,7 @@ def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
 
     def room(pairs: int, target: float) -> float:
         """The round noise a pair may have so that ``pairs`` pairs detect ``target``."""
-        factor = significance.detection_factor(pairs - 1 + noise.pair_df)
+        factor = significance.detection_factor(pairs - 1 + noise.pair_df, family)
         return pairs * (math.log1p(target) / factor) ** 2 - per_process
 
     two = room(MIN_PAIRS_CALIBRATED, TWO_PAIR_MARGIN * size)
@@ -150,12 +152,14 @@ def rounds_for_size(noise: Noise, size: float, default: int) -> int | None:
     return max(default, math.ceil(round_variance / per_process)) if per_process > 0 else default
 
 
-def progress_by_row(runs: list[Run], calibration: Calibration | None) -> dict[str, RowProgress]:
+def progress_by_row(runs: list[Run], calibration: Calibration | None,
+                    family: int | None = None) -> dict[str, RowProgress]:
     """Each row's smallest detectable change in ``runs`` (one per environment, merged from the pairs so far): the
     worst over each environment against the first (None where a row cannot be judged), with this machine's
-    calibration where it has the row."""
+    calibration where it has the row, at the gate's level over ``family`` rows (default: every row of the run)."""
     if len(runs) < 2 or not runs[0].rows or min(len(row.processes) for row in runs[0].rows) < 2:
         return {}
+    family = family or len(runs[0].rows)
     found: dict[str, RowProgress] = {}
     for row in runs[0].rows:
         worst: float | None = 0.0
@@ -165,7 +169,7 @@ def progress_by_row(runs: list[Run], calibration: Calibration | None) -> dict[st
             other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
             noise = None if calibration is None or other is None else \
                 calibration.noise_between(runs[0], row, other_run, other)
-            verdict = None if other is None else significance.judge(row, other, noise=noise)
+            verdict = None if other is None else significance.judge(row, other, noise=noise).for_family(family)
             detectable = None if verdict is None else verdict.detectable
             calibrated = calibrated and verdict is not None and verdict.pooled
             worst = None if detectable is None or worst is None else max(worst, detectable)
@@ -176,7 +180,7 @@ def progress_by_row(runs: list[Run], calibration: Calibration | None) -> dict[st
                 if forecast is None or candidate.pair_variance > forecast.pair_variance:
                     forecast = candidate
         found[row.test] = RowProgress(row.test, row.extra.get("pipeline"),
-                                      len(row.processes), worst, calibrated, forecast)
+                                      len(row.processes), worst, calibrated, forecast, family)
     return found
 
 
@@ -186,7 +190,9 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
         figure = "n/a" if row.detectable is None else f"{row.detectable:.1%}"
         reached = " (reached)" if until is not None and row.reached(until) else ""
         marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}")
-    return f"    after {pairs} pairs, smallest detectable change: " + "; ".join(marks)
+    family = next(iter(progress.values())).family if progress else 1
+    level = f" (at the gate's level over {family} rows)" if family > 1 else ""
+    return f"    after {pairs} pairs, smallest detectable change{level}: " + "; ".join(marks)
 
 
 def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:
@@ -195,8 +201,10 @@ def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spe
                 f"smallest detectable change needs at least 2")
     reached = [row for row in progress.values() if row.reached(until)]
     missed = [row for row in progress.values() if not row.reached(until)]
-    lines = [f"--until {until.describe()}: {len(reached)} of {len(progress)} rows reached it in {pairs} pairs "
-             f"({clock(spent)} measured)"]
+    family = next(iter(progress.values())).family
+    level = f", at the gate's level over {family} rows" if family > 1 else ""
+    lines = [f"--until {until.describe()}{level}: {len(reached)} of {len(progress)} rows reached it in {pairs} "
+             f"pairs ({clock(spent)} measured)"]
     lines += [f"    reached: {row.test} ({row.detectable:.1%} from {row.pairs} pairs)" for row in reached]
     lines += [f"    not reached: {row.test} ({'not judged' if row.detectable is None else f'{row.detectable:.1%}'}"
               f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%}{row.forecast_text(until)})"

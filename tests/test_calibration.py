@@ -247,24 +247,28 @@ def planted_a_a_files(tmp_path: Path) -> list[str]:
     return files
 
 
-@pytest.mark.parametrize("options, pairs, compile_cache", [
-    ([], 6, "kept"),
-    (["--budget", "10m"], 100, "kept"),
-    (["--processes", "3"], 3, "kept"),
-    # For single-process comparisons: the scale's rounds, and every worker compiles anew as a plain run does.
-    (["--round-time", "0"], 6, "fresh")])
+@pytest.mark.parametrize("options, pairs, compile_cache, pinned", [
+    ([], 6, "kept", True),
+    (["--budget", "10m"], 100, "kept", True),
+    (["--processes", "3"], 3, "kept", True),
+    # For single-process comparisons: the scale's rounds, not pinned, and every worker compiles anew, as a plain
+    # pytest run is timed; pinning can still be asked for.
+    (["--round-time", "0"], 6, "fresh", False),
+    (["--round-time", "0", "--pin-rounds", "pair"], 6, "fresh", True)])
 def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs,
-                                                                          compile_cache):
+                                                                          compile_cache, pinned):
     asked = {}
 
     def run(environments, processes, plan, output_dir, name, **options):
-        asked.update(processes=processes, pythons={env.python for env in environments}, plan=plan)
+        asked.update(processes=processes, pythons={env.python for env in environments}, plan=plan,
+                     pinned=options["pin_rounds"])
         return [Path(path) for path in planted_a_a_files(tmp_path)]
 
     monkeypatch.setattr("devicebench.coordinator.run", run)
     target = tmp_path / "calibration.json"
     assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
     assert asked["processes"] == pairs and len(asked["pythons"]) == 1  # one Python against itself
+    assert asked["pinned"] is pinned
     assert {row.device for row in asked["plan"].rows} == {"cpu"} and asked["plan"].compile_cache() == compile_cache
     assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time ")
 

@@ -53,7 +53,7 @@ def test_download_is_verified_and_a_second_run_uses_the_cache(http_server, tmp_p
     splits, source = shakespeare.load_shakespeare("real", tmp_path, remote_for(url, content))
     assert source == "real" and splits.vocab_size == len(set(TEXT))
     assert (tmp_path / "tinyshakespeare" / "input.txt").read_bytes() == content
-    shakespeare._real_text.cache_clear()
+    shakespeare._load.cache_clear()
     shakespeare.load_shakespeare("real", tmp_path, remote_for(url, content))
     assert http_server.routes["/input.txt"].hits == 1
 

@@ -90,14 +90,16 @@ def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(mo
     lines: list[str] = []
     written = run(started.plan, tmp_path, "u", None, echo=lines.append, until_target=0.05, budget_seconds=3600)
     runs = [results.load_run(path) for path in written]
-    # Independently: the verdict on what was kept can see 5% on both rows, and one pair fewer could not.
+    # Independently: the verdict on what was kept can see 5% on both rows at the gate's level over the two rows
+    # (5%/2 each: significance.py, "The gate's power"), and one pair fewer could not.
     for base, cand in zip(runs[0].rows, runs[1].rows):
-        assert significance.judge(base, cand).detectable <= 0.05
+        assert significance.judge(base, cand).for_family(2).detectable <= 0.05
+        assert significance.judge(base, cand).detectable < significance.judge(base, cand).for_family(2).detectable
     assert started == [1, 2, 3, 4, 5]
     assert "every row can see a change of its size (5.0%) after 5 pairs: stopping" in lines
-    assert any("after 4 pairs, smallest detectable change: steady 3.1% (reached); noisy 5.5%" in line
-               for line in lines)
-    assert lines[-2].startswith("--until 5.0%: 2 of 2 rows reached it in 5 pairs")
+    assert ("    after 4 pairs, smallest detectable change (at the gate's level over 2 rows): steady 4.7% (reached); "
+            "noisy 7.2%") in lines
+    assert lines[-2].startswith("--until 5.0%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs")
 
 
 def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pair_numbers(monkeypatch, tmp_path):
@@ -112,19 +114,21 @@ def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pa
     assert [pair for _, pair in sorted(steady[0].pairs)] == [1, 2, 3]  # measured in pairs 1-3 only
     assert [pair for _, pair in sorted(noisy[1].pairs)] == [1, 2, 3, 4, 5]
     report = lines[-2].splitlines()
-    assert report[0] == "--until 5.0%: 2 of 2 rows reached it in 5 pairs (0m05s measured)"
-    assert "    reached: test_steady (0.3% from 3 pairs)" in report
+    assert report[0] == ("--until 5.0%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs "
+                         "(0m05s measured)")
+    assert "    reached: test_steady (0.5% from 3 pairs)" in report
 
 
 def test_until_asks_a_pipeline_its_own_size(monkeypatch, tmp_path):
-    # The seed row spreads 3% a pair: 5% is out of reach in 10 pairs here, 10% is reached from the third.
+    # The seed row spreads 3% a pair: 5% is out of reach in 10 pairs here, 10% is reached from the fourth.
     started = fake_pairs(monkeypatch, 1.0, {"test_x_resident": 0.001, "test_x_seed": 0.03})
     target = commands.until_target([cli._until_part("5%"), cli._until_part("seed=10%")])
     assert target.describe() == "5.0% (seed 10.0%)"
     lines: list[str] = []
     run(started.plan, tmp_path, "p", 10, echo=lines.append, until_target=target)
-    assert started == [1, 2, 3]
-    assert lines[-2].startswith("--until 5.0% (seed 10.0%): 2 of 2 rows reached it in 3 pairs")
+    assert started == [1, 2, 3, 4]
+    assert lines[-2].startswith("--until 5.0% (seed 10.0%), at the gate's level over 2 rows: 2 of 2 rows reached it "
+                                "in 4 pairs")
     with pytest.raises(argparse.ArgumentTypeError, match="'fast' is not a pipeline"):
         cli._until_part("fast=5%")
     with pytest.raises(DevicebenchError, match="give one size for every row"):
@@ -352,7 +356,8 @@ def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(mon
     assert "budget 4m10s spent (4m00s measured; the next pair would take about 1m00s): stopping after 4 pairs" \
         in lines
     report = lines[-2].splitlines()
-    assert report[0] == "--until 5.0%: 1 of 2 rows reached it in 4 pairs (4m00s measured)"
+    assert report[0] == ("--until 5.0%, at the gate's level over 2 rows: 1 of 2 rows reached it in 4 pairs "
+                         "(4m00s measured)")
     assert report[1].startswith("    reached: test_steady (") and report[2].startswith("    not reached: test_noisy (")
 
 

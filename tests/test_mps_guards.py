@@ -193,3 +193,37 @@ def test_the_checks_made_before_a_row_are_saved_with_it():
     extra = measure_row(sleepy_workload([0.0] * 2), config, "cpu", RecordingTimer([]), checks=checks,
                         count_steps=False)
     assert extra["parity_failed"] is True  # what either front writes to the file
+
+
+class FakeAcceleratorMemory:
+    """torch.accelerator's memory statistics as an mps torch offers them (or a backend that reads 0 or raises)."""
+
+    def __init__(self, peak):
+        self.peak, self.resets = peak, 0
+
+    def max_memory_allocated(self):
+        if isinstance(self.peak, Exception):
+            raise self.peak
+        return self.peak
+
+    def reset_peak_memory_stats(self):
+        self.resets += 1
+
+
+@pytest.mark.parametrize("peak, recorded", [(123_456, 123_456), (0, None), (RuntimeError("no stats"), None)])
+def test_mps_peak_memory_comes_from_torch_accelerator_and_is_absent_not_zero(monkeypatch, peak, recorded):
+    from devicebench import devices
+
+    fake = FakeAcceleratorMemory(peak)
+    monkeypatch.setattr(torch, "accelerator", fake, raising=False)
+    mps = torch.device("mps")
+    devices.reset_peak_memory(mps)
+    assert fake.resets == 1 and devices.peak_memory_bytes(mps) == recorded
+
+
+def test_a_torch_without_accelerator_memory_statistics_records_no_mps_peak(monkeypatch):
+    from devicebench import devices
+
+    monkeypatch.setattr(torch, "accelerator", object(), raising=False)
+    devices.reset_peak_memory(torch.device("mps"))
+    assert devices.peak_memory_bytes(torch.device("mps")) is None

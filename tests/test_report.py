@@ -39,3 +39,19 @@ def test_the_report_judges_a_change_on_this_machines_calibrated_noise(tmp_path):
     alone = report.write_report(pair, tmp_path / "alone.html", 0.05)
     assert "1.10x slower (p=" in calibrated.read_text() and "calibrated 2026-12-01 from 11 pairs" in calibrated.read_text()
     assert "no verdict below 2x" in alone.read_text()
+
+
+def test_the_page_opens_with_the_verdict_table_and_draws_ratios_on_a_log_axis(tmp_path):
+    import plotly.graph_objects as go
+    from test_calibration import frozen_calibration
+
+    pair = [results.load_run(RUNS / name) for name in ("cpu_torch_2.13.json", "cpu_torch_2.14.json")]
+    noise = cli.calibration.Calibration.load(frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02))
+    page = report.write_report(pair, tmp_path / "r.html", 0.05, noise).read_text()
+    table, first_chart = page.index("Verdicts: each row against the first run"), page.index("<h2>Devices")
+    assert table < first_chart and "<th>95% interval</th>" in page and "1.10x slower (p=" in page[table:first_chart]
+    changes = report._change_rows(pair, 0.05, noise)
+    figure = report._change_figure(go, changes)
+    assert figure.layout.yaxis.type == "log"
+    for trace in figure.data:  # every interval stays above zero, as a ratio's must
+        assert all(y - low > 0 for y, low in zip(trace.y, trace.error_y.arrayminus))

@@ -8,6 +8,7 @@ result as ``data_source``.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -56,3 +57,18 @@ def resolve(mode: str, name: str, load_real: Callable[[int], T], make_synthetic:
         print(f"devicebench: {name}: real data unavailable, using synthetic data of the same shapes "
               f"(--data real to insist): {error}", file=sys.stderr)
         return make_synthetic(), "synthetic"
+
+
+def cached_loader(name: str, load_real: Callable[[Path, int, object], T], make_synthetic: Callable[[], T]
+                  ) -> Callable[[str, Path, object], tuple[T, str]]:
+    """A data set's ``load(mode, data_dir, remote)``: ``resolve`` over ``load_real(data_dir, attempts, remote)`` and
+    ``make_synthetic()``, each kept for the process (a worker builds many rows from one data set). The loader's
+    ``cache_clear()`` forgets the real data (tests)."""
+    real = functools.lru_cache(maxsize=2)(load_real)
+    synthetic = functools.lru_cache(maxsize=1)(make_synthetic)
+
+    def load(mode: str, data_dir: Path, remote: object) -> tuple[T, str]:
+        return resolve(mode, name, lambda attempts: real(Path(data_dir), attempts, remote), synthetic)
+
+    load.cache_clear = real.cache_clear  # type: ignore[attr-defined]
+    return load

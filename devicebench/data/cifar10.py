@@ -10,7 +10,6 @@ extracted file's sha256 that is checked before the file is unpickled, and a rest
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import pickle
@@ -25,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from devicebench.data import resolve
+from devicebench.data import cached_loader
 from devicebench.data.download import RemoteFile, fetch, file_digest
 from devicebench.data.safe_unpickle import load_arrays
 from devicebench.errors import DataError
@@ -189,17 +188,9 @@ def _real_cifar(data_dir: Path, attempts: int, remote: RemoteFile) -> CifarArray
     return read_verified_folder(safe_extract(archive, data_dir))
 
 
-@functools.lru_cache(maxsize=2)
-def _real_cifar_cached(data_dir: Path, attempts: int, remote: RemoteFile) -> CifarArrays:
-    return _real_cifar(data_dir, attempts, remote)
-
-
-@functools.lru_cache(maxsize=1)
-def _synthetic_cached() -> CifarArrays:
-    return synthetic_cifar()
+_load = cached_loader("CIFAR-10", _real_cifar, synthetic_cifar)
 
 
 def load_cifar(mode: str, data_dir: Path, remote: RemoteFile = CIFAR_ARCHIVE) -> tuple[CifarArrays, str]:
     """CIFAR-10 per ``--data`` mode; returns (arrays, "real" | "synthetic")."""
-    return resolve(mode, "CIFAR-10", lambda attempts: _real_cifar_cached(Path(data_dir), attempts, remote),
-                   _synthetic_cached)
+    return _load(mode, data_dir, remote)

@@ -6,7 +6,6 @@ The file holds ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)): 50k/1
 
 from __future__ import annotations
 
-import functools
 import gzip
 import pickle
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from devicebench.data import resolve
+from devicebench.data import cached_loader
 from devicebench.data.download import RemoteFile, fetch
 from devicebench.data.safe_unpickle import load_arrays
 from devicebench.errors import DataError
@@ -80,17 +79,10 @@ def synthetic_mnist(train_size: int = TRAIN_SIZE, valid_size: int = VALID_SIZE, 
     return MnistArrays(*split(train_size), *split(valid_size))
 
 
-@functools.lru_cache(maxsize=2)
-def _real_mnist(data_dir: Path, attempts: int, remote: RemoteFile) -> MnistArrays:
-    return read_mnist_file(fetch(remote, data_dir, attempts=attempts))
+_load = cached_loader("MNIST", lambda data_dir, attempts, remote:
+                      read_mnist_file(fetch(remote, data_dir, attempts=attempts)), synthetic_mnist)
 
 
 def load_mnist(mode: str, data_dir: Path, remote: RemoteFile = MNIST_FILE) -> tuple[MnistArrays, str]:
     """MNIST per ``--data`` mode; returns (arrays, "real" | "synthetic")."""
-    return resolve(mode, "MNIST", lambda attempts: _real_mnist(Path(data_dir), attempts, remote),
-                   _synthetic_cached)
-
-
-@functools.lru_cache(maxsize=1)
-def _synthetic_cached() -> MnistArrays:
-    return synthetic_mnist()
+    return _load(mode, data_dir, remote)

@@ -6,13 +6,12 @@ validate, as nanoGPT's ``data/shakespeare_char/prepare.py`` does.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from devicebench.data import resolve
+from devicebench.data import cached_loader
 from devicebench.data.download import RemoteFile, fetch
 from devicebench.errors import DataError
 
@@ -62,17 +61,10 @@ def synthetic_tokens(length: int = TEXT_BYTES, vocab_size: int = VOCAB_SIZE, see
     return TokenSplits(tokens[:cut], tokens[cut:], vocab_size)
 
 
-@functools.lru_cache(maxsize=2)
-def _real_text(data_dir: Path, attempts: int, remote: RemoteFile) -> TokenSplits:
-    return read_text_file(fetch(remote, data_dir, attempts=attempts))
+_load = cached_loader("Tiny Shakespeare", lambda data_dir, attempts, remote:
+                      read_text_file(fetch(remote, data_dir, attempts=attempts)), synthetic_tokens)
 
 
 def load_shakespeare(mode: str, data_dir: Path, remote: RemoteFile = SHAKESPEARE_FILE) -> tuple[TokenSplits, str]:
     """Tiny Shakespeare per ``--data`` mode; returns (splits, "real" | "synthetic")."""
-    return resolve(mode, "Tiny Shakespeare", lambda attempts: _real_text(Path(data_dir), attempts, remote),
-                   _synthetic_cached)
-
-
-@functools.lru_cache(maxsize=1)
-def _synthetic_cached() -> TokenSplits:
-    return synthetic_tokens()
+    return _load(mode, data_dir, remote)
