@@ -242,7 +242,8 @@ GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.
 
 class TunedRun(TunedSetup, ResidentRun):
     """``resident`` made fast: scaled_dot_product_attention, autocast, fused AdamW, torch.compile, and on cuda
-    one training iteration (gather, forward, backward, clipping, AdamW) captured as a CUDA graph and replayed.
+    one training iteration (forward, backward, clipping, AdamW) captured as a CUDA graph and replayed; each
+    iteration's windows are gathered as ``resident`` gathers them and copied into the graph's input first.
 
     The learning rate lives in a device tensor that the graph reads, refilled from the schedule before each
     replay, so the graph follows the same schedule as ``resident``.
