@@ -200,9 +200,9 @@ def _cuda_sleep_cycles_per_second() -> float:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "mps" and _accelerator_memory() is not None:
+    elif device.type == "mps" and (memory := _accelerator_memory()) is not None:
         try:
-            _accelerator_memory().reset_peak_memory_stats()
+            memory.reset_peak_memory_stats()
         except (RuntimeError, NotImplementedError):
             pass  # the peak then reads as absent (peak_memory_bytes)
 
@@ -222,9 +222,9 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    if device.type == "mps" and _accelerator_memory() is not None:
+    if device.type == "mps" and (memory := _accelerator_memory()) is not None:
         try:
-            peak = int(_accelerator_memory().max_memory_allocated())
+            peak = int(memory.max_memory_allocated())
         except (RuntimeError, NotImplementedError):
             return None
         return peak if peak > 0 else None  # a backend without statistics reads 0: absent, not zero bytes

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +50,7 @@ NANOGPT_TIME = re.compile(r"time per iteration: ([0-9.]+)ms")
 class PeerCommand:
     argv: list[str]
     cwd: Path | None = None
-    edits: tuple[str, ...] = ()  # what was changed in a copy of the peer's script, said in the peer file
+    facts: dict = field(default_factory=dict)  # what the peer file records of this peer's configuration
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def timm_command(script: Path, scale: Scale, amp_dtype: str, device: str, scratc
 
     return PeerCommand([sys.executable, str(script), "--model", "resnet18", "--bench", "inference", "--img-size",
                         str(IMAGE_SIZE), "-b", str(scale.batch_size), "--num-classes", "10", "--amp", "--amp-dtype",
-                        amp_dtype, "--channels-last", "--torchcompile", "--device", device])
+                        amp_dtype, "--channels-last", "--torchcompile", "--device", device],
+                       facts={"timm_version": _version("timm"), "image_size": IMAGE_SIZE})
 
 
 def parse_timm_output(output: str, scale: Scale | None = None) -> float:
@@ -113,7 +114,7 @@ def nanogpt_command(script: Path, scale: Scale, amp_dtype: str, device: str, scr
              f"synthetic tokens drawn from {sizes.vocab_size}")
     return PeerCommand([sys.executable, script.name, "--real_data=False", "--compile=True",
                         f"--batch_size={scale.batch_size}", f"--block_size={sizes.block_size}", f"--device={device}",
-                        f"--dtype={amp_dtype}"], cwd=copy, edits=edits)
+                        f"--dtype={amp_dtype}"], cwd=copy, facts={"nanogpt_edits": list(edits)})
 
 
 def parse_nanogpt_output(output: str, scale: Scale) -> float:
@@ -226,12 +227,7 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
         "profile": rows[-1].get("profile") if profile else None,
         "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if peer.name == "timm":
-        from devicebench.workloads.resnet18_cifar import IMAGE_SIZE
-
-        result.update(timm_version=_version("timm"), image_size=IMAGE_SIZE)
-    if peer_command.edits:
-        result[f"{peer.name}_edits"] = list(peer_command.edits)
+    result.update(peer_command.facts)
     runfile.write_json_atomically(output, result)
     echo(f"{peer.name} {peer_median:,.0f} {peer.unit}, devicebench tuned {suite_median:,.0f} training "
          f"{peer.unit}: ratio {result['ratio']:.3f}; written to {output}")

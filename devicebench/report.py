@@ -32,7 +32,7 @@ def write_report(runs: list[Run], path: Path, threshold: float, calibration: Cal
 
     changes = _change_rows(runs, threshold, calibration)
     sections = [("Devices: training samples/s", _devices_figure(go, runs, threshold)),
-                ("Change: each row against the first run, as compare judges it", _change_figure(go, changes)),
+                ("Change: each row against the first run, as compare judges it", _change_figure(go, changes, threshold)),
                 ("History over torch versions", _history_figure(go, runs, threshold, calibration)),
                 ("Where the time goes (--profile)", _profile_figure(go, runs))]
     parts, first = [_verdict_table(changes)] if changes else [], True
@@ -115,7 +115,7 @@ def _verdict_table(changes: list[tuple[str, str, Verdict]]) -> str:
             f"style='border-collapse: collapse; font-size: 90%'><tr>{head}</tr>{''.join(lines)}</table>")
 
 
-def _change_figure(go, changes: list[tuple[str, str, Verdict]]):
+def _change_figure(go, changes: list[tuple[str, str, Verdict]], threshold: float):
     """The ratios on a log axis (a 2x slowdown as far from 1 as a 2x speed-up), each with its 95% interval."""
     if not changes:
         return None
@@ -132,15 +132,11 @@ def _change_figure(go, changes: list[tuple[str, str, Verdict]]):
                            text=[f"{verdict.describe()}; noise: {verdict.noise()}" for _, _, verdict in chosen],
                            error_y=dict(type="data", symmetric=False, array=high, arrayminus=low, color=colour))
     figure.add_hline(y=1.0, line_dash="dot")
-    for bound in (1 / (1 + _threshold_of(changes)), 1 + _threshold_of(changes)):
+    for bound in (1 / (1 + threshold), 1 + threshold):
         figure.add_hline(y=bound, line_dash="dash", line_color="#bbbbbb")
     figure.update_layout(yaxis_type="log", yaxis_title="time / first run's time (log; > 1 slower), 95% interval",
                          height=520)
     return figure
-
-
-def _threshold_of(changes: list[tuple[str, str, Verdict]]) -> float:
-    return changes[0][2].threshold
 
 
 def _history_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):

@@ -103,6 +103,7 @@ def _stats():
 
     return stats
 
+
 def _optimize():
     from scipy import optimize
 
