@@ -16,7 +16,7 @@ from pathlib import Path
 
 from devicebench import calibration, compare, signals, significance
 from devicebench.commands import (CALIBRATION_PAIRS, cmd_calibrate, cmd_compare, cmd_history, cmd_info, cmd_peer,
-                                  cmd_report, cmd_run, cmd_sweep)
+                                  cmd_report, cmd_run, cmd_scaling, cmd_sweep)
 from devicebench.coordinator import DEFAULT_ROUND_SECONDS
 from devicebench.errors import DevicebenchError
 from devicebench.workloads.base import PIPELINES
@@ -57,6 +57,16 @@ def _duration(text: str) -> float:
     if total <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a time longer than zero, such as 10m")
     return total
+
+
+def _world_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        sizes = ()
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give world sizes such as 1,2,4")
+    return sizes
 
 
 def _round_time(text: str) -> float:
@@ -197,6 +207,37 @@ def parser() -> argparse.ArgumentParser:
                              help="measure nothing: keep the noise of an A/A already run (the two files of one "
                                   "devicebench run --env A=PY --env B=PY of the same Python)")
     calibrating.set_defaults(handler=cmd_calibrate)
+
+    scaling = commands.add_parser(
+        "scaling", help="what 2, 4 or 8 devices buy over one: data-parallel (DDP) launches, efficiency with its "
+                        "interval",
+        description="Launches every selected row with torchrun at each world size, one process per device, the "
+                    "model wrapped in DistributedDataParallel (nccl on cuda, gloo on the cpu), the world sizes "
+                    "taking turns, and reports total and per-device samples/s, scaling efficiency E(N) against "
+                    "world size 1 with its 95%% interval, the bytes a step all-reduces and the share of a round "
+                    "spent in collectives.")
+    scaling.add_argument("--world-sizes", type=_world_sizes, default=(1, 2), metavar="N,N,...",
+                         help="ranks per launch, 1 included (default 1,2)")
+    scaling.add_argument("--view", choices=("weak", "strong", "both"), default="weak",
+                         help="weak: each rank the scale's batch and epoch; strong: the scale's batch and epoch "
+                              "shared out (default %(default)s)")
+    scaling.add_argument("--launches", type=int, default=3,
+                         help="launches of each world size, one sample each (default %(default)s)")
+    scaling.add_argument("--collective-timeout", type=_duration, default=300.0, metavar="TIME",
+                         help="how long a rank waits for the others in a collective before the launch fails, naming "
+                              "the rank that stopped answering (default 300s)")
+    scaling.add_argument("--nodes", type=int, default=1, help="hosts taking part (torchrun's --nnodes; default 1)")
+    scaling.add_argument("--node-rank", type=int, default=0, help="this host's place among --nodes (0 writes the "
+                                                                  "file)")
+    scaling.add_argument("--rendezvous", metavar="HOST:PORT",
+                         help="with --nodes > 1: where the hosts meet (torchrun's c10d rendezvous endpoint)")
+    scaling.add_argument("--name", default=time.strftime("scaling-%Y%m%d-%H%M%S"),
+                         help="the file's name (default: scaling-<date>)")
+    scaling.add_argument("--output-dir", default="results/scaling", help="where it goes (default %(default)s)")
+    scaling.add_argument("row_arguments", nargs=argparse.REMAINDER,
+                         help="after --: which rows, as for pytest benchmarks (--device cuda or cpu, --pipeline, "
+                              "--scale, ...), plus -k and --workload")
+    scaling.set_defaults(handler=cmd_scaling)
 
     peering = commands.add_parser(
         "peer", help="another project's own benchmark beside a tuned row, on the same GPU (timm, nanoGPT)",

@@ -228,6 +228,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    """Data-parallel launches at each world size, and the efficiency each buys (scaling.py)."""
+    from devicebench import scaling
+
+    if args.launches < 1:
+        raise UsageError(f"--launches {args.launches}: give 1 or more (3 for an interval)")
+    if args.nodes < 1 or not 0 <= args.node_rank < args.nodes:
+        raise UsageError(f"--nodes {args.nodes} --node-rank {args.node_rank}: a node rank is from 0 to nodes - 1")
+    if args.nodes > 1 and not args.rendezvous:
+        raise UsageError("--nodes above 1 needs --rendezvous HOST:PORT, the same on every host")
+    views = ("weak", "strong") if args.view == "both" else (args.view,)
+    run = scaling.Scaling(plan_of(args), args.world_sizes, views, args.launches, args.collective_timeout,
+                          scaling.Topology(args.nodes, args.node_rank, args.rendezvous))
+    import torch
+
+    scaling.check(run, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    output = Path(args.output_dir) / f"{args.name}.json"
+    print(f"devicebench scaling: {len(run.plan.rows)} row(s) at world sizes "
+          f"{', '.join(map(str, run.world_sizes))}, {' and '.join(views)} view, {args.launches} launch(es) each; "
+          f"writing {output}")
+    scaling.run(run, output)
+    return 0
+
+
 def cmd_peer(args: argparse.Namespace) -> int:
     """A peer's own benchmark beside the tuned row of the same network, on the same GPU, in one call (peer.py)."""
     from devicebench import peer

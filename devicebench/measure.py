@@ -41,14 +41,17 @@ def plain_loop(one_round: Callable[[], None], rounds: int, before_round: Callabl
 
 def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_rounds: RoundTimer = plain_loop,
                 progress: ProgressCallback | None = None, profile_trace: Path | None = None,
-                turns: TurnPipe | None = None, checks: dict | None = None, count_steps: bool = True) -> dict:
+                turns: TurnPipe | None = None, checks: dict | None = None, count_steps: bool = True,
+                after_rounds: Callable[[WorkloadRun], dict] | None = None) -> dict:
     """Build ``workload`` for ``config``, time its rounds, and return the row's fields (schema.py).
 
     With ``profile_trace``, one more round runs under torch.profiler after everything is recorded (profiling.py).
     With ``turns`` (this process is a worker of ``devicebench run --env ...``), every round, warm-up included,
     waits for its turn first (untimed); the timed rounds' turn numbers go into the row.
     ``checks``: fields of checks made before the row (the parity check's), saved with it. ``count_steps``: one
-    untimed epoch after the timed rounds counts what a step dispatches (counts.py).
+    untimed epoch after the timed rounds counts what a step dispatches (counts.py). ``after_rounds``: called with
+    the built run after its final evaluation; the fields it returns go into the row (distributed.py's
+    communication share).
     """
     scale, device = config.scale, config.device
     apply_backend_flags(None)  # torch's defaults; a tuned run sets its plan's flags when it is built
@@ -56,7 +59,7 @@ def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_
     try:
         with fallback.watch(device) as cpu_fallback_ops:
             timing = _time_rounds(workload, config, device_name, time_rounds, progress, profile_trace, turns,
-                                  count_steps)
+                                  count_steps, after_rounds)
     except Exception as error:
         if devices.is_out_of_memory(error):
             devices.empty_cache(device)
@@ -96,6 +99,7 @@ def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_
     extra.update(efficiency.efficiency_fields(extra["flops_per_round"], statistics.median(process["round_seconds"]),
                                               device_name, peak_dtype))
     extra.update(timing.step_counts)
+    extra.update(timing.after_rounds)
     if timing.profile is not None:
         extra["profile"] = timing.profile
     if turns is not None:
@@ -167,11 +171,12 @@ class _Timed:
     val_accuracy: float
     profile: dict | None
     step_counts: dict  # counts.py's fields; {} when not counted
+    after_rounds: dict  # the fields measure_row's after_rounds returned
 
 
 def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time_rounds: RoundTimer,
                  progress: ProgressCallback | None, profile_trace: Path | None, turns: TurnPipe | None,
-                 count_steps: bool) -> _Timed:
+                 count_steps: bool, after_rounds: Callable[[WorkloadRun], dict] | None = None) -> _Timed:
     """Build the row and time its rounds."""
     scale = config.scale
     run = build(workload, config)
@@ -219,9 +224,10 @@ def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time
     finally:
         gc.unfreeze()
     val_loss, val_accuracy = run.final_evaluation()
+    added = after_rounds(run) if after_rounds is not None else {}
     step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turn_numbers, val_loss, val_accuracy, profile, step_counts)
+    return _Timed(run, done, turn_numbers, val_loss, val_accuracy, profile, step_counts, added)
 
 
 _FLOP_COUNTS: dict = {}

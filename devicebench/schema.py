@@ -9,13 +9,17 @@ runs of several processes; 3 = the version at the file's top, each round time on
 
 from __future__ import annotations
 
+# A data-parallel row (distributed.py) is another experiment at each world size, backend, view, NCCL and wiring;
+# a row of one process has none of these, so its identity is what it always was.
+DISTRIBUTED_FIELDS = ("world_size", "distributed_backend", "scaling_view", "nccl_version", "gpu_topology")
+
 # Identity: two rows are the same experiment exactly when these agree. The work (workload + version, pipeline,
 # the scale's sizes), the device, and every option that changes the work. A ratio between rows of different
 # identity is never reported as a change (compare.py's "devices" view compares across the device fields only).
 WORK_FIELDS = ("workload", "workload_version", "pipeline", "scale", "samples_per_round", "valid_samples",
                "batch_size", "valid_batch_size")
 OPTION_FIELDS = ("workers", "optimizer", "pretrained", "data_source", "dtype", "channels_last", "compiled",
-                 "cuda_graphs")
+                 "cuda_graphs", *DISTRIBUTED_FIELDS)
 DEVICE_FIELDS = ("device", "device_name")
 # Rounds pinned to one core (``round_core`` set, affinity.py) ran the host side another way: on the H200 the pinned
 # workers of mnist_mlp resident were up to 1.26x as fast as free ones beside them. So a pinned row is another
@@ -113,6 +117,16 @@ FIELDS: dict[str, str] = {
                  "number in the pair's schedule)",
     "interleave_id": "the interleaved run this row's processes came from; rows of the same id and pair ran side "
                      "by side, round for round, and are judged as pairs (significance.py)",
+    # data-parallel rows (devicebench scaling: distributed.py, scaling.py)
+    "world_size": "ranks of the data-parallel run, one process and one device each",
+    "distributed_backend": "torch.distributed backend: nccl on cuda, gloo on cpu",
+    "scaling_view": "weak (each rank the scale's batch and epoch) or strong (the scale's batch and epoch shared out)",
+    "nccl_version": "the NCCL torch was built with (cuda rows); null elsewhere",
+    "gpu_topology": "nvidia-smi topo -m as printed (cuda rows); null where it could not be read",
+    "all_reduce_bytes_per_step": "gradient bytes each rank all-reduces per training step (parameters that train)",
+    "broadcast_bytes_per_step": "buffer bytes rank 0 broadcasts before each forward (DDP's broadcast_buffers)",
+    "communication_share": "rank 0, one extra untimed round under torch.profiler: the share of its wall time with a "
+                           "collective in flight (NCCL kernels on cuda, gloo operations on cpu)",
     "timed_with_validation": "a schema 1 row: its train_seconds are whole rounds (training and validation)",
 }
 # The kinds a --profile round's time is cut into (profiling.py says what each holds), in display order.

@@ -285,6 +285,12 @@ def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, 
                                f"{noise.describe()}")
 
 
+def ratio_of_processes(base: list[float], cand: list[float], threshold: float = DEFAULT_THRESHOLD) -> Verdict:
+    """The ratio of two sets of independent values, one per process (or launch), with Welch's interval on their
+    logs: what a verdict of processes is made of, for any per-process figure (scaling.py's samples/s)."""
+    return _process_level(base, cand, threshold)
+
+
 def _process_level(base: list[float], cand: list[float], threshold: float) -> Verdict:
     log_a, log_b = [math.log(v) for v in base], [math.log(v) for v in cand]
     ratio = math.exp(statistics.fmean(log_b) - statistics.fmean(log_a))

@@ -51,6 +51,18 @@ class RunConfig:
     # The core the rounds' thread is pinned to on an accelerator (affinity.py): the same for both workers of a
     # pair, so what the core is worth cancels in their ratio. None: not pinned.
     round_core: int | None = None
+    # This process is one rank of a data-parallel run (distributed.py): the model it trains is wrapped in DDP.
+    distributed: "DistributedRank | None" = None
+
+
+@dataclass(frozen=True)
+class DistributedRank:
+    """Where this process stands in a data-parallel run (torchrun's RANK, LOCAL_RANK and WORLD_SIZE)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    view: str  # "weak": each rank the whole scale's work; "strong": the scale's work shared out (scaling.py)
 
 
 @dataclass
@@ -129,6 +141,17 @@ class WorkloadRun(ABC):
                 "valid_batch_size": self.config.scale.valid_batch_size, "dtype": self.precision}
 
     # --- shared by every workload ------------------------------------------------------------------------------
+    def distributed(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` as the training step should call it: wrapped in DistributedDataParallel when this process is
+        a rank of a data-parallel run (its gradients averaged over the ranks during backward), else itself. A
+        workload wraps exactly the module its training step calls, once."""
+        if self.config.distributed is None:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
     def shuffled_order(self, size: int) -> torch.Tensor:
         """An epoch's sample order for data held on the device.
 
@@ -167,6 +190,11 @@ class WorkloadRun(ABC):
         end = time.perf_counter()
         return RoundStats(end - start, trained - start, end - trained, waits.seconds, float(train_loss),
                           float(val_loss))
+
+
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a DistributedDataParallel wrapper holds (``WorkloadRun.distributed``), or ``module`` itself."""
+    return getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
 
 
 class WorkloadModule(Protocol):

@@ -32,7 +32,7 @@ from devicebench.flops import FlopCounts
 from devicebench.parity import ParityCase
 from devicebench.scales import Scale
 from devicebench.tuning import WorkloadTraits
-from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
+from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun, unwrapped
 from devicebench.workloads.gpt_model import GPT, GPTSizes, flops_per_token
 from devicebench.workloads.tuned import TunedSetup
 
@@ -119,7 +119,7 @@ class _GptRun(WorkloadRun):
         # Validation windows at fixed, evenly spaced offsets: every round and pipeline validates on the same text.
         last_start = len(self.tokens.valid) - block - 1
         self.valid_offsets = torch.linspace(0, last_start, scale.valid_samples).long()
-        self.model = make_model(self.sizes, config.seed).to(self.device)
+        self.model = self.distributed(make_model(self.sizes, config.seed).to(self.device))
         self.optimizer = make_optimizer(self.model)
 
     @property
@@ -254,7 +254,7 @@ class TunedRun(TunedSetup, ResidentRun):
         # shakespeare_char's model is launch-bound (hundreds of small kernels an iteration); GPT-2 124M's is not.
         launch_bound = self.sizes.n_embd < 768
         self.plan_tuned(WorkloadTraits(has_convolutions=False, launch_bound=launch_bound, graph_safe_optimizer=True))
-        self.model.use_fused_attention(True)
+        unwrapped(self.model).use_fused_attention(True)
         self.add_tuning_note("attention: torch's scaled_dot_product_attention (fused kernels)")
         on_cuda = self.device.type == "cuda"
         if self.plan.cuda_graphs:

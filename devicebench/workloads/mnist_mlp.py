@@ -67,7 +67,7 @@ class _MnistRun(WorkloadRun):
         data, self.data_source = load_mnist(config.data_mode, config.data_dir)
         self.x_train, self.y_train = data.x_train[: scale.train_samples], data.y_train[: scale.train_samples]
         self.x_valid, self.y_valid = data.x_valid[: scale.valid_samples], data.y_valid[: scale.valid_samples]
-        self.model = make_model(config.seed).to(self.device)
+        self.model = self.distributed(make_model(config.seed).to(self.device))
         self.optimizer = make_optimizer(self.model)
 
     @property

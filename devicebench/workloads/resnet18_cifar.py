@@ -140,12 +140,13 @@ class SeedRun(_CifarRun):
         self.valid_dataloader = DataLoader(CifarImages(self.valid_images, self.valid_labels, transform),
                                            batch_size=config.scale.valid_batch_size, shuffle=True,
                                            num_workers=config.workers, generator=generator)
+        self.train_net = self.distributed(self.net)
 
     def describe(self) -> dict:
         return {**super().describe(), "workers": self.config.workers}
 
     def train_epoch(self, waits: Stopwatch) -> float:
-        net, device, batch_size = self.net, self.device, self.config.scale.batch_size
+        net, device, batch_size = self.train_net, self.device, self.config.scale.batch_size
         net.train()
         train_acc = 0.0
         for imgs, targets in waits.iterate(self.train_dataloader):
@@ -188,7 +189,11 @@ class ResidentRun(_CifarRun):
         self.train_y = torch.from_numpy(self.train_labels).to(self.device)
         self.valid_x = self.resident_images(self.valid_images)
         self.valid_y = torch.from_numpy(self.valid_labels).to(self.device)
-        self.forward = self.net
+        self.forward = self.trained_forward()
+
+    def trained_forward(self) -> nn.Module:
+        """The module the training step calls, wrapped for a data-parallel run."""
+        return self.distributed(self.net)
 
     def model_input(self, uint8_images: torch.Tensor) -> torch.Tensor:
         return to_model_input(uint8_images)
@@ -287,7 +292,11 @@ class TunedRun(TunedSetup, ResidentRun):
         else:
             self.add_tuning_note("backbone: the next batch's is queued before this batch's optimizer step")
         self.graph = None
+        self.fc = self.distributed(self.net.fc)  # the one part that trains: a data-parallel run averages its gradients
         self.prepare(self.net, self.optimizer, self._capture_or_compile_training, self._compile_validation)
+
+    def trained_forward(self) -> nn.Module:
+        return self.net  # the training step calls the backbone without autograd and ``fc`` (self.fc)
 
     def make_optimizer(self, num_epochs: int, num_batches_per_epoch: int):
         if self.config.optimizer != "ranger21":
@@ -300,7 +309,7 @@ class TunedRun(TunedSetup, ResidentRun):
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.net.fc(features)
+            return self.fc(features)
 
     def step(self, features: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.head(features)

@@ -1,0 +1,340 @@
+"""``devicebench scaling``: what N devices buy over one, through PyTorch's DistributedDataParallel.
+
+For every world size asked (1 always among them, measured in the same run) and view (weak, strong: distributed.py),
+torchrun starts one rank per device (``-m devicebench.distributed``), launch after launch, the world sizes taking
+turns so that drift in the machine lands on each alike. One launch is one sample, as one process is elsewhere.
+
+Figures per row, view and world size N:
+
+- total training samples/s: the ranks' samples of a round over the round's training time, each round as long as
+  its slowest rank (a DDP step waits for every rank); per device: that over N;
+- scaling efficiency E(N) = total samples/s at N / (N x samples/s at 1): 1 is perfect. Its 95% interval is the
+  ratio's of two sets of launches, as significance.py computes it for processes (Welch's t on the logs);
+- the bytes each step all-reduces, and the share of a round with a collective in flight (distributed.py).
+
+A launch that fails is stopped within a bounded time and named by rank (``diagnose``); the launches finished
+before it are kept in the file, marked interrupted, as Ctrl-C keeps them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from devicebench import distributed, runfile
+from devicebench.errors import DevicebenchError, UsageError
+
+SCALING_FORMAT = 1
+# Keep NVLink multicast off in every rank: on shared hosts a program using it can take the GPUs out of service.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+STOP_GRACE_SECONDS = 10  # after SIGTERM, before SIGKILL
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How ranks are spread: one host (torchrun --standalone), or ``nodes`` hosts meeting at ``rendezvous``."""
+
+    nodes: int = 1
+    node_rank: int = 0
+    rendezvous: str | None = None  # HOST:PORT of torchrun's c10d rendezvous, for nodes > 1
+
+    def torchrun_arguments(self, world_size: int) -> list[str]:
+        if self.nodes == 1:
+            return ["--standalone", "--nproc-per-node", str(world_size)]
+        if world_size % self.nodes:
+            raise UsageError(f"world size {world_size} does not divide over {self.nodes} nodes")
+        return ["--nnodes", str(self.nodes), "--node-rank", str(self.node_rank), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", str(self.rendezvous), "--nproc-per-node", str(world_size // self.nodes)]
+
+
+@dataclass
+class Scaling:
+    """One ``devicebench scaling`` run: the rows (a coordinator.Plan) at each world size and view."""
+
+    plan: object  # coordinator.Plan
+    world_sizes: tuple[int, ...]
+    views: tuple[str, ...]
+    launches: int
+    collective_timeout: float
+    topology: Topology = field(default_factory=Topology)
+
+    def order(self) -> list[tuple[int, str, int]]:
+        """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next."""
+        found = []
+        for repetition in range(self.launches):
+            shift = repetition % len(self.world_sizes)
+            sizes = self.world_sizes[shift:] + self.world_sizes[:shift]
+            found += [(repetition, view, size) for view in self.views for size in sizes]
+        return found
+
+
+def check(scaling: Scaling, gpus_here: int) -> str:
+    """The rows' one device type, after refusing what cannot run: mps, mixed devices, too few GPUs."""
+    types = sorted({row.device for row in scaling.plan.rows})
+    if not scaling.plan.rows:
+        raise UsageError("no row selected: check -k, --workload, --device and --pipeline after --")
+    if len(types) > 1:
+        raise UsageError(f"a data-parallel run measures one device type at a time; the rows are on "
+                         f"{', '.join(types)}: give --device cuda or --device cpu after --")
+    if types[0] not in ("cuda", "cpu"):
+        raise UsageError(f"{types[0]} has no torch.distributed backend: data-parallel runs use cuda (nccl) or the "
+                         f"cpu (gloo)")
+    if 1 not in scaling.world_sizes:
+        raise UsageError("--world-sizes must include 1: efficiency is measured against one device in the same run")
+    per_node = max(scaling.world_sizes) // scaling.topology.nodes
+    if types[0] == "cuda" and per_node > gpus_here:
+        raise UsageError(f"world size {max(scaling.world_sizes)} needs {per_node} GPUs on this host and it has "
+                         f"{gpus_here}: give smaller --world-sizes, or more --nodes")
+    return types[0]
+
+
+def run(scaling: Scaling, output: Path, echo: Callable[[str], None] = print) -> Path:
+    """Every launch in turn, the file rewritten after each; raises naming the rank when a launch fails."""
+    folder = output.parent / f".{output.stem}.launches"
+    folder.mkdir(parents=True, exist_ok=True)
+    launches: list[dict] = []
+    order = scaling.order()
+    started = time.monotonic()
+    finished = False
+    try:
+        for number, (repetition, view, size) in enumerate(order, 1):
+            echo(f"launch {number}/{len(order)}: world size {size}, {view} view "
+                 f"({_clock(time.monotonic() - started)} so far)")
+            rows = launch(scaling, folder / f"{view}-ws{size}-{repetition + 1}", size, view)
+            launches.append({"world_size": size, "view": view, "repetition": repetition, "rows": rows})
+            write(output, scaling, launches, interrupted=True)
+            for row in rows:
+                extra = row["extra"]
+                echo(f"    {row['name'].removeprefix('test_')}: {extra['processes'][0]['ranks_samples_per_s']:,.0f} "
+                     f"samples/s over {size} rank(s)")
+        finished = True
+    finally:
+        if launches:
+            write(output, scaling, launches, interrupted=not finished)
+    echo(report(load(output)))
+    return output
+
+
+def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[dict]:
+    """One torchrun of every row at ``world_size``; its rows (rank 0's file), each process entry a launch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("rank-*.json"):
+        stale.unlink()
+    output = folder / "rows.json"
+    output.unlink(missing_ok=True)
+    task = distributed.Launch([vars(row) for row in scaling.plan.rows], scaling.plan.options.to_dict(), view,
+                              str(folder), str(output), scaling.collective_timeout)
+    command = [sys.executable, "-m", "torch.distributed.run", *scaling.topology.torchrun_arguments(world_size),
+               "--max-restarts", "0", "--monitor-interval", "1", "-m", "devicebench.distributed",
+               str(task.write(folder / "launch.json"))]
+    root = str(Path(distributed.__file__).resolve().parents[1])  # this devicebench first, as for workers
+    env = {**os.environ, **NO_MULTICAST, "TORCH_NCCL_BLOCKING_WAIT": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    log = folder / "torchrun.log"
+    stall = scaling.collective_timeout + 60  # no rank finished a round for this long: stopped
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        stalled = _wait(process, folder, world_size, stall)
+    if process.returncode == 0 and output.exists() and scaling.topology.node_rank == 0:
+        return [merge_ranks(row) for row in json.loads(output.read_text())["rows"]]
+    if process.returncode == 0 and scaling.topology.node_rank != 0:
+        return []
+    statuses = {rank: _read_status(folder, rank) for rank in range(world_size)}
+    raise DevicebenchError(diagnose(statuses, world_size, process.returncode, log, stalled, scaling.collective_timeout))
+
+
+def _wait(process: subprocess.Popen, folder: Path, world_size: int, stall: float) -> bool:
+    """Wait for torchrun; stop it (and every rank) when no rank's status moved for ``stall`` seconds. Stalled?"""
+    last_change = time.monotonic()
+    last_seen: tuple = ()
+    try:
+        while process.poll() is None:
+            time.sleep(0.5)
+            seen = tuple(_mtime(distributed.status_path(folder, rank)) for rank in range(world_size))
+            if seen != last_seen:
+                last_seen, last_change = seen, time.monotonic()
+            elif time.monotonic() - last_change > stall:
+                _stop(process)
+                return True
+    except BaseException:
+        _stop(process)
+        raise
+    return False
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to torchrun and its ranks (one process group), then SIGKILL to what is left."""
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sent)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_status(folder: Path, rank: int) -> dict | None:
+    try:
+        return json.loads(distributed.status_path(folder, rank).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def diagnose(statuses: dict[int, dict | None], world_size: int, returncode: int | None, log: Path, stalled: bool,
+             collective_timeout: float) -> str:
+    """Which rank ended the launch, and how, from the ranks' status files (distributed.RankStatus)."""
+    def where(status: dict) -> str:
+        return f"in {status['row']} after round {status['round']}" if status.get("row") else "before its first row"
+
+    failed = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and not s["lost_a_peer"]}
+    waited = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and s["lost_a_peer"]}
+    silent = {rank: s for rank, s in statuses.items() if s is None or s["state"] == "running"}
+    see = f"torchrun's log: {log}"
+    if failed:
+        rank, status = min(failed.items())
+        return f"rank {rank} of {world_size} failed {where(status)}: {status['reason']} ({see})"
+    if silent and not stalled:
+        rank = min(silent)
+        status = silent[rank]
+        return (f"rank {rank} of {world_size} died {where(status) if status else 'before it started'}: it ended "
+                f"without a result (killed, or crashed outside Python); torchrun stopped the others "
+                f"(exit code {returncode}; {see})")
+    if waited:
+        hung = sorted(set(statuses) - set(waited))
+        names = ", ".join(map(str, sorted(waited)))
+        status = statuses[hung[0]] if hung and statuses[hung[0]] else next(iter(waited.values()))
+        return (f"rank {', '.join(map(str, hung)) or '?'} of {world_size} stopped answering {where(status)}: rank "
+                f"{names} lost it in a collective (waiting at most {collective_timeout:g} s) and gave up ({see})")
+    if stalled:
+        status = next((s for s in statuses.values() if s), None)
+        return (f"no rank of {world_size} finished a round for {collective_timeout + 60:g} s "
+                f"{where(status) if status else 'before any rank started'}: the launch was stopped ({see})")
+    return f"torchrun exited with code {returncode} and no rank says why ({see})"
+
+
+def merge_ranks(row: dict) -> dict:
+    """Rank 0's row with its process entry made the launch's: each round as long as its slowest rank's, training
+    samples/s over all ranks."""
+    extra = row["extra"]
+    ranks = extra["processes"][0].pop("ranks")
+    process = dict(extra["processes"][0])
+    for key in ("round_seconds", "train_seconds", "val_seconds"):
+        process[key] = [max(values) for values in zip(*(rank[key] for rank in ranks))]
+    total_samples = extra["samples_per_round"] * extra["world_size"]
+    process["ranks_samples_per_s"] = total_samples / statistics.median(process["train_seconds"])
+    process["rank_train_seconds"] = [rank["train_seconds"] for rank in ranks]
+    extra["processes"] = [process]
+    return row
+
+
+def write(output: Path, scaling: Scaling, launches: list[dict], interrupted: bool) -> None:
+    from devicebench import environment
+
+    runfile.write_json_atomically(output, {
+        "devicebench": {"scaling": SCALING_FORMAT, "interrupted": interrupted,
+                        "world_sizes": list(scaling.world_sizes), "views": list(scaling.views),
+                        "collective_timeout": scaling.collective_timeout},
+        "machine_info": environment.machine_info(), "datetime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "launches": launches})
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: not readable as a scaling file ({error})") from None
+    found = data.get("devicebench", {}).get("scaling") if isinstance(data, dict) else None
+    if found != SCALING_FORMAT:
+        raise UsageError(f"{path}: scaling file format {found!r}, this devicebench reads {SCALING_FORMAT}")
+    return data
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """One row, view and world size: its launches' totals, and E(N) against world size 1 with its interval."""
+
+    row: str
+    view: str
+    world_size: int
+    samples_per_s: list[float]  # total, one per launch
+    efficiency: float | None
+    interval: tuple[float, float] | None
+    communication_share: float | None
+    all_reduce_bytes: int | None
+
+
+def efficiencies(data: dict) -> list[Efficiency]:
+    from devicebench import significance
+
+    totals: dict[tuple[str, str, int], list[float]] = {}
+    facts: dict[tuple[str, str, int], dict] = {}
+    for entry in data["launches"]:
+        for row in entry["rows"]:
+            key = (row["name"], entry["view"], entry["world_size"])
+            totals.setdefault(key, []).append(row["extra"]["processes"][0]["ranks_samples_per_s"])
+            facts[key] = row["extra"]
+    found = []
+    for (name, view, size), values in sorted(totals.items()):
+        base = totals.get((name, view, 1))
+        efficiency = interval = None
+        if base:
+            ratio = math.exp(statistics.fmean(map(math.log, values)) - statistics.fmean(map(math.log, base)))
+            efficiency = ratio / size
+            if len(base) > 1 and len(values) > 1 and size > 1:
+                verdict = significance.ratio_of_processes(base, values)
+                interval = (verdict.interval[0] / size, verdict.interval[1] / size)
+        extra = facts[(name, view, size)]
+        found.append(Efficiency(name, view, size, values, efficiency, interval, extra.get("communication_share"),
+                                extra.get("all_reduce_bytes_per_step")))
+    return found
+
+
+def report(data: dict) -> str:
+    lines = [f"{'row':<32} {'view':<6} {'N':>2} {'samples/s':>12} {'per device':>11} {'E(N)':>5} "
+             f"{'95% interval':>13} {'comm':>5} {'all-reduce/step':>15}"]
+    for item in efficiencies(data):
+        total = statistics.median(item.samples_per_s)
+        interval = f"{item.interval[0]:.2f}-{item.interval[1]:.2f}" if item.interval else "-"
+        share = f"{item.communication_share:.0%}" if item.communication_share is not None else "-"
+        moved = _bytes(item.all_reduce_bytes) if item.all_reduce_bytes is not None else "-"
+        efficiency = f"{item.efficiency:.2f}" if item.efficiency is not None else "-"
+        lines.append(f"{item.row.removeprefix('test_'):<32} {item.view:<6} {item.world_size:>2} {total:>12,.0f} "
+                     f"{total / item.world_size:>11,.0f} {efficiency:>5} {interval:>13} {share:>5} {moved:>15}")
+    launches = {(e["view"], e["world_size"]) for e in data["launches"]}
+    counts = {key: sum(1 for e in data["launches"] if (e["view"], e["world_size"]) == key) for key in launches}
+    if counts and min(counts.values()) < 2:
+        lines.append("E(N) has an interval from 2 launches a world size on: give --launches 3 for one")
+    if data["devicebench"].get("interrupted"):
+        lines.append("interrupted: the launches above finished; the rest did not run")
+    return "\n".join(lines)
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
