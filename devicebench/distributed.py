@@ -236,13 +236,22 @@ def gpu_topology() -> str | None:
         done = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout).strip()  # nvidia-smi underlines the header for terminals
+    return text or None if done.returncode == 0 else None
 
 
 def _communication(run, rank: int, device) -> dict:
     """Bytes a step moves between ranks, and on rank 0 one more untimed round under torch.profiler: the share of
     its wall time with a collective in flight. Every rank runs that round, since its collectives need them all."""
     ddp_modules = [module for module in vars(run).values() if type(module).__name__ == "DistributedDataParallel"]
+    if not ddp_modules:
+        from devicebench.errors import UsageError
+
+        raise UsageError(f"{type(run).__module__}.{type(run).__name__} keeps no module wrapped by "
+                         f"WorkloadRun.distributed(), so its ranks trained apart: wrap the module its training "
+                         f"step calls, and keep it as an attribute of the run (docs/internals.md)")
     gradients = sum(p.numel() * p.element_size() for m in ddp_modules for p in m.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for m in ddp_modules if m.broadcast_buffers for b in m.buffers())
     fields = {"all_reduce_bytes_per_step": gradients, "broadcast_bytes_per_step": buffers,

@@ -68,6 +68,13 @@ class Scaling:
     collective_timeout: float
     topology: Topology = field(default_factory=Topology)
 
+    def describe(self) -> dict:
+        """What makes two runs the same run: a staging folder is resumed only by the same (staging.claim)."""
+        return {"scaling": SCALING_FORMAT, "rows": [vars(row) for row in self.plan.rows],
+                "options": self.plan.options.to_dict(), "world_sizes": list(self.world_sizes),
+                "views": list(self.views), "launches": self.launches, "collective_timeout": self.collective_timeout,
+                "topology": vars(self.topology)}
+
     def order(self) -> list[tuple[int, str, int]]:
         """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next."""
         found = []
@@ -81,6 +88,8 @@ class Scaling:
 def check(scaling: Scaling, gpus_here: int) -> str:
     """The rows' one device type, after refusing what cannot run: mps, mixed devices, too few GPUs."""
     types = sorted({row.device for row in scaling.plan.rows})
+    if 1 not in scaling.world_sizes:
+        raise UsageError("--world-sizes must include 1: efficiency is measured against one device in the same run")
     if not scaling.plan.rows:
         raise UsageError("no row selected: check -k, --workload, --device and --pipeline after --")
     if len(types) > 1:
@@ -89,8 +98,6 @@ def check(scaling: Scaling, gpus_here: int) -> str:
     if types[0] not in ("cuda", "cpu"):
         raise UsageError(f"{types[0]} has no torch.distributed backend: data-parallel runs use cuda (nccl) or the "
                          f"cpu (gloo)")
-    if 1 not in scaling.world_sizes:
-        raise UsageError("--world-sizes must include 1: efficiency is measured against one device in the same run")
     per_node = max(scaling.world_sizes) // scaling.topology.nodes
     if types[0] == "cuda" and per_node > gpus_here:
         raise UsageError(f"world size {max(scaling.world_sizes)} needs {per_node} GPUs on this host and it has "
@@ -99,28 +106,39 @@ def check(scaling: Scaling, gpus_here: int) -> str:
 
 
 def run(scaling: Scaling, output: Path, echo: Callable[[str], None] = print) -> Path:
-    """Every launch in turn, the file rewritten after each; raises naming the rank when a launch fails."""
-    folder = output.parent / f".{output.stem}.launches"
-    folder.mkdir(parents=True, exist_ok=True)
+    """Every launch in turn, the file rewritten after each; raises naming the rank when a launch fails.
+
+    The launches' rows wait in a staging folder (staging.claim: one live run of a name, a second refused) until
+    the last is in; the same command run again after a failure or Ctrl-C keeps the launches that finished."""
+    from devicebench import staging
+
+    folder = staging.claim(output.parent / f".{output.stem}.launches", scaling.describe())
     launches: list[dict] = []
     order = scaling.order()
     started = time.monotonic()
     finished = False
     try:
         for number, (repetition, view, size) in enumerate(order, 1):
-            echo(f"launch {number}/{len(order)}: world size {size}, {view} view "
-                 f"({_clock(time.monotonic() - started)} so far)")
-            rows = launch(scaling, folder / f"{view}-ws{size}-{repetition + 1}", size, view)
-            launches.append({"world_size": size, "view": view, "repetition": repetition, "rows": rows})
+            kept = folder.folder / f"launch-{number:03d}.json"
+            if kept.exists():
+                echo(f"launch {number}/{len(order)}: world size {size}, {view} view: already measured, kept")
+                rows = json.loads(kept.read_text())["rows"]
+            else:
+                echo(f"launch {number}/{len(order)}: world size {size}, {view} view "
+                     f"({_clock(time.monotonic() - started)} so far)")
+                rows = launch(scaling, folder.folder / f"{view}-ws{size}-{repetition + 1}", size, view)
+                runfile.write_json_atomically(kept, {"rows": rows})
+                for row in rows:
+                    echo(f"    {row['name'].removeprefix('test_')}: "
+                         f"{row['extra']['processes'][0]['ranks_samples_per_s']:,.0f} samples/s over {size} rank(s)")
+            launches.append({"world_size": size, "view": view, "repetition": repetition,
+                             "threads_per_rank": threads_per_rank(scaling, size), "rows": rows})
             write(output, scaling, launches, interrupted=True)
-            for row in rows:
-                extra = row["extra"]
-                echo(f"    {row['name'].removeprefix('test_')}: {extra['processes'][0]['ranks_samples_per_s']:,.0f} "
-                     f"samples/s over {size} rank(s)")
         finished = True
     finally:
         if launches:
             write(output, scaling, launches, interrupted=not finished)
+        folder.release(remove=finished)
     echo(report(load(output)))
     return output
 
@@ -139,7 +157,8 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
                str(task.write(folder / "launch.json"))]
     root = str(Path(distributed.__file__).resolve().parents[1])  # this devicebench first, as for workers
     env = {**os.environ, **NO_MULTICAST, "TORCH_NCCL_BLOCKING_WAIT": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(threads_per_rank(scaling, world_size))}
     log = folder / "torchrun.log"
     stall = scaling.collective_timeout + 60  # no rank finished a round for this long: stopped
     with open(log, "w") as out:
@@ -151,6 +170,16 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
         return []
     statuses = {rank: _read_status(folder, rank) for rank in range(world_size)}
     raise DevicebenchError(diagnose(statuses, world_size, process.returncode, log, stalled, scaling.collective_timeout))
+
+
+def threads_per_rank(scaling: Scaling, world_size: int) -> int:
+    """Intra-op threads each rank gets: $OMP_NUM_THREADS where set; else this host's cores shared out among its
+    ranks, so that world size 1 has them all, as a plain run does, and N ranks never oversubscribe them (torchrun
+    would give each of several ranks one thread, and one rank all)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, world_size // scaling.topology.nodes))
 
 
 def _wait(process: subprocess.Popen, folder: Path, world_size: int, stall: float) -> bool:

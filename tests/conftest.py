@@ -40,6 +40,7 @@ LONGEST_FIRST = ("test_benchmarks_quick.py",  # 280 s (slow): the quick run of e
                  "test_benchmark_run.py",  # 150 s, 60 of them slow: saved runs and the gate, three interrupts
                  "test_sweep.py",  # 155 s, 120 of them slow: twelve worker processes
                  "test_workloads.py",  # 75 s, 52 of them slow: the third workload's two compiled processes
+                 "test_scaling_launch.py",  # 70 s (slow): five torchrun launches of one and two gloo ranks
                  "test_counts.py")  # 40 s (slow): three processes
 
 

@@ -44,7 +44,7 @@ class ResidentRun(WorkloadRun):
         self.x = torch.rand(config.scale.train_samples, 32, generator=generator).to(self.device)
         self.y = torch.randint(0, 4, (config.scale.train_samples,), generator=generator).to(self.device)
         self.data_source = "synthetic"
-        self.model = make_model(config.seed).to(self.device)
+        self.model = self.distributed(make_model(config.seed).to(self.device))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
 
     @property
