@@ -8,8 +8,9 @@ Figures per row, view and world size N:
 
 - total training samples/s: the ranks' samples of a round over the round's training time, each round as long as
   its slowest rank (a DDP step waits for every rank); per device: that over N;
-- scaling efficiency E(N) = total samples/s at N / (N x samples/s at 1): 1 is perfect. Its 95% interval is the
-  ratio's of two sets of launches, as significance.py computes it for processes (Welch's t on the logs);
+- scaling efficiency E(N) = total samples/s at N / (N x samples/s at 1): 1 is perfect (on several hosts, against
+  the smallest world size run). Its 95% interval is the ratio's of two sets of launches, as significance.py
+  computes it for processes (Welch's t on the logs);
 - the bytes each step all-reduces, and the share of a round with a collective in flight (distributed.py).
 
 A launch that fails is stopped within a bounded time and named by rank (``diagnose``); the launches finished
@@ -88,8 +89,13 @@ class Scaling:
 def check(scaling: Scaling, gpus_here: int) -> str:
     """The rows' one device type, after refusing what cannot run: mps, mixed devices, too few GPUs."""
     types = sorted({row.device for row in scaling.plan.rows})
-    if 1 not in scaling.world_sizes:
+    nodes = scaling.topology.nodes
+    if nodes == 1 and 1 not in scaling.world_sizes:
         raise UsageError("--world-sizes must include 1: efficiency is measured against one device in the same run")
+    uneven = [size for size in scaling.world_sizes if size % nodes]
+    if uneven:
+        raise UsageError(f"world size {', '.join(map(str, uneven))} does not divide over {nodes} nodes: give sizes "
+                         f"that do (efficiency is then measured against the smallest)")
     if not scaling.plan.rows:
         raise UsageError("no row selected: check -k, --workload, --device and --pipeline after --")
     if len(types) > 1:
@@ -324,14 +330,14 @@ def efficiencies(data: dict) -> list[Efficiency]:
             facts[key] = row["extra"]
     found = []
     for (name, view, size), values in sorted(totals.items()):
-        base = totals.get((name, view, 1))
-        efficiency = interval = None
-        if base:
-            ratio = math.exp(statistics.fmean(map(math.log, values)) - statistics.fmean(map(math.log, base)))
-            efficiency = ratio / size
-            if len(base) > 1 and len(values) > 1 and size > 1:
-                verdict = significance.ratio_of_processes(base, values)
-                interval = (verdict.interval[0] / size, verdict.interval[1] / size)
+        # against one device; on several hosts, against the smallest world size run (size / smallest devices)
+        smallest = min(n for (other, other_view, n) in totals if (other, other_view) == (name, view))
+        base, devices = totals[(name, view, smallest)], size / smallest
+        ratio = math.exp(statistics.fmean(map(math.log, values)) - statistics.fmean(map(math.log, base)))
+        efficiency, interval = ratio / devices, None
+        if len(base) > 1 and len(values) > 1 and size > smallest:
+            verdict = significance.ratio_of_processes(base, values)
+            interval = (verdict.interval[0] / devices, verdict.interval[1] / devices)
         extra = facts[(name, view, size)]
         found.append(Efficiency(name, view, size, values, efficiency, interval, extra.get("communication_share"),
                                 extra.get("all_reduce_bytes_per_step")))

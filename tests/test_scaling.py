@@ -203,3 +203,12 @@ def test_threads_are_shared_out_among_the_ranks_of_a_host(monkeypatch):
     assert [scaling.threads_per_rank(run, n) for n in (1, 2, 4)] == [16, 8, 4]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert scaling.threads_per_rank(run, 4) == 3
+
+
+def test_on_several_hosts_every_world_size_divides_over_them_and_efficiency_is_against_the_smallest():
+    run = scaling.Scaling(plan_of("cpu"), (2, 3), ("weak",), 1, 300.0, scaling.Topology(2, 0, "h:1"))
+    with pytest.raises(UsageError, match="world size 3 does not divide over 2 nodes"):
+        scaling.check(run, 0)
+    data = scaling_file({2: [1.0, 1.0], 4: [1.25, 1.25]})
+    found = {item.world_size: item for item in scaling.efficiencies(data)}
+    assert found[4].efficiency == pytest.approx(0.8)
