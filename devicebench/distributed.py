@@ -6,8 +6,10 @@ own device with the trained module wrapped in DistributedDataParallel (``Workloa
 rounds as a worker does (measure.py), every rank starting each timed round together. Rank 0 gathers the ranks'
 rounds and writes the launch's rows. As for worker.py, the files are the answer, never printed text:
 
-- ``rank-K.json``, rewritten after every round: the rank's state (running, finished, failed, interrupted), its row
-  and round, and why it failed, so that the launcher can name a rank that died or stopped answering;
+- ``rank-K.json``, rewritten after every round and whenever the rank has issued another collective (a thread
+  reads the process group's sequence number every second): the rank's state (running, finished, failed,
+  interrupted), its row and round, the collectives it issued, and why it failed, so that the launcher can name a
+  rank that died or stopped answering (the one that issued fewer collectives than the others);
 - the launch file, written by rank 0 once every row is measured.
 
 The views (``scaling_view``): *weak* keeps the scale's batch and epoch on every rank (N ranks do N times the
@@ -92,19 +94,53 @@ def lost_a_peer(error: BaseException) -> bool:
     return (bool(kinds) and isinstance(error, kinds)) or any(word in text for word in PEER_LOST_WORDS)
 
 
+HEARTBEAT_SECONDS = 1.0
+
+
 class RankStatus:
-    """This rank's ``rank-K.json``: what it is doing, rewritten whole after every round."""
+    """This rank's ``rank-K.json``: what it is doing, rewritten whole after every round and, from a heartbeat
+    thread, whenever the rank has issued another collective (never otherwise: a file that stops changing is a rank
+    that stopped making progress)."""
 
     def __init__(self, folder: Path, rank: int):
+        import threading
+
         self.path = status_path(folder, rank)
+        self.lock = threading.Lock()
         self.fields = {"rank": rank, "pid": os.getpid(), "host": os.uname().nodename, "state": "running",
-                       "row": None, "round": 0, "reason": None, "lost_a_peer": False}
+                       "row": None, "round": 0, "collectives": None, "reason": None, "lost_a_peer": False}
 
     def update(self, **fields) -> None:
         from devicebench import runfile
 
-        self.fields.update(fields, updated=time.time())
-        runfile.write_json_atomically(self.path, self.fields)
+        with self.lock:
+            self.fields.update(fields, updated=time.time())
+            runfile.write_json_atomically(self.path, self.fields)
+
+    def start_heartbeat(self) -> None:
+        import threading
+
+        def beat() -> None:
+            while True:
+                time.sleep(HEARTBEAT_SECONDS)
+                issued = collectives_issued()
+                if issued is not None and issued != self.fields["collectives"]:
+                    self.update(collectives=issued)
+
+        threading.Thread(target=beat, name="devicebench-heartbeat", daemon=True).start()
+
+
+def collectives_issued() -> int | None:
+    """How many collectives this rank has issued on the default process group (its sequence number: NCCL and gloo
+    count each one as the host issues it); None before the group exists or where torch does not say."""
+    import torch.distributed as dist
+
+    try:
+        if not dist.is_initialized():
+            return None
+        return int(dist.distributed_c10d._get_default_group()._get_sequence_number_for_group())
+    except (AttributeError, RuntimeError, ValueError):
+        return None
 
 
 def _planted_fault(rank: int) -> tuple[str, int] | None:
@@ -167,6 +203,7 @@ def _measure(launch: Launch, rank: int, local_rank: int, world_size: int, status
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=launch.collective_timeout))
+    status.start_heartbeat()
     fault = _planted_fault(rank)
     rounds_done = 0
     measured: list[dict] = []

@@ -162,7 +162,9 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
                "--max-restarts", "0", "--monitor-interval", "1", "-m", "devicebench.distributed",
                str(task.write(folder / "launch.json"))]
     root = str(Path(distributed.__file__).resolve().parents[1])  # this devicebench first, as for workers
-    env = {**os.environ, **NO_MULTICAST, "TORCH_NCCL_BLOCKING_WAIT": "1", "PYTHONUNBUFFERED": "1",
+    # NCCL's own timeout handling stays as torch sets it: a blocking wait (TORCH_NCCL_BLOCKING_WAIT) would make
+    # DDP's host wait for every all-reduce and slow the very steps measured (pytorch/pytorch#50820).
+    env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(threads_per_rank(scaling, world_size))}
     log = folder / "torchrun.log"
@@ -237,33 +239,48 @@ def _read_status(folder: Path, rank: int) -> dict | None:
 
 def diagnose(statuses: dict[int, dict | None], world_size: int, returncode: int | None, log: Path, stalled: bool,
              collective_timeout: float) -> str:
-    """Which rank ended the launch, and how, from the ranks' status files (distributed.RankStatus)."""
-    def where(status: dict) -> str:
-        return f"in {status['row']} after round {status['round']}" if status.get("row") else "before its first row"
+    """Which rank ended the launch, and how, from the ranks' status files (distributed.RankStatus).
 
-    failed = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and not s["lost_a_peer"]}
-    waited = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and s["lost_a_peer"]}
-    silent = {rank: s for rank, s in statuses.items() if s is None or s["state"] == "running"}
+    A rank that failed on its own says why. Otherwise the rank to blame is the one that issued fewer collectives
+    than the others (they went on to the next one and waited for it): it died if it ended without a word, else it
+    stopped answering. Where the counts cannot tell, a rank that ended without a word died, and the ranks that lost
+    a peer in a collective point at the others."""
+    def where(status: dict | None) -> str:
+        if not status or not status.get("row"):
+            return "before its first row"
+        return f"in {status['row']} after round {status['round']}"
+
     see = f"torchrun's log: {log}"
+    failed = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and not s["lost_a_peer"]}
     if failed:
         rank, status = min(failed.items())
         return f"rank {rank} of {world_size} failed {where(status)}: {status['reason']} ({see})"
-    if silent and not stalled:
+    counts = {rank: s.get("collectives") for rank, s in statuses.items() if s and s.get("collectives") is not None}
+    if len(counts) == world_size and min(counts.values()) < max(counts.values()):
+        least, most = min(counts.values()), max(counts.values())
+        behind = sorted(rank for rank, count in counts.items() if count == least)
+        names, status = ", ".join(map(str, behind)), statuses[behind[0]]
+        if status["state"] == "running" and not stalled:
+            return (f"rank {names} of {world_size} died {where(status)}: it ended without a result (killed, or "
+                    f"crashed outside Python) after {least} collectives, the others went on to {most}; torchrun "
+                    f"stopped them (exit code {returncode}; {see})")
+        return (f"rank {names} of {world_size} stopped answering {where(status)}: it issued {least} collectives "
+                f"and the others {most}, waiting for it (at most {collective_timeout:g} s) ({see})")
+    silent = {rank: s for rank, s in statuses.items() if s is None or s["state"] == "running"}
+    waited = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and s["lost_a_peer"]}
+    if silent and not stalled and len(silent) < world_size:
         rank = min(silent)
-        status = silent[rank]
-        return (f"rank {rank} of {world_size} died {where(status) if status else 'before it started'}: it ended "
-                f"without a result (killed, or crashed outside Python); torchrun stopped the others "
-                f"(exit code {returncode}; {see})")
-    if waited:
+        return (f"rank {rank} of {world_size} died {where(silent[rank])}: it ended without a result (killed, or "
+                f"crashed outside Python); torchrun stopped the others (exit code {returncode}; {see})")
+    if waited and len(waited) < world_size:
         hung = sorted(set(statuses) - set(waited))
-        names = ", ".join(map(str, sorted(waited)))
-        status = statuses[hung[0]] if hung and statuses[hung[0]] else next(iter(waited.values()))
-        return (f"rank {', '.join(map(str, hung)) or '?'} of {world_size} stopped answering {where(status)}: rank "
-                f"{names} lost it in a collective (waiting at most {collective_timeout:g} s) and gave up ({see})")
+        return (f"rank {', '.join(map(str, hung))} of {world_size} stopped answering {where(statuses[hung[0]])}: "
+                f"rank {', '.join(map(str, sorted(waited)))} lost it in a collective (waiting at most "
+                f"{collective_timeout:g} s) ({see})")
     if stalled:
         status = next((s for s in statuses.values() if s), None)
-        return (f"no rank of {world_size} finished a round for {collective_timeout + 60:g} s "
-                f"{where(status) if status else 'before any rank started'}: the launch was stopped ({see})")
+        return (f"no rank of {world_size} made progress (a round or a collective) for {collective_timeout + 60:g} s "
+                f"{where(status)}: the launch was stopped ({see})")
     return f"torchrun exited with code {returncode} and no rank says why ({see})"
 
 

@@ -68,27 +68,44 @@ def test_several_hosts_meet_through_torchruns_rendezvous():
 
 
 def status(state: str, row: str | None = "test_x[cpu-resident]", round_: int = 2, reason: str | None = None,
-           lost: bool = False) -> dict:
+           lost: bool = False, collectives: int | None = None) -> dict:
     return {"rank": 0, "pid": 1, "host": "h", "state": state, "row": row, "round": round_, "reason": reason,
-            "lost_a_peer": lost}
+            "lost_a_peer": lost, "collectives": collectives}
 
 
 LOG = Path("out/torchrun.log")
 
 
 def test_a_rank_that_died_is_named_not_the_rank_that_lost_it():
-    text = scaling.diagnose({0: status("failed", reason="RuntimeError: Connection reset by peer", lost=True),
-                             1: status("running")}, 2, 1, LOG, False, 300)
+    text = scaling.diagnose({0: status("failed", reason="RuntimeError: Connection reset by peer", lost=True,
+                                       collectives=41),
+                             1: status("running", collectives=40)}, 2, 1, LOG, False, 300)
+    assert text.startswith("rank 1 of 2 died in test_x[cpu-resident] after round 2: it ended without a result")
+    assert "after 40 collectives, the others went on to 41" in text and str(LOG) in text
+
+
+def test_without_counts_a_rank_that_ended_without_a_word_died():
+    text = scaling.diagnose({0: status("interrupted"), 1: status("running")}, 2, 1, LOG, False, 300)
     assert text.startswith("rank 1 of 2 died in test_x[cpu-resident] after round 2")
-    assert str(LOG) in text
 
 
-def test_a_rank_that_stopped_answering_is_named_by_the_ranks_that_timed_out_waiting():
-    text = scaling.diagnose({0: status("failed", reason="RuntimeError: timed out", lost=True),
-                             1: status("interrupted"), 2: status("failed", reason="timed out", lost=True)},
-                            3, 1, LOG, False, 5)
-    assert text.startswith("rank 1 of 3 stopped answering in test_x[cpu-resident] after round 2: rank 0, 2 lost "
-                           "it in a collective (waiting at most 5 s)")
+def test_a_rank_that_stopped_answering_is_the_one_behind_in_collectives():
+    # gloo: the others time out and fail; torchrun then stops the one that hung.
+    text = scaling.diagnose({0: status("failed", reason="RuntimeError: timed out", lost=True, collectives=52),
+                             1: status("interrupted", collectives=51),
+                             2: status("failed", reason="timed out", lost=True, collectives=52)}, 3, 1, LOG, False, 5)
+    assert text.startswith("rank 1 of 3 stopped answering in test_x[cpu-resident] after round 2: it issued 51 "
+                           "collectives and the others 52, waiting for it (at most 5 s)")
+    # NCCL: the others' watchdog aborts them (no word from them); the one behind is still the one to blame.
+    text = scaling.diagnose({0: status("running", collectives=52), 1: status("interrupted", collectives=51)},
+                            2, -6, LOG, False, 5)
+    assert text.startswith("rank 1 of 2 stopped answering")
+
+
+def test_without_counts_the_ranks_that_lost_a_peer_point_at_the_other():
+    text = scaling.diagnose({0: status("failed", reason="timed out", lost=True), 1: status("interrupted")},
+                            2, 1, LOG, False, 5)
+    assert text.startswith("rank 1 of 2 stopped answering in test_x[cpu-resident] after round 2: rank 0 lost it")
 
 
 def test_a_rank_that_failed_on_its_own_is_named_with_its_reason():
@@ -98,8 +115,8 @@ def test_a_rank_that_failed_on_its_own_is_named_with_its_reason():
 
 
 def test_a_launch_that_made_no_progress_is_stopped_and_said_so():
-    text = scaling.diagnose({0: status("running", row=None, round_=0), 1: None}, 2, -15, LOG, True, 30)
-    assert text.startswith("no rank of 2 finished a round for 90 s before its first row")
+    text = scaling.diagnose({0: status("interrupted", row=None, round_=0), 1: None}, 2, -15, LOG, True, 30)
+    assert text.startswith("no rank of 2 made progress (a round or a collective) for 90 s before its first row")
 
 
 @pytest.mark.parametrize("message, lost", [

@@ -73,6 +73,6 @@ def test_a_rank_that_stops_answering_is_named_within_the_collective_timeout(tmp_
     done, seconds = scaling(tmp_path, "--world-sizes", "1,2", "--launches", "1", "--collective-timeout", "3s",
                             fault="hang:1:2", workload="tiny_linear")
     assert done.returncode == 2
-    assert "rank 1 of 2 stopped answering in test_workload[tiny_linear-resident-cpu] after round 2: rank 0 lost " \
-           "it in a collective" in done.stderr
+    assert "rank 1 of 2 stopped answering in test_workload[tiny_linear-resident-cpu] after round 2: it issued" \
+           in done.stderr
     assert seconds < 120
