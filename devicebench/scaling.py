@@ -333,6 +333,7 @@ class Efficiency:
     interval: tuple[float, float] | None
     communication_share: float | None
     all_reduce_bytes: int | None
+    tokens_per_sample: int | None = None  # char_gpt: a sample is a window of this many tokens
 
 
 def efficiencies(data: dict) -> list[Efficiency]:
@@ -357,12 +358,12 @@ def efficiencies(data: dict) -> list[Efficiency]:
             interval = (verdict.interval[0] / devices, verdict.interval[1] / devices)
         extra = facts[(name, view, size)]
         found.append(Efficiency(name, view, size, values, efficiency, interval, extra.get("communication_share"),
-                                extra.get("all_reduce_bytes_per_step")))
+                                extra.get("all_reduce_bytes_per_step"), extra.get("tokens_per_sample")))
     return found
 
 
 def report(data: dict) -> str:
-    lines = [f"{'row':<32} {'view':<6} {'N':>2} {'samples/s':>12} {'per device':>11} {'E(N)':>5} "
+    lines = [f"{'row':<32} {'view':<6} {'N':>2} {'samples/s':>12} {'per device':>11} {'tokens/s':>11} {'E(N)':>5} "
              f"{'95% interval':>13} {'comm':>5} {'all-reduce/step':>15}"]
     for item in efficiencies(data):
         total = statistics.median(item.samples_per_s)
@@ -370,8 +371,10 @@ def report(data: dict) -> str:
         share = f"{item.communication_share:.0%}" if item.communication_share is not None else "-"
         moved = _bytes(item.all_reduce_bytes) if item.all_reduce_bytes is not None else "-"
         efficiency = f"{item.efficiency:.2f}" if item.efficiency is not None else "-"
+        tokens = f"{total * item.tokens_per_sample:,.0f}" if item.tokens_per_sample else "-"
         lines.append(f"{item.row.removeprefix('test_'):<32} {item.view:<6} {item.world_size:>2} {total:>12,.0f} "
-                     f"{total / item.world_size:>11,.0f} {efficiency:>5} {interval:>13} {share:>5} {moved:>15}")
+                     f"{total / item.world_size:>11,.0f} {tokens:>11} {efficiency:>5} {interval:>13} {share:>5} "
+                     f"{moved:>15}")
     launches = {(e["view"], e["world_size"]) for e in data["launches"]}
     counts = {key: sum(1 for e in data["launches"] if (e["view"], e["world_size"]) == key) for key in launches}
     if counts and min(counts.values()) < 2:

@@ -171,6 +171,8 @@ def test_efficiency_is_total_speed_over_n_times_one_device_with_an_interval_from
     assert low < 0.8 < high and high - low < 0.1
     text = scaling.report(data)
     assert "x[cpu-resident]" in text and "0.80" in text and "25%" in text and "2.0 kB" in text
+    data["launches"][-1]["rows"][0]["extra"]["tokens_per_sample"] = 256  # a char_gpt row says its tokens too
+    assert f"{256 * 2 * 100 / 1.25:,.0f}" in scaling.report(data)
 
 
 def test_one_launch_a_world_size_gives_efficiency_without_an_interval_and_says_how_to_get_one():
