@@ -82,16 +82,20 @@ def rank_scale(scale, world_size: int, view: str):
 
 
 # What gloo and NCCL say when a collective loses a peer: it timed out waiting, or the peer's connection went away.
-PEER_LOST_WORDS = ("timed out", "timeout", "connection reset", "connection closed", "broken pipe", "remote worker")
+PEER_LOST_WORDS = ("timed out", "connection reset", "connection closed", "broken pipe", "remote worker",
+                   "watchdog caught collective")
+COLLECTIVE_WORDS = ("gloo", "nccl", "c10d", "processgroup", "collective")
 
 
 def lost_a_peer(error: BaseException) -> bool:
-    """The error came from a collective that lost another rank (which then is the one to blame), not this rank."""
+    """The error came from a collective that lost another rank (which then is the one to blame), not this rank: a
+    torch.distributed error, or a collective backend's words, saying a peer went away or never came."""
     import torch.distributed as dist
 
     kinds = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
     text = str(error).lower()
-    return (bool(kinds) and isinstance(error, kinds)) or any(word in text for word in PEER_LOST_WORDS)
+    from_a_collective = (bool(kinds) and isinstance(error, kinds)) or any(word in text for word in COLLECTIVE_WORDS)
+    return from_a_collective and any(word in text for word in PEER_LOST_WORDS)
 
 
 HEARTBEAT_SECONDS = 1.0
@@ -108,12 +112,17 @@ class RankStatus:
         self.path = status_path(folder, rank)
         self.lock = threading.Lock()
         self.fields = {"rank": rank, "pid": os.getpid(), "host": os.uname().nodename, "state": "running",
-                       "row": None, "round": 0, "collectives": None, "reason": None, "lost_a_peer": False}
+                       "row": None, "round": 0, "building": True, "collectives": None, "reason": None,
+                       "lost_a_peer": False}
 
     def update(self, **fields) -> None:
+        """Rewrite the file with ``fields``, and the collectives issued as they stand now (while the group lives)."""
         from devicebench import runfile
 
         with self.lock:
+            issued = collectives_issued()
+            if issued is not None:
+                fields["collectives"] = issued
             self.fields.update(fields, updated=time.time())
             runfile.write_json_atomically(self.path, self.fields)
 
@@ -210,12 +219,11 @@ def _measure(launch: Launch, rank: int, local_rank: int, world_size: int, status
     try:
         for values in launch.rows:
             spec = rows.RowSpec(**values)
-            status.update(row=spec.name)
+            status.update(row=spec.name, building=True)
             workload = spec.load()
             device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device(device_type)
             base = rows.run_config(spec, options, compile_cache="shared")
-            config = replace(base, device=device, seed=base.seed + rank,
-                             scale=rank_scale(base.scale, world_size, launch.view),
+            config = replace(base, device=device, scale=rank_scale(base.scale, world_size, launch.view),
                              # a CUDA graph would hold DDP's collectives: left out, and the row says so
                              tuning=replace(base.tuning, cuda_graphs=False),
                              distributed=DistributedRank(rank, local_rank, world_size, launch.view))
@@ -223,7 +231,7 @@ def _measure(launch: Launch, rank: int, local_rank: int, world_size: int, status
             def after_round(number, total, warmup, stats, samples) -> None:
                 nonlocal rounds_done
                 rounds_done += 1
-                status.update(round=rounds_done)
+                status.update(round=rounds_done, building=False)
                 if fault is not None and rounds_done == fault[1]:
                     if fault[0] == "die":
                         os._exit(3)
@@ -244,6 +252,7 @@ def _measure(launch: Launch, rank: int, local_rank: int, world_size: int, status
             extra["processes"][0]["ranks"] = gathered
             measured.append({"name": spec.name, "nodeid": spec.nodeid, "extra": extra})
     finally:
+        status.update()  # the collectives issued, read while the group still exists
         dist.destroy_process_group()
     return measured
 
@@ -280,8 +289,14 @@ def gpu_topology() -> str | None:
 
 
 def _communication(run, rank: int, device) -> dict:
-    """Bytes a step moves between ranks, and on rank 0 one more untimed round under torch.profiler: the share of
-    its wall time with a collective in flight. Every rank runs that round, since its collectives need them all."""
+    """Bytes a step moves between ranks, and one more untimed round under torch.profiler on every rank: the share
+    of its wall time with a collective in flight, the median over the ranks (a rank the others wait for shows
+    little; a rank that waits, much)."""
+    import statistics
+
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile
+
     ddp_modules = [module for module in vars(run).values() if type(module).__name__ == "DistributedDataParallel"]
     if not ddp_modules:
         from devicebench.errors import UsageError
@@ -291,13 +306,6 @@ def _communication(run, rank: int, device) -> dict:
                          f"step calls, and keep it as an attribute of the run (docs/internals.md)")
     gradients = sum(p.numel() * p.element_size() for m in ddp_modules for p in m.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for m in ddp_modules if m.broadcast_buffers for b in m.buffers())
-    fields = {"all_reduce_bytes_per_step": gradients, "broadcast_bytes_per_step": buffers,
-              "communication_share": None}
-    if rank != 0:
-        run.run_round()
-        return fields
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as recorded:
         start = time.perf_counter()
@@ -305,8 +313,12 @@ def _communication(run, rank: int, device) -> dict:
         wall = time.perf_counter() - start
     spans = [(event.time_range.start, event.time_range.end) for event in recorded.events()
              if is_collective_event(event.name)]
-    fields["communication_share"] = min(1.0, covered_seconds(spans) / 1e6 / wall) if wall > 0 else None
-    return fields
+    share = min(1.0, covered_seconds(spans) / 1e6 / wall) if wall > 0 else None
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, share)
+    known = [value for value in shares if value is not None]
+    return {"all_reduce_bytes_per_step": gradients, "broadcast_bytes_per_step": buffers,
+            "communication_share": statistics.median(known) if known else None, "communication_share_by_rank": shares}
 
 
 def is_collective_event(name: str) -> bool:

@@ -38,7 +38,10 @@ from devicebench.errors import DevicebenchError, UsageError
 SCALING_FORMAT = 1
 # Keep NVLink multicast off in every rank: on shared hosts a program using it can take the GPUs out of service.
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-STOP_GRACE_SECONDS = 10  # after SIGTERM, before SIGKILL
+STOP_GRACE_SECONDS = 40  # after SIGTERM, before SIGKILL: torchrun itself gives its ranks 30 s
+# A rank building a row (data, model, compilation) issues no collective and finishes no round for a while: the stall
+# limit is this much longer while any rank is building.
+BUILD_ALLOWANCE_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,7 @@ class Scaling:
         """What makes two runs the same run: a staging folder is resumed only by the same (staging.claim)."""
         return {"scaling": SCALING_FORMAT, "rows": [vars(row) for row in self.plan.rows],
                 "options": self.plan.options.to_dict(), "world_sizes": list(self.world_sizes),
-                "views": list(self.views), "launches": self.launches, "collective_timeout": self.collective_timeout,
-                "topology": vars(self.topology)}
+                "views": list(self.views), "launches": self.launches, "topology": vars(self.topology)}
 
     def order(self) -> list[tuple[int, str, int]]:
         """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next."""
@@ -132,7 +134,11 @@ def run(scaling: Scaling, output: Path, echo: Callable[[str], None] = print) -> 
             else:
                 echo(f"launch {number}/{len(order)}: world size {size}, {view} view "
                      f"({_clock(time.monotonic() - started)} so far)")
-                rows = launch(scaling, folder.folder / f"{view}-ws{size}-{repetition + 1}", size, view)
+                try:
+                    rows = launch(scaling, folder.folder / f"{view}-ws{size}-{repetition + 1}", size, view)
+                except DevicebenchError as error:
+                    raise DevicebenchError(f"{error}\n{number - 1} launch(es) finished and are kept: the same "
+                                           f"command with --name {output.stem} resumes after them") from None
                 runfile.write_json_atomically(kept, {"rows": rows})
                 for row in rows:
                     echo(f"    {row['name'].removeprefix('test_')}: "
@@ -159,7 +165,8 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
     task = distributed.Launch([vars(row) for row in scaling.plan.rows], scaling.plan.options.to_dict(), view,
                               str(folder), str(output), scaling.collective_timeout)
     command = [sys.executable, "-m", "torch.distributed.run", *scaling.topology.torchrun_arguments(world_size),
-               "--max-restarts", "0", "--monitor-interval", "1", "-m", "devicebench.distributed",
+               "--max-restarts", "0", "--monitor-interval", "1", "--log-dir", str(folder / "torchrun"),
+               "-m", "devicebench.distributed",
                str(task.write(folder / "launch.json"))]
     root = str(Path(distributed.__file__).resolve().parents[1])  # this devicebench first, as for workers
     # NCCL's own timeout handling stays as torch sets it: a blocking wait (TORCH_NCCL_BLOCKING_WAIT) would make
@@ -168,15 +175,16 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(threads_per_rank(scaling, world_size))}
     log = folder / "torchrun.log"
-    stall = scaling.collective_timeout + 60  # no rank finished a round for this long: stopped
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        stalled = _wait(process, folder, world_size, stall)
+        stalled = _wait(process, folder, world_size, scaling.collective_timeout + 60)
     if process.returncode == 0 and output.exists() and scaling.topology.node_rank == 0:
         return [merge_ranks(row) for row in json.loads(output.read_text())["rows"]]
     if process.returncode == 0 and scaling.topology.node_rank != 0:
         return []
     statuses = {rank: _read_status(folder, rank) for rank in range(world_size)}
+    if scaling.topology.nodes > 1:  # the other hosts' ranks leave their files there: judge this host's alone
+        statuses = {rank: status for rank, status in statuses.items() if status is not None}
     raise DevicebenchError(diagnose(statuses, world_size, process.returncode, log, stalled, scaling.collective_timeout))
 
 
@@ -191,36 +199,44 @@ def threads_per_rank(scaling: Scaling, world_size: int) -> int:
 
 
 def _wait(process: subprocess.Popen, folder: Path, world_size: int, stall: float) -> bool:
-    """Wait for torchrun; stop it (and every rank) when no rank's status moved for ``stall`` seconds. Stalled?"""
-    last_change = time.monotonic()
-    last_seen: tuple = ()
+    """Wait for torchrun; stop it and every rank when no rank's status moved for ``stall`` seconds (plus
+    BUILD_ALLOWANCE_SECONDS while a rank builds a row). Stalled?"""
+    last_change, last_seen, building = time.monotonic(), (), True
     try:
         while process.poll() is None:
             time.sleep(0.5)
             seen = tuple(_mtime(distributed.status_path(folder, rank)) for rank in range(world_size))
             if seen != last_seen:
                 last_seen, last_change = seen, time.monotonic()
-            elif time.monotonic() - last_change > stall:
-                _stop(process)
+                building = any((_read_status(folder, rank) or {"building": True}).get("building")
+                               for rank in range(world_size))
+            elif time.monotonic() - last_change > stall + (BUILD_ALLOWANCE_SECONDS if building else 0):
+                _stop(process, folder, world_size)
                 return True
     except BaseException:
-        _stop(process)
+        _stop(process, folder, world_size)
         raise
     return False
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to torchrun and its ranks (one process group), then SIGKILL to what is left."""
-    for sent in (signal.SIGTERM, signal.SIGKILL):
+def _stop(process: subprocess.Popen, folder: Path, world_size: int) -> None:
+    """SIGTERM to torchrun (it stops its ranks, giving them 30 s), then SIGKILL to torchrun and to each rank's own
+    process group (torchrun starts every rank in a session of its own)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_GRACE_SECONDS)
+        return
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    statuses = [_read_status(folder, rank) for rank in range(world_size)]
+    for pid in [process.pid] + [status["pid"] for status in statuses if status and status.get("pid")]:
         try:
-            os.killpg(process.pid, sent)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=STOP_GRACE_SECONDS)
-            return
-        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             continue
+    process.wait()
 
 
 def _mtime(path: Path) -> float | None:
@@ -241,41 +257,56 @@ def diagnose(statuses: dict[int, dict | None], world_size: int, returncode: int 
              collective_timeout: float) -> str:
     """Which rank ended the launch, and how, from the ranks' status files (distributed.RankStatus).
 
-    A rank that failed on its own says why. Otherwise the rank to blame is the one that issued fewer collectives
-    than the others (they went on to the next one and waited for it): it died if it ended without a word, else it
-    stopped answering. Where the counts cannot tell, a rank that ended without a word died, and the ranks that lost
-    a peer in a collective point at the others."""
+    - A rank that failed on its own says why.
+    - A rank that ended without a word (no final state) died, unless the ranks without a word are all ahead, in
+      collectives issued, of one that torchrun stopped: then they are ranks NCCL's watchdog ended while they
+      waited for it, and it is the one that stopped answering.
+    - Otherwise the rank behind the others in collectives stopped answering; where the counts cannot tell, the
+      ranks that lost a peer in a collective point at the others.
+    """
     def where(status: dict | None) -> str:
         if not status or not status.get("row"):
             return "before its first row"
         return f"in {status['row']} after round {status['round']}"
+
+    def issued(rank: int) -> int | None:
+        status = statuses.get(rank)
+        return status.get("collectives") if status else None
 
     see = f"torchrun's log: {log}"
     failed = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and not s["lost_a_peer"]}
     if failed:
         rank, status = min(failed.items())
         return f"rank {rank} of {world_size} failed {where(status)}: {status['reason']} ({see})"
-    counts = {rank: s.get("collectives") for rank, s in statuses.items() if s and s.get("collectives") is not None}
-    if len(counts) == world_size and min(counts.values()) < max(counts.values()):
-        least, most = min(counts.values()), max(counts.values())
-        behind = sorted(rank for rank, count in counts.items() if count == least)
-        names, status = ", ".join(map(str, behind)), statuses[behind[0]]
-        if status["state"] == "running" and not stalled:
-            return (f"rank {names} of {world_size} died {where(status)}: it ended without a result (killed, or "
-                    f"crashed outside Python) after {least} collectives, the others went on to {most}; torchrun "
-                    f"stopped them (exit code {returncode}; {see})")
-        return (f"rank {names} of {world_size} stopped answering {where(status)}: it issued {least} collectives "
-                f"and the others {most}, waiting for it (at most {collective_timeout:g} s) ({see})")
-    silent = {rank: s for rank, s in statuses.items() if s is None or s["state"] == "running"}
-    waited = {rank: s for rank, s in statuses.items() if s and s["state"] == "failed" and s["lost_a_peer"]}
+    silent = sorted(rank for rank, s in statuses.items() if s is None or s["state"] == "running")
+    stopped = sorted(rank for rank, s in statuses.items() if s and s["state"] == "interrupted")
+    waited = sorted(rank for rank, s in statuses.items() if s and s["state"] == "failed" and s["lost_a_peer"])
+    counts = {rank: issued(rank) for rank in statuses if issued(rank) is not None}
+
+    def hung(ranks: list[int], others: list[int]) -> str:
+        least, most = min(counts[r] for r in ranks), max(counts[r] for r in others)
+        return (f"rank {', '.join(map(str, ranks))} of {world_size} stopped answering {where(statuses[ranks[0]])}: "
+                f"it issued {least} collectives and the others {most}, waiting for it (at most "
+                f"{collective_timeout:g} s) ({see})")
+
     if silent and not stalled and len(silent) < world_size:
-        rank = min(silent)
-        return (f"rank {rank} of {world_size} died {where(silent[rank])}: it ended without a result (killed, or "
-                f"crashed outside Python); torchrun stopped the others (exit code {returncode}; {see})")
-    if waited and len(waited) < world_size:
-        hung = sorted(set(statuses) - set(waited))
-        return (f"rank {', '.join(map(str, hung))} of {world_size} stopped answering {where(statuses[hung[0]])}: "
-                f"rank {', '.join(map(str, sorted(waited)))} lost it in a collective (waiting at most "
+        behind = [rank for rank in stopped if rank in counts and all(
+            r in counts and counts[r] > counts[rank] for r in silent)]
+        if behind:
+            return hung(behind, silent)
+        rank = silent[0]
+        counted = f" after {counts[rank]} collectives" if rank in counts else ""
+        return (f"rank {', '.join(map(str, silent))} of {world_size} died {where(statuses[rank])}: it ended without "
+                f"a result (killed, or crashed outside Python){counted}; torchrun stopped the others (exit code "
+                f"{returncode}; {see})")
+    if len(counts) == len(statuses) and counts and min(counts.values()) < max(counts.values()):
+        least = min(counts.values())
+        behind = sorted(rank for rank, count in counts.items() if count == least)
+        return hung(behind, [rank for rank in counts if rank not in behind])
+    if waited and len(waited) < len(statuses):
+        others = sorted(set(statuses) - set(waited))
+        return (f"rank {', '.join(map(str, others))} of {world_size} stopped answering {where(statuses[others[0]])}: "
+                f"rank {', '.join(map(str, waited))} lost it in a collective (waiting at most "
                 f"{collective_timeout:g} s) ({see})")
     if stalled:
         status = next((s for s in statuses.values() if s), None)
@@ -340,11 +371,14 @@ def efficiencies(data: dict) -> list[Efficiency]:
     from devicebench import significance
 
     totals: dict[tuple[str, str, int], list[float]] = {}
+    shares: dict[tuple[str, str, int], list[float]] = {}
     facts: dict[tuple[str, str, int], dict] = {}
     for entry in data["launches"]:
         for row in entry["rows"]:
             key = (row["name"], entry["view"], entry["world_size"])
             totals.setdefault(key, []).append(row["extra"]["processes"][0]["ranks_samples_per_s"])
+            if row["extra"].get("communication_share") is not None:
+                shares.setdefault(key, []).append(row["extra"]["communication_share"])
             facts[key] = row["extra"]
     found = []
     for (name, view, size), values in sorted(totals.items()):
@@ -357,7 +391,8 @@ def efficiencies(data: dict) -> list[Efficiency]:
             verdict = significance.ratio_of_processes(base, values)
             interval = (verdict.interval[0] / devices, verdict.interval[1] / devices)
         extra = facts[(name, view, size)]
-        found.append(Efficiency(name, view, size, values, efficiency, interval, extra.get("communication_share"),
+        share = statistics.median(shares[(name, view, size)]) if (name, view, size) in shares else None
+        found.append(Efficiency(name, view, size, values, efficiency, interval, share,
                                 extra.get("all_reduce_bytes_per_step"), extra.get("tokens_per_sample")))
     return found
 
@@ -378,7 +413,7 @@ def report(data: dict) -> str:
     launches = {(e["view"], e["world_size"]) for e in data["launches"]}
     counts = {key: sum(1 for e in data["launches"] if (e["view"], e["world_size"]) == key) for key in launches}
     if counts and min(counts.values()) < 2:
-        lines.append("E(N) has an interval from 2 launches a world size on: give --launches 3 for one")
+        lines.append("E(N) has an interval from 2 launches a world size on (--launches, 3 by default)")
     if data["devicebench"].get("interrupted"):
         lines.append("interrupted: the launches above finished; the rest did not run")
     return "\n".join(lines)

@@ -125,8 +125,10 @@ FIELDS: dict[str, str] = {
     "gpu_topology": "nvidia-smi topo -m as printed (cuda rows); null where it could not be read",
     "all_reduce_bytes_per_step": "gradient bytes each rank all-reduces per training step (parameters that train)",
     "broadcast_bytes_per_step": "buffer bytes rank 0 broadcasts before each forward (DDP's broadcast_buffers)",
-    "communication_share": "rank 0, one extra untimed round under torch.profiler: the share of its wall time with a "
-                           "collective in flight (NCCL kernels on cuda, gloo operations on cpu)",
+    "communication_share": "one extra untimed round under torch.profiler on every rank: the share of its wall time "
+                           "with a collective in flight (NCCL kernels on cuda, gloo operations on cpu), median over "
+                           "the ranks",
+    "communication_share_by_rank": "communication_share of each rank, rank 0 first",
     "timed_with_validation": "a schema 1 row: its train_seconds are whole rounds (training and validation)",
 }
 # The kinds a --profile round's time is cut into (profiling.py says what each holds), in display order.

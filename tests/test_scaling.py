@@ -81,7 +81,12 @@ def test_a_rank_that_died_is_named_not_the_rank_that_lost_it():
                                        collectives=41),
                              1: status("running", collectives=40)}, 2, 1, LOG, False, 300)
     assert text.startswith("rank 1 of 2 died in test_x[cpu-resident] after round 2: it ended without a result")
-    assert "after 40 collectives, the others went on to 41" in text and str(LOG) in text
+    assert "after 40 collectives" in text and str(LOG) in text
+    # A rank that died just after issuing its next bucket's all-reduce is ahead of the one that lost it: still dead.
+    text = scaling.diagnose({0: status("failed", reason="RuntimeError: Connection reset by peer", lost=True,
+                                       collectives=40),
+                             1: status("running", collectives=41)}, 2, 1, LOG, False, 300)
+    assert text.startswith("rank 1 of 2 died")
 
 
 def test_without_counts_a_rank_that_ended_without_a_word_died():
@@ -121,7 +126,8 @@ def test_a_launch_that_made_no_progress_is_stopped_and_said_so():
 
 @pytest.mark.parametrize("message, lost", [
     ("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer", True),
-    ("Timed out waiting 5000ms for recv operation to complete", True),
+    ("[third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv operation", True),
+    ("DataLoader timed out after 5 seconds", False),
     ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
     ("expected scalar type Float but found Half", False),
 ])
@@ -179,7 +185,7 @@ def test_one_launch_a_world_size_gives_efficiency_without_an_interval_and_says_h
     data = scaling_file({1: [1.0], 2: [1.25]})
     found = {item.world_size: item for item in scaling.efficiencies(data)}
     assert found[2].efficiency == pytest.approx(0.8) and found[2].interval is None
-    assert "give --launches 3" in scaling.report(data)
+    assert "E(N) has an interval from 2 launches a world size on" in scaling.report(data)
 
 
 def test_a_data_parallel_row_is_another_experiment_than_a_single_process_row():

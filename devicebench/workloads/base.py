@@ -110,7 +110,9 @@ class WorkloadRun(ABC):
         self.config = config
         self.device = config.device
         self.data_source = "unknown"  # "real" or "synthetic", set by the workload when it loads its data
-        self.order_generator = torch.Generator().manual_seed(config.seed)
+        # Every rank of a data-parallel run builds the same model (config.seed) but draws its own data order.
+        rank = config.distributed.rank if config.distributed is not None else 0
+        self.order_generator = torch.Generator().manual_seed(config.seed + rank)
 
     # --- what each workload provides ---------------------------------------------------------------------------
     @property
@@ -141,16 +143,18 @@ class WorkloadRun(ABC):
                 "valid_batch_size": self.config.scale.valid_batch_size, "dtype": self.precision}
 
     # --- shared by every workload ------------------------------------------------------------------------------
-    def distributed(self, module: torch.nn.Module) -> torch.nn.Module:
+    def distributed(self, module: torch.nn.Module, constant_buffers: bool = False) -> torch.nn.Module:
         """``module`` as the training step should call it: wrapped in DistributedDataParallel when this process is
         a rank of a data-parallel run (its gradients averaged over the ranks during backward), else itself. A
-        workload wraps exactly the module its training step calls, once."""
+        workload wraps exactly the module its training step calls, once. ``constant_buffers``: its buffers never
+        change (char_gpt's causal masks), so DDP need not broadcast them before every forward, as it does by
+        default for buffers that train (BatchNorm statistics)."""
         if self.config.distributed is None:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=not constant_buffers)
 
     def shuffled_order(self, size: int) -> torch.Tensor:
         """An epoch's sample order for data held on the device.

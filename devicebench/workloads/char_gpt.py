@@ -119,7 +119,7 @@ class _GptRun(WorkloadRun):
         # Validation windows at fixed, evenly spaced offsets: every round and pipeline validates on the same text.
         last_start = len(self.tokens.valid) - block - 1
         self.valid_offsets = torch.linspace(0, last_start, scale.valid_samples).long()
-        self.model = self.distributed(make_model(self.sizes, config.seed).to(self.device))
+        self.model = self.distributed(make_model(self.sizes, config.seed).to(self.device), constant_buffers=True)
         self.optimizer = make_optimizer(self.model)
 
     @property
