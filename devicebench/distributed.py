@@ -214,39 +214,42 @@ def _measure(launch: Launch, rank: int, local_rank: int, world_size: int, status
     dist.init_process_group(backend, timeout=dt.timedelta(seconds=launch.collective_timeout))
     status.start_heartbeat()
     fault = _planted_fault(rank)
+    device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device(device_type)
+    identity = _identity(world_size, backend, launch.view, device)  # the same for every row of the launch
+    device_name = devices.probe(device_type).name
     rounds_done = 0
+
+    def after_round(number, total, warmup, stats, samples) -> None:
+        nonlocal rounds_done
+        rounds_done += 1
+        status.update(round=rounds_done, building=False)
+        if fault is not None and rounds_done == fault[1]:
+            if fault[0] == "die":
+                os._exit(3)
+            while True:  # hang: no further collective, so the other ranks wait until they time out
+                time.sleep(1)
+
+    def barrier_loop(one_round, count, before_round) -> None:
+        for _ in range(count):
+            _barrier(device)  # every rank starts the round together, untimed
+            one_round()
+
     measured: list[dict] = []
     try:
         for values in launch.rows:
             spec = rows.RowSpec(**values)
             status.update(row=spec.name, building=True)
             workload = spec.load()
-            device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device(device_type)
             base = rows.run_config(spec, options, compile_cache="shared")
             config = replace(base, device=device, scale=rank_scale(base.scale, world_size, launch.view),
                              # a CUDA graph would hold DDP's collectives: left out, and the row says so
                              tuning=replace(base.tuning, cuda_graphs=False),
                              distributed=DistributedRank(rank, local_rank, world_size, launch.view))
 
-            def after_round(number, total, warmup, stats, samples) -> None:
-                nonlocal rounds_done
-                rounds_done += 1
-                status.update(round=rounds_done, building=False)
-                if fault is not None and rounds_done == fault[1]:
-                    if fault[0] == "die":
-                        os._exit(3)
-                    while True:  # hang: no further collective, so the other ranks wait until they time out
-                        time.sleep(1)
-
-            def barrier_loop(one_round, count, before_round) -> None:
-                for _ in range(count):
-                    _barrier(device)  # every rank starts the round together, untimed
-                    one_round()
-
-            extra = measure.measure_row(workload, config, devices.probe(spec.device).name, time_rounds=barrier_loop,
+            extra = measure.measure_row(workload, config, device_name, time_rounds=barrier_loop,
                                         progress=after_round, count_steps=False,
                                         after_rounds=lambda run: _communication(run, rank, device))
-            extra.update(_identity(world_size, backend, launch.view, device))
+            extra.update(identity)
             gathered: list = [None] * world_size
             dist.all_gather_object(gathered, extra["processes"][0])
             extra["processes"][0]["ranks"] = gathered

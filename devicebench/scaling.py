@@ -28,12 +28,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from devicebench import distributed, runfile
+from devicebench import affinity, distributed, runfile
 from devicebench.errors import DevicebenchError, UsageError
+from devicebench.until import clock
 
 SCALING_FORMAT = 1
 # Keep NVLink multicast off in every rank: on shared hosts a program using it can take the GPUs out of service.
@@ -133,7 +135,7 @@ def run(scaling: Scaling, output: Path, echo: Callable[[str], None] = print) -> 
                 rows = json.loads(kept.read_text())["rows"]
             else:
                 echo(f"launch {number}/{len(order)}: world size {size}, {view} view "
-                     f"({_clock(time.monotonic() - started)} so far)")
+                     f"({clock(time.monotonic() - started)} so far)")
                 try:
                     rows = launch(scaling, folder.folder / f"{view}-ws{size}-{repetition + 1}", size, view)
                 except DevicebenchError as error:
@@ -194,7 +196,7 @@ def threads_per_rank(scaling: Scaling, world_size: int) -> int:
     would give each of several ranks one thread, and one rank all)."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(affinity.allowed_cores()) or os.cpu_count() or 1
     return max(1, cores // max(1, world_size // scaling.topology.nodes))
 
 
@@ -410,8 +412,7 @@ def report(data: dict) -> str:
         lines.append(f"{item.row.removeprefix('test_'):<32} {item.view:<6} {item.world_size:>2} {total:>12,.0f} "
                      f"{total / item.world_size:>11,.0f} {tokens:>11} {efficiency:>5} {interval:>13} {share:>5} "
                      f"{moved:>15}")
-    launches = {(e["view"], e["world_size"]) for e in data["launches"]}
-    counts = {key: sum(1 for e in data["launches"] if (e["view"], e["world_size"]) == key) for key in launches}
+    counts = Counter((entry["view"], entry["world_size"]) for entry in data["launches"])
     if counts and min(counts.values()) < 2:
         lines.append("E(N) has an interval from 2 launches a world size on (--launches, 3 by default)")
     if data["devicebench"].get("interrupted"):
@@ -425,6 +426,3 @@ def _bytes(count: int) -> str:
             return f"{count / size:.1f} {unit}"
     return f"{count} B"
 
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
