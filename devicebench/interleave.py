@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -60,19 +61,34 @@ class Point:
         return self.item, self.step
 
 
+def turn_order(labels: list[str], step: int) -> list[str]:
+    """The order of the workers at round ``step`` (0: the start of a test). Two or three workers: over every 2N
+    rounds, the N turns of the labels (the last going first), then the N turns of the labels reversed begun one
+    further; each worker holds every place and follows each worker (itself included: the warm second round)
+    equally often. More workers: a shuffle seeded by the round, so that no worker keeps the same predecessor."""
+    count = len(labels)
+    if step == 0 or count < 2:
+        return list(labels)
+    if count > 3:
+        return random.Random(step).sample(list(labels), count)
+    turn = (step - 1) % (2 * count)
+    base = labels if turn < count else labels[::-1]
+    shift = turn if turn < count else (turn - count + 1) % count
+    return base[count - shift:] + base[:count - shift]
+
+
 @dataclass
 class Scheduler:
     """Whose turn it is. The worker furthest behind goes next, so all stay at the same test and round; workers
-    at the same round go in an order that turns by one each round, the last going first: A B, B A, A B, ... and
-    with three, A B C, C A B, B C A, A B C ... Pure logic, so that the order is tested without processes.
+    at the same round go in the order ``turn_order`` gives: A B, B A, A B, ... and with three, A B C, C A B,
+    B C A, A C B, B A C, C B A. Pure logic, so that the order is tested without processes.
 
     Why turn, not reverse. A worker that runs two rounds in a row starts its second with its caches warm, and on
     host-bound rows that is a few percent (H200 host, two workers A B, B A, A/A: B/A was 3-11% higher in the rounds
     A began warm than in those B began warm, in 5 of 6 row-runs of mnist_mlp resident and tuned and resnet18_cifar
-    tuned). Turning the order gives every worker its second round in a row equally often: once in every N rounds
-    of N workers. Reversing it did so for two workers but not three: A B C, C B A left B, always in the middle,
-    never running twice in a row, and an A/A of the H200 (A, B and a planted-slowdown C) called B 1.05x slower
-    than A on mnist_mlp resident (p=0.02)."""
+    tuned). Turning the order gives every worker its second round in a row equally often. Why the reversed turns
+    too: turning alone (A B C, C A B, B C A) has each worker always follow the same one, and on the 2-core VM
+    resnet18_cifar seed ran 2-4% faster after a planted slowdown's worker, an A/A false alarm (docs/comparing.md)."""
 
     labels: list[str]
     round_seconds: float | None = None  # each row's timed rounds last about this long per worker (None: as scaled)
@@ -98,8 +114,7 @@ class Scheduler:
             return None
         lowest = min(point.key for point in self.waiting.values())
         step = lowest[1]
-        turn = 0 if step == 0 else (step - 1) % len(self.labels)
-        order = self.labels[len(self.labels) - turn:] + self.labels[:len(self.labels) - turn]
+        order = turn_order(self.labels, step)
         label = next(label for label in order if label in self.waiting and self.waiting[label].key == lowest)
         point = self.waiting.pop(label)
         self.sequence += 1

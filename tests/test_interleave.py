@@ -7,6 +7,7 @@ import math
 import random
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,32 @@ def test_workers_take_turns_a_b_b_a_and_stay_at_the_same_round():
 def test_three_environments_turn_their_order_so_each_runs_twice_in_a_row_equally_often():
     plan = points(["test_x"], rounds=6)
     order = [label for label, _ in drive(Scheduler(["A", "B", "C"]), {label: plan for label in "ABC"})]
-    assert order == list("ABC" "ABC" "CAB" "BCA" "ABC" "CAB" "BCA")  # the start, then rounds 1-6
+    assert order == list("ABC" "ABC" "CAB" "BCA" "ACB" "BAC" "CBA")  # the start, then rounds 1-6
     rounds = order[3:]
     twice = [second for first, second in zip(rounds, rounds[1:]) if first == second]
-    assert sorted(twice) == ["A", "B", "B", "C", "C"]  # over rounds 1-6: each once per three rounds
+    assert sorted(twice) == ["A", "B", "B", "C", "C"]  # and round 7 opens with A after A: each twice in six
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_each_worker_follows_every_worker_and_holds_every_place_equally_often(count):
+    labels = list("ABC"[:count])
+    rounds = [interleave.turn_order(labels, step) for step in range(1, 2 * count + 1)]
+    stream = [label for order in rounds for label in order]
+    following = Counter(zip(stream, stream[1:] + stream[:1]))  # the cycle repeats every 2N rounds
+    assert set(following) == {(a, b) for a in labels for b in labels}
+    assert set(following.values()) == {2}
+    assert set(Counter((order.index(label), label) for order in rounds for label in order).values()) == {2}
+    assert interleave.turn_order(labels, 2 * count + 1) == rounds[0]
+
+
+def test_more_workers_take_seeded_shuffles_so_none_keeps_the_same_predecessor():
+    labels = list("ABCDE")
+    rounds = [interleave.turn_order(labels, step) for step in range(1, 41)]
+    assert all(sorted(order) == labels for order in rounds)
+    assert rounds == [interleave.turn_order(labels, step) for step in range(1, 41)]  # the same every run
+    stream = [label for order in rounds for label in order]
+    predecessors = {b: {a for a, second in zip(stream, stream[1:]) if second == b} for b in labels}
+    assert all(len(before) >= 4 for before in predecessors.values())
 
 
 def test_workers_at_the_same_place_in_different_tests_are_refused():
