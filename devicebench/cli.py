@@ -214,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
         description="Launches every selected row with torchrun at each world size, one process per device, the "
                     "model wrapped in DistributedDataParallel (nccl on cuda, gloo on the cpu), the world sizes "
                     "taking turns, and reports total and per-device samples/s, scaling efficiency E(N) against "
-                    "world size 1 with its 95%% interval, the bytes a step all-reduces and the share of a round "
+                    "world size 1 with its 95% interval, the bytes a step all-reduces and the share of a round "
                     "spent in collectives.")
     scaling.add_argument("--world-sizes", type=_world_sizes, default=(1, 2), metavar="N,N,...",
                          help="ranks per launch, 1 included (default 1,2)")

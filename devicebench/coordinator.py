@@ -112,15 +112,17 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         plan = replace(plan, keep_compiled=False)
     folder = staging.claim(output_dir / f".{name}.processes",
                            {**plan.describe(), "environments": [vars(env) for env in environments]})
-    finished = False
+    finished = extendable = False
     try:
         started = time.monotonic()
         if len(environments) == 1:
             count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, plan, folder, echo)
         else:
-            count = Pairs(environments, plan, folder, echo, until_target, calibration,
+            pairs = Pairs(environments, plan, folder, echo, until_target, calibration,
                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds,
-                          pin_rounds and not plan.cpu_only).run(processes, budget_seconds)
+                          pin_rounds and not plan.cpu_only)
+            count = pairs.run(processes, budget_seconds)
+            extendable = pairs.budget_cut_short
         interleave_id = folder.plan().get("interleave_id") if len(environments) > 1 else None
         written = []
         for env in environments:
@@ -132,7 +134,8 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
             written.append(runfile.write_json_atomically(output_dir / f"{name}-{env.label}.json", merged))
         finished = True
     finally:
-        folder.release(remove=finished)
+        # A budget that ran out before --until was met keeps the pairs, so that a larger one adds to them.
+        folder.release(remove=finished and not extendable)
     echo(f"{count} process(es) per environment in {clock(time.monotonic() - started)}; runs written: "
          f"{', '.join(map(str, written)) or 'none'}")
     return written
@@ -254,6 +257,7 @@ class Pairs:
     calibration: Calibration | None
     round_seconds: float
     pin: bool
+    budget_cut_short: bool = False  # the budget ended the pairs before every row reached its --until size
 
     def run(self, processes: int | None, budget_seconds: float | None) -> int:
         """Pairs until every row's smallest detectable change, each environment against the first, is at or under
@@ -289,12 +293,17 @@ class Pairs:
             if budget_seconds is not None and done and spent + next_pair > budget_seconds:
                 self.echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next pair would take "
                           f"about {clock(next_pair)}): stopping after {done} pairs")
-                if self.target is not None and done < until.MIN_PAIRS_FOR_UNTIL and \
-                        not any(row.calibrated for row in progress.values()):
-                    needed = math.ceil(until.MIN_PAIRS_FOR_UNTIL * spent / done / 60)
-                    self.echo(f"    --until judges from {until.MIN_PAIRS_FOR_UNTIL} pairs on, and at "
-                              f"{clock(spent / done)} a pair this budget holds {done}: give --budget {needed}m or "
-                              f"more, or fewer rows (-k); the same command resumes after the pairs measured")
+                self.budget_cut_short = self.target is not None
+                calibrated = any(row.calibrated for row in progress.values()) if progress else \
+                    bool(self.calibration and self.calibration.entries)
+                minimum = until.MIN_PAIRS_CALIBRATED if calibrated else until.MIN_PAIRS_FOR_UNTIL
+                if self.target is not None and done < minimum:
+                    needed = math.ceil(minimum * spent / done / 60)
+                    self.echo(f"    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}"
+                              f", and at {clock(spent / done)} a pair this budget holds {done}: give --budget "
+                              f"{needed}m or more, or fewer rows (-k)")
+                if self.target is not None:
+                    self.echo("    the same command with a larger --budget adds pairs to these (they are kept)")
                 break
             # Rows some environment skips can never be judged: they leave the later pairs too.
             unjudged = self.unjudgeable(environments, done)

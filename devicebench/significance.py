@@ -59,7 +59,11 @@ calibration, one process a side is judged against the calibrated spread of one p
 (``process_log_sd``, the same for both sides): a t-test of the log ratio with standard error ``sqrt(2)
 process_log_sd`` on the calibration's degrees of freedom. A median of fewer than half the rounds the calibration's
 workers timed is noisier than what it measured, so such a calibration is not used (``devicebench calibrate
---round-time 0`` times the scale's rounds, as a plain pytest run does). Without one, the rounds inside a process
+--round-time 0`` times the scale's rounds, as a plain pytest run does). Nor is one that has seen fewer than 12
+processes (``MIN_PROCESS_DF``): on a host-bound row the processes' medians fall into modes (where the OS put the
+main thread), and a mode that one process in three lands in escapes four processes a quarter of the time
+(0.7^4 + 0.3^4), twelve 1.4% (H200, mnist_mlp seed: a calibration of 4 processes within 2.5%, then two plain runs
+of the same code 450 and 655 ms an epoch, flagged 1.46x at p=0.009). Without one, the rounds inside a process
 cannot say whether the processes differ (they move together), so no change is claimed unless it is beyond
 ``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code measured on a quiet
 machine (at most 1.45x); the verdict says what would settle it. A change beyond that floor whose rounds differ
@@ -115,6 +119,8 @@ POWER = 0.80
 DEFAULT_THRESHOLD = 0.05
 # Single-process comparisons without a calibration claim only changes beyond this ratio ("Single-process runs").
 SINGLE_PROCESS_FLOOR = 2.0
+# A calibration judges single processes once its process spread has this many degrees of freedom (12 processes).
+MIN_PROCESS_DF = 10
 
 
 @dataclass(frozen=True)
@@ -262,13 +268,26 @@ def _judge(baseline: Row, candidate: Row, threshold: float, noise: Noise | None)
         p_value = float(_stats().mannwhitneyu(a, b, alternative="two-sided").pvalue)
     rounds = min(len(a), len(b))
     # A median of fewer rounds than the calibration's workers timed is noisier than it measured: not used.
-    if noise is not None and noise.process_log_sd and noise.process_df > 0 and rounds >= noise.rounds_per_worker / 2:
+    unused = None if noise is None else _single_unusable(noise, rounds)
+    if noise is not None and unused is None:
         return _single_calibrated(ratio, counts, threshold, noise, p_value)
     detectable = SINGLE_PROCESS_FLOOR - 1  # what it can claim without a calibration
-    unused = None if noise is None else (f"calibration not used: {rounds} rounds a process against its "
-                                         f"{noise.rounds_per_worker} (calibrate with --round-time 0)")
     return Verdict(ratio, p_value, threshold, counts, detectable=detectable, calibration=unused,
                    rounds_p_value=p_value)
+
+
+def _single_unusable(noise: Noise, rounds: int) -> str | None:
+    """Why a calibration cannot judge one process a side (module docstring, "Single-process runs"), else None."""
+    if not noise.process_log_sd:
+        return "calibration not used: it has no spread between processes"
+    if rounds < noise.rounds_per_worker / 2:
+        return (f"calibration not used: {rounds} rounds a process against its {noise.rounds_per_worker} "
+                f"(calibrate with --round-time 0)")
+    if noise.process_df < MIN_PROCESS_DF:
+        return (f"calibration not used: its spread between processes rests on {noise.process_df} degrees of "
+                f"freedom and one process a side needs {MIN_PROCESS_DF} (a calibrate of {MIN_PROCESS_DF // 2 + 1} "
+                f"pairs; run it again and it pools)")
+    return None
 
 
 def _single_calibrated(ratio: float, counts: tuple[int, int], threshold: float, noise: Noise,

@@ -286,13 +286,14 @@ def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_p
 
 
 # ------------------------------------------------------------------------------------------ the commands
-def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float) -> Path:
-    """A calibration of every row of a run's machine and torch version (what calibrate would keep); ``run_file``:
-    a frozen run's name, or a path."""
+def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float, pairs: int = 11) -> Path:
+    """A calibration of every row of a run's machine and torch version (what calibrate would keep) from ``pairs``
+    pairs of one calibrate; ``run_file``: a frozen run's name, or a path."""
     run = results.load_run(RUNS / run_file)
     entries = [{"machine": calibration._machine(run), "torch_version": run.torch_version,
-                "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": 11,
-                "pair_log_sd": process_sd, "pair_df": 10, "process_log_sd": process_sd, "process_df": 20,
+                "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": pairs,
+                "pair_log_sd": process_sd, "pair_df": pairs, "process_log_sd": process_sd,
+                "process_df": 2 * (pairs - 1),
                 "rounds_per_worker": 10, "measured": "2026-12-01T10:00:00", "how": "planted"} for row in run.rows]
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"calibration_schema": calibration.CALIBRATION_SCHEMA, "entries": entries}))
@@ -312,6 +313,17 @@ def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what
     assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path),
                      "--threshold", "20%"]) == 0  # its whole interval (1.04-1.17x) inside 20%
     assert "below threshold" in capsys.readouterr().out
+
+
+def test_one_process_a_side_is_not_judged_with_a_calibration_of_too_few_processes(tmp_path, capsys):
+    # Four processes can all miss a placement mode that one process in three lands in (significance.py).
+    pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
+    for pairs, code in ((5, 0), (6, 1)):  # 5 pairs: 8 degrees of freedom; 6 pairs: 10
+        path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02, pairs=pairs)
+        assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == code
+        out = capsys.readouterr().out
+        said = "its spread between processes rests on 8 degrees of freedom and one process a side needs 10"
+        assert (said in out) == (pairs == 5) and ("calibrated noise" in out) == (pairs == 6)
 
 
 def test_history_marks_a_calibrated_step_and_leaves_an_uncalibrated_one_open(tmp_path, capsys):
