@@ -9,7 +9,11 @@ A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the lo
   with its own spread (significance.py, "Calibrated noise"), so three pairs are judged with the degrees of freedom
   of many.
 - ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
-  times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against.
+  times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against. ``devicebench
+  calibrate --round-time 0`` measures it as plain runs are made, fresh processes one after another
+  (``add_processes``: no pair figures): a worker of a pair waits for the other's round before each of its own,
+  and on the H200 that alone kept 16 workers' medians of resnet18_cifar resident within 174.6-178.6 ms while ten
+  plain runs fell in two modes, 172.2-172.6 and 174.7-178.1 ms (the A/A read 1.04x at p=0.01 with the pairs').
 - ``round_log_sd``: how much one round's B/A varies about its pair's own, from round to round: the part of a pair's
   spread that more rounds shrink (``Noise.pair_variance``), so that a run timing more rounds than the A/A did is
   judged with the noise it has, and ``devicebench run --until`` can size a row's rounds to its question.
@@ -58,8 +62,11 @@ class Noise:
     compiled_code: str | None = None  # a compiled row's workers' --compile-cache (compiled_code()); None: not compiled
     round_log_sd: float | None = None  # a round's B/A about its pair's (None: written before it was recorded)
     round_df: int = 0
+    processes: int = 0  # plain processes measured (add_processes); 0 for a calibration of worker pairs
 
     def describe(self) -> str:
+        if not self.pairs:
+            return f"calibrated {self.measured[:10]} from {self.processes} plain processes"
         return f"calibrated {self.measured[:10]} from {self.pairs} pairs"
 
     def pair_variance(self, rounds: float) -> float | None:
@@ -137,7 +144,7 @@ def noise_of(entry: dict) -> Noise:
     return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
                  entry["rounds_per_worker"], entry["measured"], entry["how"], tuple(entry.get("sources", ())),
                  entry["pairs"], _recorded_compiled_code(entry, bool(entry["identity"].get("compiled"))),
-                 entry.get("round_log_sd"), entry.get("round_df", 0))
+                 entry.get("round_log_sd"), entry.get("round_df", 0), entry.get("processes", 0))
 
 
 def compiled_code_of(identity: dict, compile_cache: str | None) -> str | None:
@@ -255,7 +262,41 @@ class Calibration:
                 said = (f"{why}: the entry is theirs alone now ({earlier['pairs']} pair(s) before, "
                         f"{entry['pairs']} now)")
             else:
-                said = f"replaces an earlier entry of {earlier['pairs']} pair(s) ({why})"
+                said = f"replaces an earlier entry of {_size(earlier)} ({why})"
+            self.entries = [e for e in self.entries
+                            if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
+            added.append((entry, said))
+        return added
+
+    def add_processes(self, run: Run, how: str) -> list[tuple[dict, str]]:
+        """A run of fresh processes of one Python, one after another (``devicebench run`` of one environment): per
+        row of two processes or more, the spread of their medians, pooled with an earlier calibration of plain
+        processes of the same key when its processes timed a like number of rounds and compiled alike, else
+        replacing it. Returns the entries with what was done with each, as ``add_explained``."""
+        added = []
+        for row in run.rows:
+            medians = row.process_medians
+            if len(medians) < 2:
+                continue
+            logs = [math.log(value) for value in medians]
+            entry = {"machine": _machine(run), "torch_version": run.torch_version,
+                     "identity": _jsonable(row.identity.fields()), "test": row.test, "pairs": 0,
+                     "processes": len(logs),
+                     "pair_log_sd": None, "pair_df": 0, "process_log_sd": statistics.stdev(logs),
+                     "process_df": len(logs) - 1,
+                     "rounds_per_worker": int(statistics.median(len(times) for times in row.processes)),
+                     "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how, "sources": [],
+                     "compiled_code": compiled_code(row), "round_log_sd": None, "round_df": 0}
+            key = _key(entry["machine"], entry["torch_version"], entry["identity"])
+            earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
+                           None)
+            if earlier is None:
+                said = "its first calibration"
+            elif (why := _why_kept_apart(earlier, entry)) is None:
+                said = f"pooled with {_size(earlier)}"
+                entry = _pooled(earlier, entry)
+            else:
+                said = f"replaces an earlier entry of {_size(earlier)} ({why})"
             self.entries = [e for e in self.entries
                             if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
             added.append((entry, said))
@@ -307,9 +348,15 @@ def a_a_spread(estimates: list[float]) -> float:
     return math.sqrt(sum(estimate ** 2 for estimate in estimates) / len(estimates))
 
 
+def _size(entry: dict) -> str:
+    return f"{entry['pairs']} pair(s)" if entry["pairs"] else f"{entry.get('processes', 0)} plain process(es)"
+
+
 def _why_kept_apart(earlier: dict, new: dict) -> str | None:
     """Why a new entry replaces the earlier one of its row rather than pooling with it (``Calibration.add``);
     None: they pool."""
+    if bool(earlier["pairs"]) != bool(new["pairs"]):
+        return "one of worker pairs and one of plain processes measure different things"
     if set(earlier.get("sources", ())) & set(new["sources"]):
         return "these runs were already in it"
     if not 0.5 <= earlier["rounds_per_worker"] / new["rounds_per_worker"] <= 2:
@@ -329,6 +376,7 @@ def _pooled(earlier: dict, new: dict) -> dict:
         return math.sqrt(sum(d * sd ** 2 for sd, d in parts) / df) if df else None
 
     return {**new, "pairs": earlier["pairs"] + new["pairs"],
+            **({"processes": earlier["processes"] + new["processes"]} if "processes" in new else {}),
             "pair_log_sd": pool("pair_log_sd", "pair_df"), "pair_df": earlier["pair_df"] + new["pair_df"],
             "process_log_sd": pool("process_log_sd", "process_df"),
             "process_df": earlier["process_df"] + new["process_df"],

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from devicebench import calibration, compare, signals, significance
-from devicebench.commands import (CALIBRATION_PAIRS, cmd_calibrate, cmd_compare, cmd_history, cmd_info, cmd_peer,
-                                  cmd_report, cmd_run, cmd_scaling, cmd_sweep)
+from devicebench.commands import (CALIBRATION_PAIRS, CALIBRATION_PROCESSES, cmd_calibrate, cmd_compare, cmd_history,
+                                  cmd_info, cmd_peer, cmd_report, cmd_run, cmd_scaling, cmd_sweep)
 from devicebench.coordinator import DEFAULT_ROUND_SECONDS
 from devicebench.errors import DevicebenchError
 from devicebench.workloads.base import PIPELINES
@@ -196,10 +196,12 @@ def parser() -> argparse.ArgumentParser:
                     "and keeps each row's spread between pairs and between processes in the calibration file, "
                     "keyed by row, machine and torch version. Later comparisons of this machine use it: a "
                     "single-process compare gets a verdict, and a devicebench run of a few pairs the degrees of "
-                    "freedom of many. Use the --round-time of the runs it will judge.")
+                    "freedom of many. Use the --round-time of the runs it will judge: --round-time 0 "
+                    "calibrates plain pytest runs, as fresh processes one after another.")
     _add_process_options(
         calibrating, processes=None, output_dir="results/calibration",
-        processes_help=f"worker pairs (default {CALIBRATION_PAIRS}, or as many as --budget allows)",
+        processes_help=f"worker pairs (default {CALIBRATION_PAIRS}, or as many as --budget allows); with "
+                       f"--round-time 0, plain processes (default {CALIBRATION_PROCESSES})",
         env_help=argparse.SUPPRESS, name=time.strftime("calibration-%Y%m%d-%H%M%S"),
         name_help="file name prefix of the A/A runs it keeps: OUTPUT_DIR/NAME-A.json and -B.json")
     calibrating.add_argument("--python", help="the Python to calibrate (default: this one)")

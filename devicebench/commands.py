@@ -46,9 +46,10 @@ def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
         pair = "-" if entry["pair_log_sd"] is None else f"{math.expm1(entry['pair_log_sd']):.1%}"
         process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
         identity = entry["identity"]
-        lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: "
-                     f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}, between processes "
-                     f"{process} ({entry['measured'][:10]})")
+        measured = (f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}" if entry["pairs"] else
+                    f"{entry.get('processes', 0)} plain processes")
+        lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: {measured}, "
+                     f"between processes {process} ({entry['measured'][:10]})")
     return "\n".join(lines)
 
 
@@ -71,21 +72,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.from_runs:
         written = [Path(path) for path in args.from_runs]
         how = f"A/A runs {written[0].name}, {written[1].name}"
+    elif args.round_time == 0:
+        return _calibrate_plain(args)
     else:
         python = args.python or sys.executable
         env_a, env_b = (coordinator.Environment(label, python) for label in ("A", "B"))
-        plan = plan_of(args)
-        if args.round_time == 0:
-            # For single-process comparisons: each worker compiles anew, as a plain pytest run does (kept code
-            # spreads less between workers than plain runs do: docs/comparing.md).
-            plan = replace(plan, keep_compiled=False)
         # With a --budget alone, as many pairs as fit (run's default of 5 pairs would stop it short).
         count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PAIRS)
-        # --round-time 0 calibrates as plain pytest runs are timed: the scale's rounds, left where the OS puts them.
-        pin = args.pin_rounds or ("off" if args.round_time == 0 else "pair")
-        written = coordinator.run([env_a, env_b], count, plan, Path(args.output_dir), args.name,
+        written = coordinator.run([env_a, env_b], count, plan_of(args), Path(args.output_dir), args.name,
                                   budget_seconds=args.budget, round_seconds=args.round_time,
-                                  pin_rounds=pin == "pair")
+                                  pin_rounds=args.pin_rounds != "off")
         if len(written) < 2:
             raise DevicebenchError("no row ran in both environments (the reasons are above): nothing to calibrate")
         round_time = coordinator.DEFAULT_ROUND_SECONDS if args.round_time is None else args.round_time
@@ -101,15 +97,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     added = found.add_explained(first, second, how)
     if not added:
         raise DevicebenchError("the A/A runs have no rows in common with worker pairs: nothing to calibrate")
+    return _kept(found, added, first.machine_key)
+
+
+def _calibrate_plain(args: argparse.Namespace) -> int:
+    """``--round-time 0``: fresh processes one after another, timed as plain pytest runs are (the scale's rounds,
+    left where the OS puts them, each compiling its own code), and the spread of their medians kept."""
+    if args.pin_rounds == "pair":
+        raise UsageError("--pin-rounds pair belongs to worker pairs; --round-time 0 calibrates plain processes, "
+                         "whose rounds are not pinned")
+    count = args.processes or (CALIBRATION_MAX_PAIRS if args.budget is not None else CALIBRATION_PROCESSES)
+    if count < 2:
+        raise UsageError("--processes: a spread between processes needs two at least "
+                         f"({CALIBRATION_PROCESSES} by default)")
+    env = coordinator.Environment("plain", args.python or sys.executable)
+    written = coordinator.run([env], count, plan_of(args), Path(args.output_dir), args.name,
+                              budget_seconds=args.budget)
+    if not written:
+        raise DevicebenchError("no row ran (the reasons are above): nothing to calibrate")
+    run = results.load_run(written[0])
+    if run is None:
+        raise UsageError(f"{written[0]}: could not be read as a devicebench run (see above)")
+    how = f"devicebench calibrate --round-time 0: {' '.join(row_arguments(args))} (run {written[0].name})"
+    found = calibration.Calibration.load(args.calibration)
+    added = found.add_processes(run, how)
+    if not added:
+        raise DevicebenchError(f"{written[0]}: no row was measured in two processes or more: nothing to calibrate")
+    return _kept(found, added, run.machine_key)
+
+
+def _kept(found: calibration.Calibration, added: list[tuple[dict, str]], machine_key: tuple) -> int:
     path = found.save()
     print(f"calibration of {len(added)} row(s) written to {path}:")
     for entry, said in added:
         print(f"    {entry['test']}: {said}")
-    print(_calibrated_rows(found, first.machine_key).split("\n", 1)[1])
+    print(_calibrated_rows(found, machine_key).split("\n", 1)[1])
     return 0
 
 
 CALIBRATION_PAIRS = 6  # devicebench calibrate's worker pairs when neither --processes nor --budget is given
+# ... and its plain processes with --round-time 0: 11 degrees of freedom, more than significance.MIN_PROCESS_DF
+CALIBRATION_PROCESSES = 12
 CALIBRATION_MAX_PAIRS = 100  # with --budget alone: the budget decides
 
 

@@ -13,7 +13,6 @@ An interrupted run keeps its finished workers' files and the same command resume
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -116,7 +115,8 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
     try:
         started = time.monotonic()
         if len(environments) == 1:
-            count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, plan, folder, echo)
+            count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, plan, folder, echo,
+                                    budget_seconds)
         else:
             pairs = Pairs(environments, plan, folder, echo, until_target, calibration,
                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds,
@@ -157,9 +157,10 @@ def _task(plan: Plan, folder: staging.Staging, env: Environment, index: int, row
 
 
 def _run_sequential(env: Environment, processes: int, plan: Plan, folder: staging.Staging,
-                    echo: Callable[[str], None]) -> int:
-    """``processes`` fresh workers of one environment, one after another; how many were measured."""
-    started = time.monotonic()
+                    echo: Callable[[str], None], budget_seconds: float | None = None) -> int:
+    """``processes`` fresh workers of one environment, one after another, fewer where the next would end past
+    ``budget_seconds``; how many were measured."""
+    started, ran = time.monotonic(), 0
     for index in range(1, processes + 1):
         where = f"[{index}/{processes}] {env.label} process {index}/{processes}"
         if folder.no_rows(env.label).exists():
@@ -167,7 +168,13 @@ def _run_sequential(env: Environment, processes: int, plan: Plan, folder: stagin
         if folder.worker_file(env.label, index).exists():
             echo(f"{where}: already measured, kept")
             continue
-        echo(f"{where}: running ({clock(time.monotonic() - started)} so far)")
+        spent = time.monotonic() - started
+        if budget_seconds is not None and ran and spent + spent / ran > budget_seconds:
+            echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next process would take about "
+                 f"{clock(spent / ran)}): stopping after {index - 1} processes")
+            return index - 1
+        ran += 1
+        echo(f"{where}: running ({clock(spent)} so far)")
         task = _task(plan, folder, env, index, plan.rows, count_steps=index == 1, parity_check=index == 1)
         code = _run_worker(env, task, folder.task_file(env.label, index), folder.log(env.label, index))
         if _accept(folder, env, index, code, f"process {index}", echo):
@@ -294,16 +301,9 @@ class Pairs:
                 self.echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next pair would take "
                           f"about {clock(next_pair)}): stopping after {done} pairs")
                 self.budget_cut_short = self.target is not None
-                calibrated = any(row.calibrated for row in progress.values()) if progress else \
-                    bool(self.calibration and self.calibration.entries)
-                minimum = until.MIN_PAIRS_CALIBRATED if calibrated else until.MIN_PAIRS_FOR_UNTIL
-                if self.target is not None and done < minimum:
-                    needed = math.ceil(minimum * spent / done / 60)
-                    self.echo(f"    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}"
-                              f", and at {clock(spent / done)} a pair this budget holds {done}: give --budget "
-                              f"{needed}m or more, or fewer rows (-k)")
                 if self.target is not None:
-                    self.echo("    the same command with a larger --budget adds pairs to these (they are kept)")
+                    self.echo(until.budget_advice(progress, bool(self.calibration and self.calibration.entries),
+                                                  done, spent))
                 break
             # Rows some environment skips can never be judged: they leave the later pairs too.
             unjudged = self.unjudgeable(environments, done)

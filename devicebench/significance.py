@@ -59,11 +59,12 @@ calibration, one process a side is judged against the calibrated spread of one p
 (``process_log_sd``, the same for both sides): a t-test of the log ratio with standard error ``sqrt(2)
 process_log_sd`` on the calibration's degrees of freedom. A median of fewer than half the rounds the calibration's
 workers timed is noisier than what it measured, so such a calibration is not used (``devicebench calibrate
---round-time 0`` times the scale's rounds, as a plain pytest run does). Nor is one that has seen fewer than 12
-processes (``MIN_PROCESS_DF``): on a host-bound row the processes' medians fall into modes (where the OS put the
-main thread), and a mode that one process in three lands in escapes four processes a quarter of the time
-(0.7^4 + 0.3^4), twelve 1.4% (H200, mnist_mlp seed: a calibration of 4 processes within 2.5%, then two plain runs
-of the same code 450 and 655 ms an epoch, flagged 1.46x at p=0.009). Without one, the rounds inside a process
+--round-time 0`` runs plain processes one after another, timed as a plain pytest run is: calibration.py). Nor is
+one whose process spread has fewer than 10 degrees of freedom (``MIN_PROCESS_DF``: 11 plain processes, or 6 worker
+pairs): processes' medians fall into modes (where the OS put the main thread, how the GPU clocked), and a mode that
+one process in three lands in escapes four processes a quarter of the time (0.7^4 + 0.3^4), twelve 1.4% (H200,
+mnist_mlp seed: a calibration of 4 processes within 2.5%, then two plain runs of the same code 450 and 655 ms an
+epoch, flagged 1.46x at p=0.009). Without one, the rounds inside a process
 cannot say whether the processes differ (they move together), so no change is claimed unless it is beyond
 ``SINGLE_PROCESS_FLOOR`` (2x), more than any difference between processes of the same code measured on a quiet
 machine (at most 1.45x); the verdict says what would settle it. A change beyond that floor whose rounds differ
@@ -224,7 +225,8 @@ class Verdict:
             if self.not_after_holm:
                 text += f" (not after Holm's correction over the {self.not_after_holm} rows judged)"
         elif self.uncalibrated_single:
-            text = (f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without a calibration "
+            without = "a calibration it can use" if self.calibration else "a calibration"
+            text = (f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without {without} "
                     f"({speed(self.ratio)}, rounds p={p})")
         elif self.inconclusive:
             text = (f"no significant change, inconclusive: processes spread too much to detect a "
@@ -285,8 +287,8 @@ def _single_unusable(noise: Noise, rounds: int) -> str | None:
                 f"(calibrate with --round-time 0)")
     if noise.process_df < MIN_PROCESS_DF:
         return (f"calibration not used: its spread between processes rests on {noise.process_df} degrees of "
-                f"freedom and one process a side needs {MIN_PROCESS_DF} (a calibrate of {MIN_PROCESS_DF // 2 + 1} "
-                f"pairs; run it again and it pools)")
+                f"freedom and one process a side needs {MIN_PROCESS_DF} ({MIN_PROCESS_DF + 1} plain processes: "
+                f"devicebench calibrate --round-time 0 runs 12, and pools with what it ran before)")
     return None
 
 

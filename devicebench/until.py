@@ -195,6 +195,21 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
     return f"    after {pairs} pairs, smallest detectable change{level}: " + "; ".join(marks)
 
 
+def budget_advice(progress: dict[str, RowProgress], calibrated: bool, pairs: int, spent: float) -> str:
+    """What to tell a user whose budget ran out after ``pairs`` pairs before every row reached its size;
+    ``calibrated``: whether this machine has a calibration (decides for rows not judged yet)."""
+    if progress:
+        calibrated = any(row.calibrated for row in progress.values())
+    minimum = MIN_PAIRS_CALIBRATED if calibrated else MIN_PAIRS_FOR_UNTIL
+    lines = []
+    if pairs < minimum:
+        lines.append(f"    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}, and "
+                     f"at {clock(spent / pairs)} a pair this budget holds {pairs}: give --budget "
+                     f"{math.ceil(minimum * spent / pairs / 60)}m or more, or fewer rows (-k)")
+    lines.append("    the same command with a larger --budget adds pairs to these (they are kept)")
+    return "\n".join(lines)
+
+
 def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:
     if not progress:
         return (f"--until {until.describe()}: not judged: {pairs} pair(s) measured ({clock(spent)}), and a "

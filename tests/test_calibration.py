@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -251,10 +252,7 @@ def planted_a_a_files(tmp_path: Path) -> list[str]:
     ([], 6, "kept", True),
     (["--budget", "10m"], 100, "kept", True),
     (["--processes", "3"], 3, "kept", True),
-    # For single-process comparisons: the scale's rounds, not pinned, and every worker compiles anew, as a plain
-    # pytest run is timed; pinning can still be asked for.
-    (["--round-time", "0"], 6, "fresh", False),
-    (["--round-time", "0", "--pin-rounds", "pair"], 6, "fresh", True)])
+    (["--pin-rounds", "off"], 6, "kept", False)])
 def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_path, monkeypatch, options, pairs,
                                                                           compile_cache, pinned):
     asked = {}
@@ -271,6 +269,68 @@ def test_calibrate_runs_its_default_pairs_or_as_many_as_the_budget_allows(tmp_pa
     assert asked["pinned"] is pinned
     assert {row.device for row in asked["plan"].rows} == {"cpu"} and asked["plan"].compile_cache() == compile_cache
     assert Calibration.load(target).entries[0]["how"].startswith("devicebench calibrate, round time ")
+
+
+def plain_run_file(tmp_path: Path, medians: list[float], name: str = "plain.json") -> Path:
+    """A run of fresh processes of one Python, as devicebench run of one environment writes it: five rounds each."""
+    row = planted_pairs(seed=9, pairs=2, rounds=5, effect=0.0, process_sd=0.02, drift_sd=0.05)[0]
+    bench = {"name": "test_x", "extra_info": {
+        **row.extra, "valid_samples": 10, "batch_size": 10, "valid_batch_size": 10, "samples_per_s": 1000.0,
+        "processes": [{"round_seconds": times, "train_seconds": times} for times in
+                      ([median * factor for factor in (0.99, 1.0, 1.0, 1.01, 1.02)] for median in medians)]}}
+    path = tmp_path / name
+    path.write_text(json.dumps({"devicebench": {"schema": 3}, "machine_info": MACHINE, "benchmarks": [bench]}))
+    return path
+
+
+@pytest.mark.parametrize("options, processes", [
+    (["--round-time", "0"], 12), (["--round-time", "0", "--budget", "10m"], 100),
+    (["--round-time", "0", "--processes", "4"], 4)])
+def test_calibrate_with_round_time_0_runs_plain_processes_one_after_another(tmp_path, monkeypatch, capsys,
+                                                                            options, processes):
+    # As plain pytest runs are timed: fresh processes of one Python, the scale's rounds, not pinned, each
+    # compiling anew (coordinator.run does so for one environment); their medians' spread is kept.
+    asked = {}
+    medians = [1.0, 1.04, 0.98, 1.01]
+
+    def run(environments, count, plan, output_dir, name, **options):
+        asked.update(environments=environments, count=count, options=options)
+        return [plain_run_file(tmp_path, medians)]
+
+    monkeypatch.setattr("devicebench.coordinator.run", run)
+    target = tmp_path / "calibration.json"
+    assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
+    assert len(asked["environments"]) == 1 and asked["count"] == processes
+    assert "pin_rounds" not in asked["options"] and "round_seconds" not in asked["options"]
+    [entry] = Calibration.load(target).entries
+    assert entry["pairs"] == 0 and entry["pair_log_sd"] is None and entry["processes"] == 4
+    assert entry["process_df"] == 3
+    assert entry["process_log_sd"] == pytest.approx(statistics.stdev(math.log(m) for m in medians))
+    out = capsys.readouterr().out
+    assert "test_x: its first calibration" in out and "calibrated" not in out
+    assert "4 plain processes, between processes" in out
+    # A second calibration pools; the noise then says how many processes it rests on.
+    assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
+    assert "test_x: pooled with 4 plain process(es)" in capsys.readouterr().out
+    [entry] = Calibration.load(target).entries
+    assert entry["processes"] == 8 and entry["process_df"] == 6
+    assert calibration.noise_of(entry).describe().endswith("from 8 plain processes")
+    assert cli.main(["calibrate", "--round-time", "0", "--pin-rounds", "pair", "--calibration", str(target),
+                     "--", "--device", "cpu"]) == 2
+    assert "--pin-rounds pair belongs to worker pairs" in capsys.readouterr().err
+
+
+def test_a_calibration_of_plain_processes_and_one_of_worker_pairs_replace_each_other(tmp_path):
+    found = Calibration(tmp_path / "calibration.json")
+    plain = results.load_run(plain_run_file(tmp_path, [1.0, 1.04, 0.98]))
+    [(entry, said)] = found.add_processes(plain, "plain")
+    assert said == "its first calibration"
+    first, second = (results.load_run(Path(path)) for path in planted_a_a_files(tmp_path))
+    [(entry, said)] = found.add_explained(first, second, "pairs")
+    assert said == ("replaces an earlier entry of 3 plain process(es) (one of worker pairs and one of plain "
+                    "processes measure different things)") and entry["pairs"] == 4
+    [(entry, said)] = found.add_processes(plain, "plain again")
+    assert said.startswith("replaces an earlier entry of 4 pair(s) (one of worker pairs") and entry["pairs"] == 0
 
 
 def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):
@@ -322,7 +382,7 @@ def test_one_process_a_side_is_not_judged_with_a_calibration_of_too_few_processe
         path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02, pairs=pairs)
         assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == code
         out = capsys.readouterr().out
-        said = "its spread between processes rests on 8 degrees of freedom and one process a side needs 10"
+        said = "its spread between processes rests on 8 degrees of freedom and one process a side needs 10 (11 plain"
         assert (said in out) == (pairs == 5) and ("calibrated noise" in out) == (pairs == 6)
 
 
