@@ -272,8 +272,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     if not any(argument.startswith("--device") for argument in row_arguments(args)):
         # one device type a launch: the GPUs where there are some, else the cpu
         args.row_arguments = [*row_arguments(args), "--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    run = scaling.Scaling(plan_of(args), args.world_sizes, views, args.launches, args.collective_timeout,
-                          scaling.Topology(args.nodes, args.node_rank, args.rendezvous))
+    run = scaling.runnable(scaling.Scaling(plan_of(args), args.world_sizes, views, args.launches,
+                                           args.collective_timeout,
+                                           scaling.Topology(args.nodes, args.node_rank, args.rendezvous)))
     scaling.check(run, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     output = Path(args.output_dir) / f"{args.name}.json"
     print(f"devicebench scaling: {len(run.plan.rows)} row(s) at world sizes "

@@ -20,6 +20,7 @@ before it are kept in the file, marked interrupted, as Ctrl-C keeps them.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -81,13 +82,32 @@ class Scaling:
                 "views": list(self.views), "launches": self.launches, "topology": vars(self.topology)}
 
     def order(self) -> list[tuple[int, str, int]]:
-        """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next."""
+        """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next. One
+        rank is the same launch in both views, so with both it runs once, as weak (``efficiencies`` knows)."""
         found = []
         for repetition in range(self.launches):
             shift = repetition % len(self.world_sizes)
             sizes = self.world_sizes[shift:] + self.world_sizes[:shift]
-            found += [(repetition, view, size) for view in self.views for size in sizes]
+            found += [(repetition, view, size) for view in self.views for size in sizes
+                      if not (size == 1 and view == "strong" and "weak" in self.views)]
         return found
+
+
+def runnable(scaling: Scaling, echo: Callable[[str], None] = print) -> Scaling:
+    """The rows that can run here, each one that cannot named with its reason (rows.skip_reason: a package it
+    needs, a scale it does not offer, a scale too large for the cpu), as pytest benchmarks skips them."""
+    from devicebench.rows import skip_reason
+
+    kept = []
+    for row in scaling.plan.rows:
+        reason = skip_reason(importlib.import_module(row.module), row.device, scaling.plan.options.scale)
+        if reason is None:
+            kept.append(row)
+        else:
+            echo(f"    {row.name}: skipped: {reason}")
+    if scaling.plan.rows and not kept:
+        raise UsageError("none of the selected rows can run here (the reasons are above)")
+    return replace(scaling, plan=replace(scaling.plan, rows=tuple(kept)))
 
 
 def check(scaling: Scaling, gpus_here: int) -> str:
@@ -386,10 +406,12 @@ def efficiencies(data: dict) -> list[Efficiency]:
     for (name, view, size), values in sorted(totals.items()):
         # against one device; on several hosts, against the smallest world size run (size / smallest devices)
         smallest = min(n for (other, other_view, n) in totals if (other, other_view) == (name, view))
-        base, devices = totals[(name, view, smallest)], size / smallest
+        # one rank is run once for both views, as weak (Scaling.order)
+        base_key = (name, "weak", 1) if (name, "weak", 1) in totals else (name, view, smallest)
+        base, devices = totals[base_key], size / base_key[2]
         ratio = math.exp(statistics.fmean(map(math.log, values)) - statistics.fmean(map(math.log, base)))
         efficiency, interval = ratio / devices, None
-        if len(base) > 1 and len(values) > 1 and size > smallest:
+        if len(base) > 1 and len(values) > 1 and size > base_key[2]:
             verdict = significance.ratio_of_processes(base, values)
             interval = (verdict.interval[0] / devices, verdict.interval[1] / devices)
         extra = facts[(name, view, size)]

@@ -58,6 +58,24 @@ def test_what_cannot_run_is_refused_before_any_launch(devices, sizes, gpus, mess
         scaling.check(scaling.Scaling(plan_of(*devices), sizes, ("weak",), 1, 300.0), gpus)
 
 
+def test_rows_that_cannot_run_here_are_skipped_with_their_reason_before_any_launch():
+    from devicebench.coordinator import Plan
+    from devicebench.rows import RowSpec
+
+    def plan(scale: str) -> Plan:
+        return Plan(tuple(RowSpec(name, f"devicebench.workloads.{name}", "cpu", "resident")
+                          for name in ("mnist_mlp", "char_gpt")), RowOptions(scale=scale))
+
+    said: list[str] = []
+    quick = scaling.runnable(scaling.Scaling(plan("quick"), (1, 2), ("weak",), 1, 300.0), said.append)
+    assert len(quick.plan.rows) == 2 and said == []
+    with pytest.raises(UsageError, match="none of the selected rows can run here"):
+        scaling.runnable(scaling.Scaling(plan("gpt2"), (1, 2), ("weak",), 1, 300.0), said.append)
+    assert said[0].startswith("    test_mnist_mlp[cpu-resident]: skipped: ") and "gpt2" in said[0]
+    assert said[1].startswith("    test_char_gpt[cpu-resident]: skipped: char_gpt at --scale gpt2 is sized for "
+                              "accelerators")
+
+
 def test_several_hosts_meet_through_torchruns_rendezvous():
     topology = scaling.Topology(nodes=2, node_rank=1, rendezvous="host:29400")
     assert topology.torchrun_arguments(16) == ["--nnodes", "2", "--node-rank", "1", "--rdzv-backend", "c10d",
@@ -179,6 +197,21 @@ def test_efficiency_is_total_speed_over_n_times_one_device_with_an_interval_from
     assert "x[cpu-resident]" in text and "0.80" in text and "25%" in text and "2.0 kB" in text
     data["launches"][-1]["rows"][0]["extra"]["tokens_per_sample"] = 256  # a char_gpt row says its tokens too
     assert f"{256 * 2 * 100 / 1.25:,.0f}" in scaling.report(data)
+
+
+def test_with_both_views_one_rank_runs_once_and_is_the_base_of_both():
+    run = scaling.Scaling(plan_of("cpu"), (1, 2), ("weak", "strong"), 2, 300.0)
+    assert run.order() == [(0, "weak", 1), (0, "weak", 2), (0, "strong", 2),
+                           (1, "weak", 2), (1, "weak", 1), (1, "strong", 2)]
+    # Strong view: two ranks share the epoch (50 samples each) and take 0.6 of one device's round: E = 1/(2 x 0.6).
+    data = scaling_file({1: [1.00, 1.02], 2: [1.25, 1.23]})
+    for repetition, time in enumerate([0.6, 0.61]):
+        data["launches"].append({"world_size": 2, "view": "strong", "repetition": repetition, "rows": [
+            scaling.merge_ranks(launch_row(2, [[time] * 3] * 2, samples=50))]})
+    found = {(item.view, item.world_size): item for item in scaling.efficiencies(data)}
+    assert set(found) == {("weak", 1), ("weak", 2), ("strong", 2)}
+    assert found[("strong", 2)].efficiency == pytest.approx(1 / 1.2, rel=0.02)
+    assert found[("strong", 2)].interval is not None
 
 
 def test_one_launch_a_world_size_gives_efficiency_without_an_interval_and_says_how_to_get_one():
