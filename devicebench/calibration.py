@@ -11,9 +11,10 @@ A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the lo
 - ``process_log_sd``: how much one process's median varies from another's, processes of the same code at different
   times: what a single-process comparison (``pytest --benchmark-autosave`` twice) is up against. ``devicebench
   calibrate --round-time 0`` measures it as plain runs are made, fresh processes one after another
-  (``add_processes``: no pair figures): a worker of a pair waits for the other's round before each of its own,
-  and on the H200 that alone kept 16 workers' medians of resnet18_cifar resident within 174.6-178.6 ms while ten
-  plain runs fell in two modes, 172.2-172.6 and 174.7-178.1 ms (the A/A read 1.04x at p=0.01 with the pairs').
+  (``add_processes``: an entry of its own beside the pairs', the one single-process verdicts use). A worker of a
+  pair waits for the other's round before each of its own: on the H200, 16 such workers' medians of
+  resnet18_cifar resident fell within 174.6-178.6 ms, while ten plain runs fell in two modes, 172.2-172.6 and
+  174.7-178.1 ms (an A/A of two read 1.04x at p=0.01 with the pairs' spread).
 - ``round_log_sd``: how much one round's B/A varies about its pair's own, from round to round: the part of a pair's
   spread that more rounds shrink (``Noise.pair_variance``), so that a run timing more rounds than the A/A did is
   judged with the noise it has, and ``devicebench run --until`` can size a row's rounds to its question.
@@ -158,8 +159,19 @@ def _machine(run: Run) -> list:
     return [node, cpu, list(accelerators)]
 
 
-def _key(machine: list, torch_version: str, identity: dict) -> str:
-    return json.dumps([machine, torch_version, identity], sort_keys=True)
+PAIRS, PLAIN = "pairs", "plain"  # what an entry measured: worker pairs (add_explained) or plain processes
+
+
+def kind_of(entry: dict) -> str:
+    return PAIRS if entry["pairs"] else PLAIN
+
+
+def _key(machine: list, torch_version: str, identity: dict, kind: str) -> str:
+    return json.dumps([machine, torch_version, identity, kind], sort_keys=True)
+
+
+def _entry_key(entry: dict) -> str:
+    return _key(entry["machine"], entry["torch_version"], entry["identity"], kind_of(entry))
 
 
 class Calibration:
@@ -186,16 +198,18 @@ class Calibration:
                              f"another version?); delete it and run devicebench calibrate again")
         return cls(path, data["entries"])
 
-    def noise_for(self, run: Run, row: Row) -> Noise | None:
-        """The calibrated noise of this row on the machine and torch version of ``run``, if measured."""
-        return self.noise_at(_machine(run), run.torch_version, row.identity.fields())
+    def noise_for(self, run: Run, row: Row, kind: str | None = None) -> Noise | None:
+        """The calibrated noise of this row on the machine and torch version of ``run``, if measured: of plain
+        processes for a row of one process (its verdict is a single process's), else of worker pairs."""
+        kind = kind or (PLAIN if len(row.processes) == 1 else PAIRS)
+        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind)
 
-    def noise_at(self, machine: list, torch_version: str, identity: dict) -> Noise | None:
+    def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS) -> Noise | None:
         """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
-        ``torch_version``, if measured."""
-        key = _key(machine, torch_version, _jsonable(identity))
+        ``torch_version``, if measured, of ``kind``: PAIRS or PLAIN."""
+        key = _key(machine, torch_version, _jsonable(identity), kind)
         for entry in self.entries:
-            if _key(entry["machine"], entry["torch_version"], entry["identity"]) == key:
+            if _entry_key(entry) == key:
                 return noise_of(entry)
         return None
 
@@ -210,7 +224,7 @@ class Calibration:
         """Why a row that ``noise_between`` found nothing for has no calibration, where this machine and torch
         version have one of the same row with its rounds pinned the other way (schema.PINNED_ROUNDS): a
         calibration made before ``devicebench run`` pinned rounds, or with ``--pin-rounds off``."""
-        if base_run.machine_key != run.machine_key:
+        if base_run.machine_key != run.machine_key or len(row.processes) == 1:  # plain entries are never pinned
             return None
         fields = row.identity.fields()
         flipped = {name: value for name, value in fields.items() if name != schema.PINNED_ROUNDS}
@@ -249,8 +263,8 @@ class Calibration:
             if other is None or len(row.pairs.keys() & other.pairs.keys()) < 1:
                 continue
             entry = _entry(first, row, other, how)
-            key = _key(entry["machine"], entry["torch_version"], entry["identity"])
-            earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
+            key = _entry_key(entry)
+            earlier = next((e for e in self.entries if _entry_key(e) == key),
                            None)
             why = None if earlier is None else _why_kept_apart(earlier, entry)
             if earlier is None:
@@ -264,7 +278,7 @@ class Calibration:
             else:
                 said = f"replaces an earlier entry of {_size(earlier)} ({why})"
             self.entries = [e for e in self.entries
-                            if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
+                            if _entry_key(e) != key] + [entry]
             added.append((entry, said))
         return added
 
@@ -287,8 +301,8 @@ class Calibration:
                      "rounds_per_worker": int(statistics.median(len(times) for times in row.processes)),
                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how, "sources": [],
                      "compiled_code": compiled_code(row), "round_log_sd": None, "round_df": 0}
-            key = _key(entry["machine"], entry["torch_version"], entry["identity"])
-            earlier = next((e for e in self.entries if _key(e["machine"], e["torch_version"], e["identity"]) == key),
+            key = _entry_key(entry)
+            earlier = next((e for e in self.entries if _entry_key(e) == key),
                            None)
             if earlier is None:
                 said = "its first calibration"
@@ -298,7 +312,7 @@ class Calibration:
             else:
                 said = f"replaces an earlier entry of {_size(earlier)} ({why})"
             self.entries = [e for e in self.entries
-                            if _key(e["machine"], e["torch_version"], e["identity"]) != key] + [entry]
+                            if _entry_key(e) != key] + [entry]
             added.append((entry, said))
         return added
 
@@ -355,8 +369,6 @@ def _size(entry: dict) -> str:
 def _why_kept_apart(earlier: dict, new: dict) -> str | None:
     """Why a new entry replaces the earlier one of its row rather than pooling with it (``Calibration.add``);
     None: they pool."""
-    if bool(earlier["pairs"]) != bool(new["pairs"]):
-        return "one of worker pairs and one of plain processes measure different things"
     if set(earlier.get("sources", ())) & set(new["sources"]):
         return "these runs were already in it"
     if not 0.5 <= earlier["rounds_per_worker"] / new["rounds_per_worker"] <= 2:

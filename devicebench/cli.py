@@ -84,8 +84,8 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                              "row that got there is left out of later pairs. Repeat with PIPELINE=SIZE to ask "
                              "another size of one pipeline's rows, e.g. --until 5%% --until seed=10%%")
     parser.add_argument("--budget", type=_duration, metavar="TIME",
-                        help="stop adding worker pairs once this much time is measured (e.g. 10m, 1h); a pair is "
-                             "started only if it fits")
+                        help="stop adding worker pairs (or processes, one after another) once this much time is "
+                             "measured (e.g. 10m, 1h); the next is started only if it fits")
     parser.add_argument("--round-time", type=_round_time, metavar="TIME",
                         help="with two or more --env: each worker times every row's rounds for about this long "
                              f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
@@ -95,7 +95,7 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                         help="with two or more --env: pair (the default) runs the accelerator rows' rounds of both "
                              "workers of a pair on one core, another each pair, so that what a core is worth "
                              "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
-                             "puts them, as plain pytest runs do (the default of calibrate --round-time 0)")
+                             "puts them, as plain pytest runs do")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")
@@ -203,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
         processes_help=f"worker pairs (default {CALIBRATION_PAIRS}, or as many as --budget allows); with "
                        f"--round-time 0, plain processes (default {CALIBRATION_PROCESSES})",
         env_help=argparse.SUPPRESS, name=time.strftime("calibration-%Y%m%d-%H%M%S"),
-        name_help="file name prefix of the A/A runs it keeps: OUTPUT_DIR/NAME-A.json and -B.json")
+        name_help="file name prefix of the runs it keeps: OUTPUT_DIR/NAME-A.json and -B.json (with --round-time "
+                  "0, NAME-plain.json)")
     calibrating.add_argument("--python", help="the Python to calibrate (default: this one)")
     calibrating.add_argument("--from-runs", nargs=2, metavar=("A_RUN", "B_RUN"),
                              help="measure nothing: keep the noise of an A/A already run (the two files of one "

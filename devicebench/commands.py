@@ -120,7 +120,10 @@ def _calibrate_plain(args: argparse.Namespace) -> int:
         raise UsageError(f"{written[0]}: could not be read as a devicebench run (see above)")
     how = f"devicebench calibrate --round-time 0: {' '.join(row_arguments(args))} (run {written[0].name})"
     found = calibration.Calibration.load(args.calibration)
-    added = found.add_processes(run, how)
+    added = [(entry, said if entry["process_df"] >= significance.MIN_PROCESS_DF else
+              f"{said}; {entry['processes']} processes so far, and a single-process verdict needs "
+              f"{significance.MIN_PROCESS_DF + 1}: run it again and it pools")
+             for entry, said in found.add_processes(run, how)]
     if not added:
         raise DevicebenchError(f"{written[0]}: no row was measured in two processes or more: nothing to calibrate")
     return _kept(found, added, run.machine_key)

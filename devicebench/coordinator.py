@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from devicebench import affinity, compile_cache, interleave, results, runfile, staging, until, worker
-from devicebench.calibration import Calibration
+from devicebench.calibration import PAIRS, Calibration
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.options import RowOptions
 from devicebench.rows import RowSpec
@@ -111,18 +111,16 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         plan = replace(plan, keep_compiled=False)
     folder = staging.claim(output_dir / f".{name}.processes",
                            {**plan.describe(), "environments": [vars(env) for env in environments]})
-    finished = extendable = False
+    finished = False
     try:
         started = time.monotonic()
         if len(environments) == 1:
             count = _run_sequential(environments[0], processes or DEFAULT_PROCESSES, plan, folder, echo,
                                     budget_seconds)
         else:
-            pairs = Pairs(environments, plan, folder, echo, until_target, calibration,
+            count = Pairs(environments, plan, folder, echo, until_target, calibration,
                           DEFAULT_ROUND_SECONDS if round_seconds is None else round_seconds,
-                          pin_rounds and not plan.cpu_only)
-            count = pairs.run(processes, budget_seconds)
-            extendable = pairs.budget_cut_short
+                          pin_rounds and not plan.cpu_only).run(processes, budget_seconds)
         interleave_id = folder.plan().get("interleave_id") if len(environments) > 1 else None
         written = []
         for env in environments:
@@ -134,8 +132,7 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
             written.append(runfile.write_json_atomically(output_dir / f"{name}-{env.label}.json", merged))
         finished = True
     finally:
-        # A budget that ran out before --until was met keeps the pairs, so that a larger one adds to them.
-        folder.release(remove=finished and not extendable)
+        folder.release(remove=finished)
     echo(f"{count} process(es) per environment in {clock(time.monotonic() - started)}; runs written: "
          f"{', '.join(map(str, written)) or 'none'}")
     return written
@@ -264,7 +261,6 @@ class Pairs:
     calibration: Calibration | None
     round_seconds: float
     pin: bool
-    budget_cut_short: bool = False  # the budget ended the pairs before every row reached its --until size
 
     def run(self, processes: int | None, budget_seconds: float | None) -> int:
         """Pairs until every row's smallest detectable change, each environment against the first, is at or under
@@ -298,12 +294,10 @@ class Pairs:
             left = [row.test for row in progress.values() if row not in reached] if progress else None
             next_pair = self.next_pair_seconds(done, left) if budget_seconds is not None and done else 0.0
             if budget_seconds is not None and done and spent + next_pair > budget_seconds:
+                advice = until.budget_advice(progress, self.calibrated(environments, done), done, spent) \
+                    if self.target is not None else ""
                 self.echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next pair would take "
-                          f"about {clock(next_pair)}): stopping after {done} pairs")
-                self.budget_cut_short = self.target is not None
-                if self.target is not None:
-                    self.echo(until.budget_advice(progress, bool(self.calibration and self.calibration.entries),
-                                                  done, spent))
+                          f"about {clock(next_pair)}): stopping after {done} pairs{advice}")
                 break
             # Rows some environment skips can never be judged: they leave the later pairs too.
             unjudged = self.unjudgeable(environments, done)
@@ -333,6 +327,12 @@ class Pairs:
         family = sum(1 for row in runs[0].rows if row.test not in skipped)  # the rows the gate will judge
         return {test: row for test, row in until.progress_by_row(runs, self.calibration, family).items()
                 if test not in skipped}
+
+    def calibrated(self, environments: list[Environment], pairs: int) -> bool:
+        """Whether this machine's calibration of worker pairs has every row the first environment measured."""
+        run = results.run_of(merged_run(self.folder, environments[0], pairs, "in progress"), self.folder.folder)
+        return bool(self.calibration and run.rows
+                    and all(self.calibration.noise_for(run, row, PAIRS) for row in run.rows))
 
     def unjudgeable(self, environments: list[Environment], pairs: int) -> set[str]:
         """Rows of the first pair that some environment's worker did not measure (it skipped them)."""

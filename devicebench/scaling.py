@@ -79,7 +79,8 @@ class Scaling:
         """What makes two runs the same run: a staging folder is resumed only by the same (staging.claim)."""
         return {"scaling": SCALING_FORMAT, "rows": [vars(row) for row in self.plan.rows],
                 "options": self.plan.options.to_dict(), "world_sizes": list(self.world_sizes),
-                "views": list(self.views), "launches": self.launches, "topology": vars(self.topology)}
+                "views": list(self.views), "launches": self.launches, "topology": vars(self.topology),
+                "order": self.order()}  # a folder of launches is resumed only in the order it was run in
 
     def order(self) -> list[tuple[int, str, int]]:
         """(repetition, view, world size) in running order: the sizes rotate from one repetition to the next. One
@@ -100,11 +101,10 @@ def runnable(scaling: Scaling, echo: Callable[[str], None] = print) -> Scaling:
 
     kept = []
     for row in scaling.plan.rows:
-        reason = skip_reason(importlib.import_module(row.module), row.device, scaling.plan.options.scale)
-        if reason is None:
-            kept.append(row)
-        else:
+        if reason := skip_reason(importlib.import_module(row.module), row.device, scaling.plan.options.scale):
             echo(f"    {row.name}: skipped: {reason}")
+        else:
+            kept.append(row)
     if scaling.plan.rows and not kept:
         raise UsageError("none of the selected rows can run here (the reasons are above)")
     return replace(scaling, plan=replace(scaling.plan, rows=tuple(kept)))

@@ -62,7 +62,7 @@ workers timed is noisier than what it measured, so such a calibration is not use
 --round-time 0`` runs plain processes one after another, timed as a plain pytest run is: calibration.py). Nor is
 one whose process spread has fewer than 10 degrees of freedom (``MIN_PROCESS_DF``: 11 plain processes, or 6 worker
 pairs): processes' medians fall into modes (where the OS put the main thread, how the GPU clocked), and a mode that
-one process in three lands in escapes four processes a quarter of the time (0.7^4 + 0.3^4), twelve 1.4% (H200,
+three processes in ten land in escapes four processes a quarter of the time (0.7^4 + 0.3^4), twelve 1.4% (H200,
 mnist_mlp seed: a calibration of 4 processes within 2.5%, then two plain runs of the same code 450 and 655 ms an
 epoch, flagged 1.46x at p=0.009). Without one, the rounds inside a process
 cannot say whether the processes differ (they move together), so no change is claimed unless it is beyond
@@ -120,7 +120,7 @@ POWER = 0.80
 DEFAULT_THRESHOLD = 0.05
 # Single-process comparisons without a calibration claim only changes beyond this ratio ("Single-process runs").
 SINGLE_PROCESS_FLOOR = 2.0
-# A calibration judges single processes once its process spread has this many degrees of freedom (12 processes).
+# A calibration judges single processes once its process spread has this many degrees of freedom (11 processes).
 MIN_PROCESS_DF = 10
 
 

@@ -196,18 +196,16 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
 
 
 def budget_advice(progress: dict[str, RowProgress], calibrated: bool, pairs: int, spent: float) -> str:
-    """What to tell a user whose budget ran out after ``pairs`` pairs before every row reached its size;
-    ``calibrated``: whether this machine has a calibration (decides for rows not judged yet)."""
+    """A line for a user whose budget ran out after ``pairs`` pairs, too few for --until to judge (else "");
+    ``calibrated``: whether this machine's calibration has the rows (decides for rows not judged yet)."""
     if progress:
         calibrated = any(row.calibrated for row in progress.values())
     minimum = MIN_PAIRS_CALIBRATED if calibrated else MIN_PAIRS_FOR_UNTIL
-    lines = []
-    if pairs < minimum:
-        lines.append(f"    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}, and "
-                     f"at {clock(spent / pairs)} a pair this budget holds {pairs}: give --budget "
-                     f"{math.ceil(minimum * spent / pairs / 60)}m or more, or fewer rows (-k)")
-    lines.append("    the same command with a larger --budget adds pairs to these (they are kept)")
-    return "\n".join(lines)
+    if pairs >= minimum:
+        return ""
+    return (f"\n    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}, and at "
+            f"{clock(spent / pairs)} a pair this budget holds {pairs}: give --budget "
+            f"{math.ceil(minimum * spent / pairs / 60)}m or more, or fewer rows (-k)")
 
 
 def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:

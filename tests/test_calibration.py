@@ -44,9 +44,10 @@ def test_an_a_a_is_kept_per_row_machine_and_torch_version(tmp_path):
     # Two workers' offsets of sd 2% each: their pair estimate's spread is about 2% x sqrt(2).
     assert 0.015 < entry["pair_log_sd"] < 0.045 and 0.01 < entry["process_log_sd"] < 0.035
     row = paired_row([[0.1] * 10])
-    assert found.noise_for(run_of(row), row).pair_df == 12
-    assert found.noise_for(run_of(row, machine={**MACHINE, "torch_version": "2.13.0"}), row) is None
-    assert found.noise_for(run_of(row, machine={**MACHINE, "node": "other-box"}), row) is None
+    assert found.noise_for(run_of(row), row, calibration.PAIRS).pair_df == 12
+    assert found.noise_for(run_of(row), row) is None  # one process: a plain entry is what it would take
+    assert found.noise_for(run_of(row, machine={**MACHINE, "torch_version": "2.13.0"}), row, calibration.PAIRS) is None
+    assert found.noise_for(run_of(row, machine={**MACHINE, "node": "other-box"}), row, calibration.PAIRS) is None
     assert not list(tmp_path.glob("*.part"))  # written through a temporary file
 
 
@@ -320,17 +321,16 @@ def test_calibrate_with_round_time_0_runs_plain_processes_one_after_another(tmp_
     assert "--pin-rounds pair belongs to worker pairs" in capsys.readouterr().err
 
 
-def test_a_calibration_of_plain_processes_and_one_of_worker_pairs_replace_each_other(tmp_path):
+def test_a_calibration_of_plain_processes_and_one_of_worker_pairs_are_kept_side_by_side(tmp_path):
     found = Calibration(tmp_path / "calibration.json")
     plain = results.load_run(plain_run_file(tmp_path, [1.0, 1.04, 0.98]))
-    [(entry, said)] = found.add_processes(plain, "plain")
-    assert said == "its first calibration"
+    assert [said for _, said in found.add_processes(plain, "plain")] == ["its first calibration"]
     first, second = (results.load_run(Path(path)) for path in planted_a_a_files(tmp_path))
-    [(entry, said)] = found.add_explained(first, second, "pairs")
-    assert said == ("replaces an earlier entry of 3 plain process(es) (one of worker pairs and one of plain "
-                    "processes measure different things)") and entry["pairs"] == 4
-    [(entry, said)] = found.add_processes(plain, "plain again")
-    assert said.startswith("replaces an earlier entry of 4 pair(s) (one of worker pairs") and entry["pairs"] == 0
+    assert [said for _, said in found.add_explained(first, second, "pairs")] == ["its first calibration"]
+    assert len(found.entries) == 2
+    # A verdict of one process a side finds the plain entry; one of worker pairs, the pairs'.
+    assert found.noise_for(plain, plain.rows[0], calibration.PLAIN).processes == 3
+    assert found.noise_for(plain, plain.rows[0], calibration.PAIRS).pairs == 4
 
 
 def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_pairs(tmp_path, capsys):
@@ -346,14 +346,14 @@ def test_calibrate_from_runs_keeps_an_a_a_already_run_and_refuses_runs_without_p
 
 
 # ------------------------------------------------------------------------------------------ the commands
-def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float, pairs: int = 11) -> Path:
-    """A calibration of every row of a run's machine and torch version (what calibrate would keep) from ``pairs``
-    pairs of one calibrate; ``run_file``: a frozen run's name, or a path."""
+def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float, processes: int = 21) -> Path:
+    """A calibration of plain processes of every row of a run's machine and torch version (what calibrate
+    --round-time 0 would keep) from ``processes`` processes; ``run_file``: a frozen run's name, or a path."""
     run = results.load_run(RUNS / run_file)
     entries = [{"machine": calibration._machine(run), "torch_version": run.torch_version,
-                "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": pairs,
-                "pair_log_sd": process_sd, "pair_df": pairs, "process_log_sd": process_sd,
-                "process_df": 2 * (pairs - 1),
+                "identity": calibration._jsonable(row.identity.fields()), "test": row.test, "pairs": 0,
+                "processes": processes, "pair_log_sd": None, "pair_df": 0, "process_log_sd": process_sd,
+                "process_df": processes - 1,
                 "rounds_per_worker": 10, "measured": "2026-12-01T10:00:00", "how": "planted"} for row in run.rows]
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"calibration_schema": calibration.CALIBRATION_SCHEMA, "entries": entries}))
@@ -378,12 +378,24 @@ def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what
 def test_one_process_a_side_is_not_judged_with_a_calibration_of_too_few_processes(tmp_path, capsys):
     # Four processes can all miss a placement mode that one process in three lands in (significance.py).
     pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
-    for pairs, code in ((5, 0), (6, 1)):  # 5 pairs: 8 degrees of freedom; 6 pairs: 10
-        path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02, pairs=pairs)
+    for processes, code in ((9, 0), (11, 1)):  # 8 degrees of freedom, then 10
+        path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02, processes=processes)
         assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == code
         out = capsys.readouterr().out
         said = "its spread between processes rests on 8 degrees of freedom and one process a side needs 10 (11 plain"
-        assert (said in out) == (pairs == 5) and ("calibrated noise" in out) == (pairs == 6)
+        assert (said in out) == (processes == 9) and ("calibrated noise" in out) == (processes == 11)
+
+
+def test_a_calibration_of_worker_pairs_does_not_judge_one_process_a_side(tmp_path, capsys):
+    # Paired workers wait out each other's rounds; plain runs do not, and spread otherwise (calibration.py).
+    pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]
+    path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    data = json.loads(path.read_text())
+    for entry in data["entries"]:
+        entry.update(pairs=11, pair_log_sd=0.02, pair_df=11)
+    path.write_text(json.dumps(data))
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == 0
+    assert "run devicebench calibrate --round-time 0 once" in capsys.readouterr().out
 
 
 def test_history_marks_a_calibrated_step_and_leaves_an_uncalibrated_one_open(tmp_path, capsys):
@@ -404,11 +416,11 @@ def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch)
     assert cli.main(["info", "--calibration", str(path)]) == 0
     out = capsys.readouterr().out
     assert "calibration: 2 row(s) of this machine" in out and "test_mnist_mlp[cpu-seed] · standard" in out
-    assert "spread between pairs 2.0%, between processes" in out
-    # An entry that records its round noise says how its pair spread divides.
+    assert "standard · torch 2.14.1: 21 plain processes, between processes 2.0%" in out
+    # An entry of worker pairs that records its round noise says how its pair spread divides.
     data = json.loads(path.read_text())
-    data["entries"][0].update(pair_log_sd=math.log(1.05), round_log_sd=math.log(1.12), round_df=90,
-                              rounds_per_worker=10)
+    data["entries"][0].update(pairs=11, pair_df=11, pair_log_sd=math.log(1.05), round_log_sd=math.log(1.12),
+                              round_df=90, rounds_per_worker=10)
     path.write_text(json.dumps(data))
     assert cli.main(["info", "--calibration", str(path)]) == 0
     per_process = math.sqrt(math.log(1.05) ** 2 - math.pi / 2 * math.log(1.12) ** 2 / 10)

@@ -381,14 +381,6 @@ def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch
     assert "--until judges from 3 pairs on, and at 5m32s a pair this budget holds 1: give --budget 17m or more" \
         in "\n".join(lines)
     assert any(line.startswith("--until 5.0%: not judged: 1 pair(s) measured") for line in lines)
-    # The run is written, and its pair kept: the same command with a larger budget adds pairs to it.
-    assert (tmp_path / "h-A.json").exists() and (tmp_path / ".h.processes").is_dir()
-    started.clear()
-    lines.clear()
-    run(started.plan, tmp_path, "h", None, echo=lines.append, until_target=0.05, budget_seconds=1100)
-    assert lines[0] == "pair 1: already measured, kept" and started == [2, 3]
-    assert "every row can see a change of its size (5.0%) after 3 pairs: stopping" in lines
-    assert not (tmp_path / ".h.processes").exists()  # reached: nothing left to add to
 
 
 def test_one_pair_with_a_calibration_says_until_judges_from_two(monkeypatch, tmp_path):
@@ -400,6 +392,14 @@ def test_one_pair_with_a_calibration_says_until_judges_from_two(monkeypatch, tmp
     assert started == [1]
     assert ("--until judges from 2 pairs on with a calibration, and at 8m24s a pair this budget holds 1: give "
             "--budget 17m or more") in "\n".join(lines)
+    # A calibration of other rows does not count.
+    other = calibration_of_an_a_a(monkeypatch, tmp_path / "other", {"test_other": 0.03})
+    started = fake_pairs(monkeypatch, 504.0, {"test_wobbly": 0.03})
+    lines.clear()
+    run(started.plan, tmp_path, "two", None, echo=lines.append, until_target=0.05, budget_seconds=900,
+        calibration=other)
+    assert "--until judges from 3 pairs on, and at 8m24s a pair this budget holds 1: give --budget 26m" \
+        in "\n".join(lines)
 
 
 def test_a_budget_of_two_calibrated_pairs_does_not_say_until_cannot_judge(monkeypatch, tmp_path):

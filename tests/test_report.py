@@ -37,7 +37,7 @@ def test_the_report_judges_a_change_on_this_machines_calibrated_noise(tmp_path):
                                      cli.calibration.Calibration.load(
                                          frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)))
     alone = report.write_report(pair, tmp_path / "alone.html", 0.05)
-    assert "1.10x slower (p=" in calibrated.read_text() and "calibrated 2026-12-01 from 11 pairs" in calibrated.read_text()
+    assert "1.10x slower (p=" in calibrated.read_text() and "calibrated 2026-12-01 from 21 plain processes" in calibrated.read_text()
     assert "no verdict below 2x" in alone.read_text()
 
 
