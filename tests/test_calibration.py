@@ -303,6 +303,7 @@ def test_calibrate_with_round_time_0_runs_plain_processes_one_after_another(tmp_
     assert cli.main(["calibrate", *options, "--calibration", str(target), "--", "--device", "cpu"]) == 0
     assert len(asked["environments"]) == 1 and asked["count"] == processes
     assert "pin_rounds" not in asked["options"] and "round_seconds" not in asked["options"]
+    assert asked["options"]["budget_seconds"] == (600 if "--budget" in options else None)
     [entry] = Calibration.load(target).entries
     assert entry["pairs"] == 0 and entry["pair_log_sd"] is None and entry["processes"] == 4
     assert entry["process_df"] == 3

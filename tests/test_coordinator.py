@@ -541,3 +541,21 @@ def test_rows_only_some_environments_measured_are_left_out_of_later_pairs_and_no
     assert started == [["test_both", "test_only_a"], ["test_both"], ["test_both"]]
     assert any("not judged, and left out of later pairs: test_only_a" in line for line in lines)
     assert [path.name for path in written] == ["s-A.json", "s-B.json"]
+
+
+def test_processes_one_after_another_stop_where_the_next_would_end_past_the_budget(monkeypatch, tmp_path):
+    now = [0.0]
+
+    def worker(env, task, task_file, log):  # a fresh process that measures for 100 s
+        Path(task.output).write_text(json.dumps(worker_file({"test_row": [1.0, 1.0, 1.0]})))
+        now[0] += 100.0
+        return 0
+
+    monkeypatch.setattr(coordinator.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(coordinator, "_run_worker", worker)
+    lines: list[str] = []
+    written = coordinator.run([ENVS[0]], 12, plan_of("test_row", device="cpu"), tmp_path, "plain",
+                              echo=lines.append, budget_seconds=250)
+    assert "budget 4m10s spent (3m20s measured; the next process would take about 1m40s): stopping after 2 " \
+           "processes" in lines
+    assert len(results.load_run(written[0]).rows[0].processes) == 2
