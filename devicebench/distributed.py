@@ -20,13 +20,15 @@ work); *strong* shares the scale's batch and epoch out (each rank a 1/N share). 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
+
+from devicebench import runfile
 
 LAUNCH_FORMAT = 1
 VIEWS = ("weak", "strong")
@@ -37,7 +39,7 @@ FAULT_VARIABLE = "DEVICEBENCH_PLANTED_FAULT"
 
 
 @dataclass
-class Launch:
+class Launch(runfile.TaskFile):
     """What every rank of one torchrun measures (written by scaling.py)."""
 
     rows: list[dict]  # rows.RowSpec fields
@@ -47,19 +49,8 @@ class Launch:
     output: str  # rank 0's file of the launch's rows
     collective_timeout: float  # seconds a rank waits in a collective for the others before it fails
     format: int = LAUNCH_FORMAT
-
-    def write(self, path: Path) -> Path:
-        from devicebench import runfile
-
-        return runfile.write_text_atomically(path, json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, path: Path) -> "Launch":
-        values = json.loads(Path(path).read_text())
-        if values.get("format") != LAUNCH_FORMAT:
-            raise SystemExit(f"devicebench.distributed: launch format {values.get('format')} is not {LAUNCH_FORMAT}: "
-                             f"this devicebench differs from the one that wrote it; install the same one")
-        return cls(**values)
+    FORMAT: ClassVar[int] = LAUNCH_FORMAT
+    WHAT: ClassVar[str] = "devicebench.distributed: launch"
 
 
 def status_path(folder: Path, rank: int) -> Path:
@@ -117,8 +108,6 @@ class RankStatus:
 
     def update(self, **fields) -> None:
         """Rewrite the file with ``fields``, and the collectives issued as they stand now (while the group lives)."""
-        from devicebench import runfile
-
         with self.lock:
             issued = collectives_issued()
             if issued is not None:
@@ -188,7 +177,7 @@ def main(argv: list[str]) -> int:
     finally:
         undo_signals()
     if rank == 0:
-        from devicebench import environment, runfile
+        from devicebench import environment
 
         runfile.write_json_atomically(Path(launch.output), {
             "devicebench": {"launch": True, "world_size": world_size, "view": launch.view},

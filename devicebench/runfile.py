@@ -13,12 +13,14 @@ newer ones are refused. Every file is written whole or not at all (``write_json_
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
 import os
 import statistics
 from pathlib import Path
+from typing import ClassVar
 
 from devicebench.errors import DevicebenchError
 
@@ -27,6 +29,25 @@ SCHEMA = 3  # bump when a field changes meaning, and add update_to_<N> below
 PROCESS_FIELDS = ("round_seconds", "train_seconds", "val_seconds", "samples_per_s", "compile_s",
                   "loader_wait_fraction", "unstable_reason", "round_sequence", "pair")
 PER_ROUND_FIELDS = ("loader_wait_fraction_per_round", "train_loss_per_round", "val_loss_per_round")
+
+
+class TaskFile:
+    """A dataclass one process writes for a child it starts, read back whole there (worker.Task,
+    distributed.Launch). ``FORMAT`` refuses a child of another devicebench, named by ``WHAT``."""
+
+    FORMAT: ClassVar[int]
+    WHAT: ClassVar[str]  # e.g. "devicebench worker: task"
+
+    def write(self, path: Path) -> Path:
+        return write_text_atomically(path, json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path):
+        values = json.loads(Path(path).read_text())
+        if values.get("format") != cls.FORMAT:
+            raise SystemExit(f"{cls.WHAT} format {values.get('format')} is not {cls.FORMAT}: the devicebench that "
+                             f"wrote it differs from this one; install the same one in every environment")
+        return cls(**values)
 
 
 class FileError(DevicebenchError):

@@ -9,19 +9,20 @@ the error). Its printed lines are a log for people. pyperf's manager and worker 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import devicebench
+from devicebench import runfile
 
 WORKER_FORMAT = 1  # of the task and the worker's file: coordinator and worker come from one devicebench
 
 
 @dataclass
-class Task:
+class Task(runfile.TaskFile):
     rows: list[dict]  # rows.RowSpec fields
     options: dict  # options.RowOptions fields
     output: str  # the worker's file, written whole when it ends
@@ -33,19 +34,8 @@ class Task:
     parity_check: bool = True  # likewise the parity check of each accelerator and workload (parity.py)
     compile_only: bool = False  # one untimed round per row: compile the code a kept cache will hold
     format: int = WORKER_FORMAT
-
-    def write(self, path: Path) -> Path:
-        from devicebench import runfile
-
-        return runfile.write_text_atomically(path, json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, path: Path) -> "Task":
-        values = json.loads(Path(path).read_text())
-        if values.get("format") != WORKER_FORMAT:
-            raise SystemExit(f"devicebench worker: task format {values.get('format')} is not {WORKER_FORMAT}: the "
-                             f"environment's devicebench differs from the coordinator's; install the same one")
-        return cls(**values)
+    FORMAT: ClassVar[int] = WORKER_FORMAT
+    WHAT: ClassVar[str] = "devicebench worker: task"
 
 
 def command(python: str, task_path: Path) -> list[str]:
@@ -75,7 +65,7 @@ def main(argv: list[str]) -> int:
     finally:
         undo_cache()
         undo_signals()
-    from devicebench import environment, runfile
+    from devicebench import environment
 
     runfile.write_json_atomically(Path(task.output), {
         "devicebench": {"schema": runfile.SCHEMA, "worker": True, "interrupted": interrupted},

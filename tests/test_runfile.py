@@ -220,3 +220,18 @@ def test_a_coordinator_writes_nothing_where_compare_would_read_it_until_the_run_
     finally:
         folder.release(remove=False)
     assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize("task_class", ["worker.Task", "distributed.Launch"])
+def test_a_task_file_of_another_devicebench_is_refused_by_name(tmp_path, task_class):
+    from devicebench import distributed, worker
+
+    cls = {"worker.Task": worker.Task, "distributed.Launch": distributed.Launch}[task_class]
+    fields = {"rows": [], "options": {}, "output": str(tmp_path / "out.json")}
+    if cls is distributed.Launch:
+        fields.update(view="weak", folder=str(tmp_path), collective_timeout=20.0)
+    path = cls(**fields).write(tmp_path / "task.json")
+    assert cls.read(path) == cls(**fields)  # written whole, read back the same
+    path.write_text(path.read_text().replace(f'"format": {cls.FORMAT}', '"format": 99'))
+    with pytest.raises(SystemExit, match=f"{cls.WHAT} format 99 is not {cls.FORMAT}: the devicebench that wrote it"):
+        cls.read(path)

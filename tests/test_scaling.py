@@ -76,6 +76,25 @@ def test_rows_that_cannot_run_here_are_skipped_with_their_reason_before_any_laun
                               "accelerators")
 
 
+def test_a_rank_whose_run_wraps_nothing_is_refused_before_its_first_round(monkeypatch):
+    # A workload that forgot WorkloadRun.distributed() would train each rank apart: refused at once, not after
+    # its rounds.
+    from dataclasses import replace
+
+    import tiny_workload
+    from test_benchmark_run import tiny_config
+
+    from devicebench.workloads.base import DistributedRank
+
+    config = replace(tiny_config(), distributed=DistributedRank(0, 0, 2, "weak"))
+    monkeypatch.setattr(tiny_workload.ResidentRun, "distributed", lambda self, module, constant_buffers=False: module)
+    run = tiny_workload.ResidentRun(config)
+    with pytest.raises(UsageError, match="ResidentRun wraps no module with WorkloadRun.distributed"):
+        run.run_round()
+    run.ranks_share_gradients = True  # as WorkloadRun.distributed sets it when it wraps
+    assert run.run_round().seconds > 0
+
+
 def test_several_hosts_meet_through_torchruns_rendezvous():
     topology = scaling.Topology(nodes=2, node_rank=1, rendezvous="host:29400")
     assert topology.torchrun_arguments(16) == ["--nnodes", "2", "--node-rank", "1", "--rdzv-backend", "c10d",

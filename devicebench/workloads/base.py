@@ -153,6 +153,7 @@ class WorkloadRun(ABC):
             return module
         from torch.nn.parallel import DistributedDataParallel
 
+        self.ranks_share_gradients = True  # run_round refuses a rank whose run wrapped nothing
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=not constant_buffers)
 
@@ -182,6 +183,10 @@ class WorkloadRun(ABC):
         (what a cuda-only sync gets wrong on mps). The sync between the two parts lets training throughput be
         computed from training time alone; it costs one wait that the epoch's last loss read does anyway.
         """
+        if self.config.distributed is not None and not getattr(self, "ranks_share_gradients", False):
+            raise UsageError(f"{type(self).__module__}.{type(self).__name__} wraps no module with "
+                             f"WorkloadRun.distributed(), so its ranks would train apart: wrap the module its "
+                             f"training step calls (docs/internals.md)")
         waits = Stopwatch()
         start = time.perf_counter()
         train_loss = self.train_epoch(waits)
