@@ -1,10 +1,11 @@
-"""The ``devicebench`` command: info, run, calibrate, sweep, compare, report, history and peer.
+"""The ``devicebench`` command: info, run, calibrate, sweep, compare, report, history, peer and scaling.
 
 ``run`` measures rows in fresh worker processes (coordinator.py); ``pytest benchmarks`` measures the same rows in
 one process. What each command does is in commands.py; this module declares their options.
 
 Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error, or a gate that
-cannot judge (an unreadable run, no row in common with the baseline); the message says what to fix.
+cannot judge (an inconclusive row, an unreadable run, no row in common with the baseline); the message says what
+to fix.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     """The options of the commands that run the suite as several processes (run, sweep)."""
     parser.add_argument("--processes", type=int, default=processes, help=processes_help)
     parser.add_argument("--until", type=_until_part, action="append", metavar="[PIPELINE=]SIZE",
-                        help="with two or more --env: add worker pairs until every row could detect a change of "
+                        help="in worker pairs (two or more --env): add pairs until every row could detect a change of "
                              "this size (e.g. 5%%), each environment against the first, or --budget is spent; a "
                              "row that got there is left out of later pairs. Repeat with PIPELINE=SIZE to ask "
                              "another size of one pipeline's rows, e.g. --until 5%% --until seed=10%%")
@@ -87,12 +88,12 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
                         help="stop adding worker pairs (or processes, one after another) once this much time is "
                              "measured (e.g. 10m, 1h); the next is started only if it fits")
     parser.add_argument("--round-time", type=_round_time, metavar="TIME",
-                        help="with two or more --env: each worker times every row's rounds for about this long "
+                        help="in worker pairs (two or more --env): each worker times every row's rounds for about this long "
                              f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
                              "more rounds for fast rows, a tighter estimate per pair; 0: the scale's rounds, as "
                              "a plain pytest run times them (calibrate so for single-process comparisons)")
     parser.add_argument("--pin-rounds", choices=("pair", "off"), default=None,
-                        help="with two or more --env: pair (the default) runs the accelerator rows' rounds of both "
+                        help="in worker pairs (two or more --env): pair (the default) runs the accelerator rows' rounds of both "
                              "workers of a pair on one core, another each pair, so that what a core is worth "
                              "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
                              "puts them, as plain pytest runs do")
@@ -277,7 +278,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:  # the likeliest slip: row options without the -- before them
+        hint = ""
+        if hasattr(args, "row_arguments") and "--" not in argv:
+            hint = f"; row options (--device, --scale, -k, ...) go after --: devicebench {argv[0]} -- --device cpu"
+        parser().error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     undo = signals.stop_like_ctrl_c()  # a run or sweep stopped by SIGTERM/SIGHUP keeps its finished pairs
     try:
         return args.handler(args)

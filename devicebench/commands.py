@@ -172,7 +172,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "notes above for what differs")
     if view != "change":
         return 0
-    for line in compare.inconclusive(tables):
+    unjudged = compare.inconclusive(tables)
+    for line in unjudged:
         print(f"inconclusive at {args.threshold:.0%}: {line}")
     for line in compare.uncorrected_regressions(tables):
         print(f"significant alone, not gated on: {line}")
@@ -182,6 +183,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for line in found:
             print(f"  {line}")
         return 1 if args.fail_on_regression else 0
+    if args.fail_on_regression and unjudged:
+        raise GateCannotJudge(
+            f"--fail-on-regression: {len(unjudged)} row(s) inconclusive (above): their data could not have seen a "
+            f"{args.threshold:.0%} change, so the gate cannot pass them. Give them more processes a side "
+            f"(devicebench run --until {args.threshold:.0%}), this machine's calibration (devicebench calibrate), "
+            f"or a --threshold above their smallest detectable change; or gate fewer rows (--workload, --pipeline)")
     if args.fail_on_regression:
         print(f"no significant regression beyond {args.threshold:.0%}")
     return 0
@@ -310,6 +317,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     for line in found:
         print(line)
     regressed = any(line.startswith("regression") for line in found)
+    if args.fail_on_regression and not regressed and any(line.startswith("inconclusive") for line in found):
+        raise GateCannotJudge(f"--fail-on-regression: a step above is inconclusive: its data could not have seen a "
+                              f"{args.threshold:.0%} change, so the gate cannot pass it (devicebench calibrate, or "
+                              f"several processes a version, would let it judge)")
     return 1 if regressed and args.fail_on_regression else 0
 
 

@@ -97,7 +97,8 @@ def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list
 
 
 def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tuple[str, list[str]]:
-    """The history tables, and one line per step found (slower steps start with "regression")."""
+    """The history tables, and one line per step found (slower steps start with "regression"; steps the data
+    could not judge at the threshold, with "inconclusive")."""
     out, found = [], []
     for timeline in lines_of:
         title = f"{timeline.machine_label} · {timeline.device} ({timeline.device_name})"
@@ -124,6 +125,8 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
                                  f"{key.config_label()}: torch {previous_version} -> {version}: {verdict.describe()}")
                 elif verdict is not None and verdict.inconclusive:
                     text += " (inconclusive)"
+                    found.append(f"inconclusive: {title}: {key.config_label()}: torch {previous_version} -> "
+                                 f"{version}: {verdict.describe()}")
                 cells.append(text)
                 previous_version, previous_row = version, row
             body.append([key.config_label()] + cells)

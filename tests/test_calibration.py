@@ -364,7 +364,7 @@ def frozen_calibration(tmp_path: Path, run_file: str | Path, process_sd: float, 
 def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what_an_uncalibrated_one_needs(
         tmp_path, capsys):
     pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
-    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(tmp_path / "none.json")]) == 0
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(tmp_path / "none.json")]) == 2
     out = capsys.readouterr().out
     assert "no verdict below 2x" in out and "run devicebench calibrate --round-time 0 once" in out
     path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
@@ -379,7 +379,7 @@ def test_the_gate_on_single_processes_fails_on_a_calibrated_change_and_says_what
 def test_one_process_a_side_is_not_judged_with_a_calibration_of_too_few_processes(tmp_path, capsys):
     # Four processes can all miss a placement mode that one process in three lands in (significance.py).
     pair = [str(RUNS / "cpu_torch_2.13.json"), str(RUNS / "cpu_torch_2.14.json")]  # a planted 10% slowdown
-    for processes, code in ((9, 0), (11, 1)):  # 8 degrees of freedom, then 10
+    for processes, code in ((9, 2), (11, 1)):  # 8 degrees of freedom (the gate cannot judge), then 10
         path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02, processes=processes)
         assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == code
         out = capsys.readouterr().out
@@ -395,7 +395,7 @@ def test_a_calibration_of_worker_pairs_does_not_judge_one_process_a_side(tmp_pat
     for entry in data["entries"]:
         entry.update(pairs=11, pair_log_sd=0.02, pair_df=11)
     path.write_text(json.dumps(data))
-    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == 0
+    assert cli.main(["compare", *pair, "--fail-on-regression", "--calibration", str(path)]) == 2
     assert "run devicebench calibrate --round-time 0 once" in capsys.readouterr().out
 
 
@@ -406,8 +406,9 @@ def test_history_marks_a_calibrated_step_and_leaves_an_uncalibrated_one_open(tmp
     assert cli.main(["history", str(tmp_path), "--fail-on-regression", "--calibration", str(path)]) == 1
     assert "REGRESSION 1.10x slower" in capsys.readouterr().out
     assert cli.main(["history", str(tmp_path), "--fail-on-regression", "--calibration",
-                     str(tmp_path / "none.json")]) == 0
-    assert "(inconclusive)" in capsys.readouterr().out
+                     str(tmp_path / "none.json")]) == 2  # it cannot judge that step: the gate fails closed
+    captured = capsys.readouterr()
+    assert "(inconclusive)" in captured.out and "a step above is inconclusive" in captured.err
 
 
 def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch):

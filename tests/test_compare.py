@@ -51,10 +51,16 @@ def test_devices_view_takes_the_baseline_device_the_user_names(capsys):
                      "--fail-on-regression"]) == 2  # a slower device is not a regression
 
 
-def test_a_a_pair_is_no_significant_change(capsys):
-    code = cli.main(["compare", str(RUNS / "aa_first.json"), str(RUNS / "aa_second.json"), "--fail-on-regression"])
+def test_a_a_pair_of_single_processes_gets_no_verdict_and_the_gate_cannot_pass_it(capsys):
+    pair = [str(RUNS / "aa_first.json"), str(RUNS / "aa_second.json")]
+    assert cli.main(["compare", *pair]) == 0
     out = capsys.readouterr().out
-    assert code == 0 and "no verdict below 2x" in out and "no significant regression" in out
+    assert "no verdict below 2x" in out and "no significant regression" not in out
+    # The gate could not have seen a 5% change: it fails closed (2) and says what would let it judge.
+    assert cli.main(["compare", *pair, "--fail-on-regression"]) == 2
+    captured = capsys.readouterr()
+    assert "no significant regression" not in captured.out
+    assert "row(s) inconclusive (above): their data could not have seen a 5% change" in captured.err
     # Same machine and torch: columns are told apart by file name.
     assert "aa_first" in out and "aa_second" in out
 
@@ -228,8 +234,11 @@ def test_too_few_processes_for_the_spread_is_inconclusive_not_a_verdict(capsys):
     assert verdict.inconclusive and not verdict.is_change and verdict.detectable > 0.05
     assert verdict.describe().startswith("no significant change, inconclusive: processes spread too much to "
                                          "detect a 5% change")
-    assert cli.main(["compare", str(first.path), str(second.path), "--fail-on-regression"]) == 0
+    assert cli.main(["compare", str(first.path), str(second.path), "--fail-on-regression"]) == 2
     assert "inconclusive at 5%: " in capsys.readouterr().out
+    # A threshold the data could see is judged: nothing beyond it, the gate passes.
+    assert cli.main(["compare", str(first.path), str(second.path), "--fail-on-regression", "--threshold",
+                     f"{verdict.detectable + 0.05:.2f}"]) == 0
 
 
 @pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), ("12.5%", 0.125), ("0", 0.0)])
@@ -344,14 +353,15 @@ def with_counts(tmp_path, name: str, ops: float, kernels: float) -> str:
 def test_a_change_in_step_counts_is_shown_exactly_and_fails_the_gate_beyond_the_threshold(tmp_path, capsys):
     base = with_counts(tmp_path, "aa_first.json", ops=280, kernels=146)
     same = with_counts(tmp_path, "aa_second.json", ops=280, kernels=146)
-    assert cli.main(["compare", base, same, "--fail-on-regression"]) == 0
+    # One process a side: the times are inconclusive (the gate cannot pass them), the counts exact.
+    assert cli.main(["compare", base, same, "--fail-on-regression"]) == 2
     assert "counts:" not in capsys.readouterr().out
     more = with_counts(tmp_path, "aa_second.json", ops=296, kernels=148)  # +5.7% ops, +1.4% kernels
     assert cli.main(["compare", base, more, "--fail-on-regression"]) == 1
     out = capsys.readouterr().out
     assert "counts: ops +16 per step (+5.7%), kernels +2 per step (+1.4%)" in out
     assert "counts per step grew: ops +16 per step (+5.7%)" in out and "kernels +2" not in out.split("grew:")[1]
-    assert cli.main(["compare", base, more, "--fail-on-regression", "--threshold", "10%"]) == 0
+    assert cli.main(["compare", base, more, "--fail-on-regression", "--threshold", "10%"]) == 2
     assert cli.main(["compare", base, more, "--details"]) == 0
     assert "ops per step" in capsys.readouterr().out
 

@@ -263,6 +263,7 @@ def test_a_file_of_another_kind_is_refused_by_name(tmp_path):
     (["--nodes", "2"], "needs --rendezvous HOST:PORT"),
     (["--world-sizes", "2,4"], "must include 1"),
     (["--", "--device", "mps"], "mps has no torch.distributed backend"),
+    (["--device", "cpu"], "row options (--device, --scale, -k, ...) go after --: devicebench scaling -- --device cpu"),
 ])
 def test_bad_options_fail_naming_the_fix(arguments, message, capsys):
     try:
