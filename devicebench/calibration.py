@@ -162,8 +162,9 @@ def _machine(run: Run) -> list:
 PAIRS, PLAIN = "pairs", "plain"  # what an entry measured: worker pairs (add_explained) or plain processes
 
 
-def kind_of(entry: dict) -> str:
-    return PAIRS if entry["pairs"] else PLAIN
+def kind_for(row: Row) -> str:
+    """The calibration a row's verdict uses: of plain processes for a row of one process, else of worker pairs."""
+    return PLAIN if len(row.processes) == 1 else PAIRS
 
 
 def _key(machine: list, torch_version: str, identity: dict, kind: str) -> str:
@@ -171,7 +172,7 @@ def _key(machine: list, torch_version: str, identity: dict, kind: str) -> str:
 
 
 def _entry_key(entry: dict) -> str:
-    return _key(entry["machine"], entry["torch_version"], entry["identity"], kind_of(entry))
+    return _key(entry["machine"], entry["torch_version"], entry["identity"], PAIRS if entry["pairs"] else PLAIN)
 
 
 class Calibration:
@@ -199,19 +200,15 @@ class Calibration:
         return cls(path, data["entries"])
 
     def noise_for(self, run: Run, row: Row, kind: str | None = None) -> Noise | None:
-        """The calibrated noise of this row on the machine and torch version of ``run``, if measured: of plain
-        processes for a row of one process (its verdict is a single process's), else of worker pairs."""
-        kind = kind or (PLAIN if len(row.processes) == 1 else PAIRS)
-        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind)
+        """The calibrated noise of this row on the machine and torch version of ``run``, if measured, of ``kind``
+        (default: the one its verdict uses, ``kind_for``)."""
+        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind or kind_for(row))
 
     def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS) -> Noise | None:
         """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
         ``torch_version``, if measured, of ``kind``: PAIRS or PLAIN."""
-        key = _key(machine, torch_version, _jsonable(identity), kind)
-        for entry in self.entries:
-            if _entry_key(entry) == key:
-                return noise_of(entry)
-        return None
+        entry = self._entry_of(_key(machine, torch_version, _jsonable(identity), kind))
+        return None if entry is None else noise_of(entry)
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
         """The noise of a change on one machine: the candidate's torch version's, else the baseline's. Runs of two
@@ -224,7 +221,7 @@ class Calibration:
         """Why a row that ``noise_between`` found nothing for has no calibration, where this machine and torch
         version have one of the same row with its rounds pinned the other way (schema.PINNED_ROUNDS): a
         calibration made before ``devicebench run`` pinned rounds, or with ``--pin-rounds off``."""
-        if base_run.machine_key != run.machine_key or len(row.processes) == 1:  # plain entries are never pinned
+        if base_run.machine_key != run.machine_key or kind_for(row) == PLAIN:  # plain entries are never pinned
             return None
         fields = row.identity.fields()
         flipped = {name: value for name, value in fields.items() if name != schema.PINNED_ROUNDS}
@@ -263,9 +260,7 @@ class Calibration:
             if other is None or len(row.pairs.keys() & other.pairs.keys()) < 1:
                 continue
             entry = _entry(first, row, other, how)
-            key = _entry_key(entry)
-            earlier = next((e for e in self.entries if _entry_key(e) == key),
-                           None)
+            earlier = self._entry_of(_entry_key(entry))
             why = None if earlier is None else _why_kept_apart(earlier, entry)
             if earlier is None:
                 said = "its first calibration"
@@ -277,9 +272,7 @@ class Calibration:
                         f"{entry['pairs']} now)")
             else:
                 said = f"replaces an earlier entry of {_size(earlier)} ({why})"
-            self.entries = [e for e in self.entries
-                            if _entry_key(e) != key] + [entry]
-            added.append((entry, said))
+            added.append((self._put(entry), said))
         return added
 
     def add_processes(self, run: Run, how: str) -> list[tuple[dict, str]]:
@@ -301,9 +294,7 @@ class Calibration:
                      "rounds_per_worker": int(statistics.median(len(times) for times in row.processes)),
                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how, "sources": [],
                      "compiled_code": compiled_code(row), "round_log_sd": None, "round_df": 0}
-            key = _entry_key(entry)
-            earlier = next((e for e in self.entries if _entry_key(e) == key),
-                           None)
+            earlier = self._entry_of(_entry_key(entry))
             if earlier is None:
                 said = "its first calibration"
             elif (why := _why_kept_apart(earlier, entry)) is None:
@@ -311,10 +302,17 @@ class Calibration:
                 entry = _pooled(earlier, entry)
             else:
                 said = f"replaces an earlier entry of {_size(earlier)} ({why})"
-            self.entries = [e for e in self.entries
-                            if _entry_key(e) != key] + [entry]
-            added.append((entry, said))
+            added.append((self._put(entry), said))
         return added
+
+    def _entry_of(self, key: str) -> dict | None:
+        return next((entry for entry in self.entries if _entry_key(entry) == key), None)
+
+    def _put(self, entry: dict) -> dict:
+        """``entry`` in place of the one of its key, if any."""
+        key = _entry_key(entry)
+        self.entries = [e for e in self.entries if _entry_key(e) != key] + [entry]
+        return entry
 
     def save(self) -> Path:
         """Written to a temporary file and renamed: a reader never sees half a file."""

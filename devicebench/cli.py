@@ -80,23 +80,23 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     """The options of the commands that run the suite as several processes (run, sweep)."""
     parser.add_argument("--processes", type=int, default=processes, help=processes_help)
     parser.add_argument("--until", type=_until_part, action="append", metavar="[PIPELINE=]SIZE",
-                        help="in worker pairs (two or more --env): add pairs until every row could detect a change of "
-                             "this size (e.g. 5%%), each environment against the first, or --budget is spent; a "
+                        help="in worker pairs (two or more --env): add pairs until every row could detect a change "
+                             "of this size (e.g. 5%%), each environment against the first, or --budget is spent; a "
                              "row that got there is left out of later pairs. Repeat with PIPELINE=SIZE to ask "
                              "another size of one pipeline's rows, e.g. --until 5%% --until seed=10%%")
     parser.add_argument("--budget", type=_duration, metavar="TIME",
                         help="stop adding worker pairs (or processes, one after another) once this much time is "
                              "measured (e.g. 10m, 1h); the next is started only if it fits")
     parser.add_argument("--round-time", type=_round_time, metavar="TIME",
-                        help="in worker pairs (two or more --env): each worker times every row's rounds for about this long "
-                             f"(default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
+                        help="in worker pairs (two or more --env): each worker times every row's rounds for about "
+                             f"this long (default {DEFAULT_ROUND_SECONDS:.0f}s), at least the scale's rounds: "
                              "more rounds for fast rows, a tighter estimate per pair; 0: the scale's rounds, as "
                              "a plain pytest run times them (calibrate so for single-process comparisons)")
     parser.add_argument("--pin-rounds", choices=("pair", "off"), default=None,
-                        help="in worker pairs (two or more --env): pair (the default) runs the accelerator rows' rounds of both "
-                             "workers of a pair on one core, another each pair, so that what a core is worth "
-                             "cancels in their ratio (cpu rows are never pinned); off leaves them where the OS "
-                             "puts them, as plain pytest runs do")
+                        help="in worker pairs (two or more --env): pair (the default) runs the accelerator rows' "
+                             "rounds of both workers of a pair on one core, another each pair, so that what a core "
+                             "is worth cancels in their ratio (cpu rows are never pinned); off leaves them where the "
+                             "OS puts them, as plain pytest runs do")
     parser.add_argument("--env", action="append", default=[], metavar="LABEL=PYTHON", help=env_help)
     parser.add_argument("--name", default=name, help=name_help)
     parser.add_argument("--output-dir", default=output_dir, help="where the runs go (default %(default)s)")

@@ -155,8 +155,7 @@ def _task(plan: Plan, folder: staging.Staging, env: Environment, index: int, row
 
 def _run_sequential(env: Environment, processes: int, plan: Plan, folder: staging.Staging,
                     echo: Callable[[str], None], budget_seconds: float | None = None) -> int:
-    """``processes`` fresh workers of one environment, one after another, fewer where the next would end past
-    ``budget_seconds``; how many were measured."""
+    """``processes`` fresh workers of one environment in turn (fewer if ``budget_seconds`` ends); how many ran."""
     started, ran = time.monotonic(), 0
     for index in range(1, processes + 1):
         where = f"[{index}/{processes}] {env.label} process {index}/{processes}"
@@ -294,7 +293,7 @@ class Pairs:
             left = [row.test for row in progress.values() if row not in reached] if progress else None
             next_pair = self.next_pair_seconds(done, left) if budget_seconds is not None and done else 0.0
             if budget_seconds is not None and done and spent + next_pair > budget_seconds:
-                advice = until.budget_advice(progress, self.calibrated(environments, done), done, spent) \
+                advice = until.budget_advice(self.calibrated(environments, done, progress), done, spent) \
                     if self.target is not None else ""
                 self.echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next pair would take "
                           f"about {clock(next_pair)}): stopping after {done} pairs{advice}")
@@ -328,8 +327,10 @@ class Pairs:
         return {test: row for test, row in until.progress_by_row(runs, self.calibration, family).items()
                 if test not in skipped}
 
-    def calibrated(self, environments: list[Environment], pairs: int) -> bool:
-        """Whether this machine's calibration of worker pairs has every row the first environment measured."""
+    def calibrated(self, environments: list[Environment], pairs: int, progress: dict) -> bool:
+        """Whether the rows pool this machine's pair calibration: as judged (``progress``), else if it has them."""
+        if progress:
+            return any(row.calibrated for row in progress.values())
         run = results.run_of(merged_run(self.folder, environments[0], pairs, "in progress"), self.folder.folder)
         return bool(self.calibration and run.rows
                     and all(self.calibration.noise_for(run, row, PAIRS) for row in run.rows))
@@ -426,9 +427,8 @@ class Pairs:
 
 
 def where_the_time_went(schedule: list, seconds: float, worker_files: list[dict]) -> str:
-    """One line on a pair's time: before the workers' first turn (starting Python, importing), building rows
-    (step 0: data, model, compilation, the parity check), and in rounds, of which how much was timed. Only one
-    worker runs at a time, so the parts add up to the pair's time."""
+    """One line on a pair's time: start-up (before the first turn), building rows (step 0: data, model, compilation,
+    the parity check) and rounds, of which how much was timed; one worker runs at a time, so the parts add up."""
     granted = [point.granted_at for _, _, point in schedule if point.granted_at is not None]
     if not granted:
         return f"time: {clock(seconds)}"

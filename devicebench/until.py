@@ -195,11 +195,9 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
     return f"    after {pairs} pairs, smallest detectable change{level}: " + "; ".join(marks)
 
 
-def budget_advice(progress: dict[str, RowProgress], calibrated: bool, pairs: int, spent: float) -> str:
+def budget_advice(calibrated: bool, pairs: int, spent: float) -> str:
     """A line for a user whose budget ran out after ``pairs`` pairs, too few for --until to judge (else "");
-    ``calibrated``: whether this machine's calibration has the rows (decides for rows not judged yet)."""
-    if progress:
-        calibrated = any(row.calibrated for row in progress.values())
+    ``calibrated``: whether the rows' verdicts pool this machine's calibration (then two pairs judge)."""
     minimum = MIN_PAIRS_CALIBRATED if calibrated else MIN_PAIRS_FOR_UNTIL
     if pairs >= minimum:
         return ""

@@ -110,6 +110,7 @@ class WorkloadRun(ABC):
         self.config = config
         self.device = config.device
         self.data_source = "unknown"  # "real" or "synthetic", set by the workload when it loads its data
+        self.ranks_share_gradients = False  # distributed() sets it when it wraps; run_round refuses a rank without
         # Every rank of a data-parallel run builds the same model (config.seed) but draws its own data order.
         rank = config.distributed.rank if config.distributed is not None else 0
         self.order_generator = torch.Generator().manual_seed(config.seed + rank)
@@ -153,7 +154,7 @@ class WorkloadRun(ABC):
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        self.ranks_share_gradients = True  # run_round refuses a rank whose run wrapped nothing
+        self.ranks_share_gradients = True
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=not constant_buffers)
 
@@ -183,7 +184,7 @@ class WorkloadRun(ABC):
         (what a cuda-only sync gets wrong on mps). The sync between the two parts lets training throughput be
         computed from training time alone; it costs one wait that the epoch's last loss read does anyway.
         """
-        if self.config.distributed is not None and not getattr(self, "ranks_share_gradients", False):
+        if self.config.distributed is not None and not self.ranks_share_gradients:
             raise UsageError(f"{type(self).__module__}.{type(self).__name__} wraps no module with "
                              f"WorkloadRun.distributed(), so its ranks would train apart: wrap the module its "
                              f"training step calls (docs/internals.md)")
