@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from devicebench import calibration, compare, signals, significance
+from devicebench import calibration, compare, signals
 from devicebench.commands import (CALIBRATION_PAIRS, CALIBRATION_PROCESSES, cmd_calibrate, cmd_compare, cmd_history,
                                   cmd_info, cmd_peer, cmd_report, cmd_run, cmd_scaling, cmd_sweep)
 from devicebench.coordinator import DEFAULT_ROUND_SECONDS
@@ -34,16 +34,21 @@ def _threshold(text: str) -> float:
     return value
 
 
-def _until_part(text: str) -> tuple[str | None, float]:
-    """One ``--until``: ``5%`` for every row, or ``seed=10%`` for one pipeline's rows."""
+def _pipeline_size(text: str) -> tuple[str | None, float]:
+    """One ``--threshold``: ``5%`` for every row, or ``seed=10%`` for one pipeline's rows."""
     pipeline, _, size = text.rpartition("=")
     if pipeline and pipeline not in PIPELINES:
         raise argparse.ArgumentTypeError(f"{text!r}: {pipeline!r} is not a pipeline; give one of "
                                          f"{', '.join(PIPELINES)}, as in seed=10%")
-    value = _threshold(size)
+    return pipeline or None, _threshold(size)
+
+
+def _until_part(text: str) -> tuple[str | None, float]:
+    """One ``--until``: as ``--threshold``, above zero."""
+    pipeline, value = _pipeline_size(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a size above zero, such as 5%")
-    return pipeline or None, value
+    return pipeline, value
 
 
 def _duration(text: str) -> float:
@@ -73,6 +78,13 @@ def _world_sizes(text: str) -> tuple[int, ...]:
 def _round_time(text: str) -> float:
     """A --round-time: a time as _duration reads it, or 0 for the scale's rounds alone."""
     return 0.0 if text.strip() in ("0", "0s") else _duration(text)
+
+
+def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=_pipeline_size, action="append", metavar="[PIPELINE=]SIZE",
+                        help="smallest change worth reporting: 5%% or 0.05 (the default); repeat with PIPELINE=SIZE "
+                             "for one pipeline's rows, as the run's --until asked: --threshold 5%% --threshold "
+                             "seed=10%%")
 
 
 def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | None, output_dir: str,
@@ -125,8 +137,7 @@ def parser() -> argparse.ArgumentParser:
     comparison = commands.add_parser("compare", help="compare saved runs (files, folders or run ids)")
     comparison.add_argument("runs", nargs="+", metavar="RUN",
                             help="a saved JSON file, a folder of them, or a run id such as 0003 under results/")
-    comparison.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD,
-                            help="smallest change worth reporting: 5%% or 0.05 (the default)")
+    _add_threshold_option(comparison)
     comparison.add_argument("--view", choices=compare.VIEWS, default="auto",
                             help="change: the same rows across runs (a torch upgrade); devices: one device against "
                                  "another; auto (default): change when some row is in several runs")
@@ -148,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
     reporting = commands.add_parser("report", help="one self-contained HTML report of saved runs (opens offline)")
     reporting.add_argument("runs", nargs="+", metavar="RUN", help="saved JSON files, folders or run ids")
     reporting.add_argument("-o", "--output", default="report.html", help="the HTML file (default %(default)s)")
-    reporting.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
+    _add_threshold_option(reporting)
     reporting.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
     _add_calibration_option(reporting)
     reporting.set_defaults(handler=cmd_report)
@@ -187,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     sweeping.add_argument("--rerun", action="store_true", help="measure versions already measured again")
     sweeping.add_argument("--pip-args", default="", help="extra pip install arguments, written with =, e.g. "
                           "--pip-args='--index-url URL'")
-    sweeping.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
+    _add_threshold_option(sweeping)
     sweeping.add_argument("--png", metavar="PATH", help="also write the history chart")
     sweeping.set_defaults(handler=cmd_sweep)
 
@@ -269,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
 
     past = commands.add_parser("history", help="throughput per torch version, per machine and device")
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")
-    past.add_argument("--threshold", type=_threshold, default=significance.DEFAULT_THRESHOLD)
+    _add_threshold_option(past)
     past.add_argument("--png", metavar="PATH", help="also write a line chart")
     past.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a step regressed")
     _add_calibration_option(past)

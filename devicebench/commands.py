@@ -11,6 +11,7 @@ from pathlib import Path
 from devicebench import calibration, compare, coordinator, environment, history, options, results, rows, \
     significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 from devicebench.until import UntilTarget
 
 
@@ -149,14 +150,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("--fail-on-regression needs the change view: a slower device is not a regression")
     # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
     runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
-    view, tables = compare.build_tables(runs, args.threshold, args.view, args.baseline_device,
+    threshold = threshold_of(args.threshold)
+    view, tables = compare.build_tables(runs, threshold, args.view, args.baseline_device,
                                         calibration.Calibration.load(args.calibration))
     tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
     if args.details or args.markdown:
         print(compare.render(view, tables, markdown=args.markdown))
     else:
-        print(compare.render_compact(view, tables, runs, args.threshold))
+        print(compare.render_compact(view, tables, runs, threshold))
     if args.png:
         from devicebench import plots
 
@@ -174,23 +176,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     unjudged = compare.inconclusive(tables)
     for line in unjudged:
-        print(f"inconclusive at {args.threshold:.0%}: {line}")
+        print(f"inconclusive {line}")
     for line in compare.uncorrected_regressions(tables):
         print(f"significant alone, not gated on: {line}")
-    found = compare.regressions(tables) + compare.count_regressions(tables, args.threshold)
+    found = compare.regressions(tables) + compare.count_regressions(tables, threshold)
     if found:
-        print(f"{len(found)} significant regression(s) beyond {args.threshold:.0%}:")
+        print(f"{len(found)} significant regression(s) beyond {threshold.describe()}:")
         for line in found:
             print(f"  {line}")
         return 1 if args.fail_on_regression else 0
     if args.fail_on_regression and unjudged:
         raise GateCannotJudge(
             f"--fail-on-regression: {len(unjudged)} row(s) inconclusive (above): their data could not have seen a "
-            f"{args.threshold:.0%} change, so the gate cannot pass them. Give them more processes a side "
-            f"(devicebench run --until {args.threshold:.0%}), this machine's calibration (devicebench calibrate), "
+            f"{threshold.describe()} change, so the gate cannot pass them. Give them more processes a side "
+            f"(devicebench run {threshold.option('--until')}), this machine's calibration (devicebench calibrate), "
             f"or a --threshold above their smallest detectable change; or gate fewer rows (--workload, --pipeline)")
     if args.fail_on_regression:
-        print(f"no significant regression beyond {args.threshold:.0%}")
+        print(f"no significant regression beyond {threshold.describe()}")
     return 0
 
 
@@ -198,7 +200,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from devicebench import report
 
     runs = results.load_runs(args.runs, Path(args.results_dir))
-    path = report.write_report(runs, Path(args.output), args.threshold, calibration.Calibration.load(args.calibration))
+    path = report.write_report(runs, Path(args.output), threshold_of(args.threshold),
+                               calibration.Calibration.load(args.calibration))
     print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
     return 0
 
@@ -307,30 +310,29 @@ def cmd_peer(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     runs = results.load_runs([args.dir], Path(args.dir))
     lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
-    text, found = history.render(lines, args.threshold)
+    threshold = threshold_of(args.threshold)
+    text, found = history.render(lines, threshold)
     print(text)
     if args.png:
         from devicebench import plots
 
-        plots.history_chart(lines, Path(args.png), args.threshold)
+        plots.history_chart(lines, Path(args.png), threshold)
         print(f"chart written to {args.png}")
     for line in found:
         print(line)
     regressed = any(line.startswith("regression") for line in found)
     if args.fail_on_regression and not regressed and any(line.startswith("inconclusive") for line in found):
         raise GateCannotJudge(f"--fail-on-regression: a step above is inconclusive: its data could not have seen a "
-                              f"{args.threshold:.0%} change, so the gate cannot pass it (devicebench calibrate, or "
+                              f"{threshold.describe()} change, so the gate cannot pass it (devicebench calibrate, or "
                               f"several processes a version, would let it judge)")
     return 1 if regressed and args.fail_on_regression else 0
 
 
 def until_target(parts: list[tuple[str | None, float]] | None) -> UntilTarget | None:
     """The ``--until`` options as one target: the size for every row and the sizes asked of single pipelines."""
-    if not parts:
-        return None
-    defaults = [value for pipeline, value in parts if pipeline is None]
-    if len(defaults) != 1:
-        raise UsageError("--until: give one size for every row (e.g. --until 5%), and PIPELINE=SIZE for a "
-                         "pipeline that should differ (e.g. --until seed=10%)")
-    by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
-    return UntilTarget(defaults[0], tuple(sorted(by_pipeline.items())))
+    return UntilTarget.from_parts(parts, "--until")
+
+
+def threshold_of(parts: list[tuple[str | None, float]] | None) -> Threshold:
+    """The ``--threshold`` options as one: 5% for every row unless given, PIPELINE=SIZE for single pipelines."""
+    return Threshold.from_parts(parts, "--threshold") or Threshold(DEFAULT_THRESHOLD)

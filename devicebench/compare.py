@@ -20,7 +20,8 @@ from devicebench import counts, fallback, schema, significance
 from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
-from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
+from devicebench.significance import Verdict, judge
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 
 VIEWS = ("auto", "change", "devices")
 
@@ -79,7 +80,7 @@ def choose_view(runs: list[Run], view: str) -> str:
     return "change" if any(len(indices) > 1 for indices in seen.values()) else "devices"
 
 
-def build_tables(runs: list[Run], threshold: float = DEFAULT_THRESHOLD, view: str = "auto",
+def build_tables(runs: list[Run], threshold: float | Threshold = DEFAULT_THRESHOLD, view: str = "auto",
                  baseline_device: str | None = None,
                  calibration: Calibration | None = None) -> tuple[str, list[Table]]:
     """The chosen view's name and its tables (one per identity, or per configuration in the devices view).
@@ -107,7 +108,7 @@ def _noise(calibration: Calibration | None, base: tuple[Column, Row], cand: tupl
     return None if calibration is None else calibration.noise_between(base[0].run, base[1], cand[0].run, cand[1])
 
 
-def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold: float,
+def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold: float | Threshold,
               calibration: Calibration | None = None) -> list[Verdict | None]:
     """Each cell judged against the baseline cell (None for the baseline itself, when there is none, or when either
     device failed its parity check: a wrong result is never ranked, faster or slower)."""
@@ -119,7 +120,7 @@ def _verdicts(members: list[tuple[Column, Row]], baseline: int | None, threshold
             for i, row in enumerate(cells)]
 
 
-def _judged(base: tuple[Column, Row], cand: tuple[Column, Row], threshold: float,
+def _judged(base: tuple[Column, Row], cand: tuple[Column, Row], threshold: float | Threshold,
             calibration: Calibration | None) -> Verdict:
     """``judge`` with the row's calibration; with none found, the verdict says why where a calibration of the same
     row pinned the other way exists (a user's calibration from before rounds were pinned)."""
@@ -132,7 +133,7 @@ def _judged(base: tuple[Column, Row], cand: tuple[Column, Row], threshold: float
     return verdict
 
 
-def change_tables(runs: list[Run], threshold: float, calibration: Calibration | None = None) -> list[Table]:
+def change_tables(runs: list[Run], threshold: float | Threshold, calibration: Calibration | None = None) -> list[Table]:
     baseline_run = runs[0]
     tables = []
     for identity, members in _group(columns_of(runs), lambda row: row.identity).items():
@@ -168,7 +169,7 @@ def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row], across_d
             + " (a different experiment, not a change)")
 
 
-def device_tables(runs: list[Run], threshold: float, baseline_device: str | None) -> list[Table]:
+def device_tables(runs: list[Run], threshold: float | Threshold, baseline_device: str | None) -> list[Table]:
     columns = columns_of(runs)
     if baseline_device is not None and baseline_device not in {c.device for c in columns}:
         raise UsageError(f"--baseline-device {baseline_device}: no run has {baseline_device} rows; they have "
@@ -241,18 +242,19 @@ def count_changes(tables: list[Table]) -> list[tuple[Table, Column, list[tuple[s
     return found
 
 
-def count_regressions(tables: list[Table], threshold: float) -> list[str]:
-    """Rows whose step counts grew beyond the threshold: a gate failure from one process a side."""
+def count_regressions(tables: list[Table], threshold: float | Threshold) -> list[str]:
+    """Rows whose step counts grew beyond their pipeline's threshold: a gate failure from one process a side."""
     lines = []
     for table, column, changed in count_changes(tables):
-        grown = counts.increases_beyond(changed, threshold)
+        grown = counts.increases_beyond(changed, Threshold.of(threshold).for_pipeline(table.pipeline))
         if grown:
             lines.append(f"{table.title} on {column.label}: counts per step grew: {counts.describe(grown)}")
     return lines
 
 
 def inconclusive(tables: list[Table]) -> list[str]:
-    return [f"{table.title} on {column.label}: {verdict.noise()}"
+    """Rows whose data could not have seen a change of their threshold's size, each with that size."""
+    return [f"at {verdict.threshold:.0%}: {table.title} on {column.label}: {verdict.noise()}"
             for table in tables for column, verdict in zip(table.columns, table.verdicts)
             if verdict is not None and verdict.inconclusive]
 
@@ -310,13 +312,13 @@ def _profile_lines(profile: dict | None) -> dict[str, str]:
     return lines
 
 
-def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: float) -> str:
+def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: float | Threshold) -> str:
     """One line per row and run (pyperf's ``compare_to`` habit): the figure, the verdict and its noise; one line
     per run saying why, where its rows have no counterpart in another run. ``--details``: the full tables."""
     process_counts = sorted({len(cell.processes) for table in tables for cell in table.cells})
     lines = [_view_header(view, tables),
-             f"threshold {threshold:.0%}; processes per row: {', '.join(map(str, process_counts)) or 'none'}; "
-             f"--details for every figure", ""]
+             f"threshold {Threshold.of(threshold).describe()}; processes per row: "
+             f"{', '.join(map(str, process_counts)) or 'none'}; --details for every figure", ""]
     grid = [["row", "run", "epoch", "samples/s", "vs baseline"]]
     apart: dict[tuple[str, str], int] = {}  # (run label, why) -> rows
     notes: list[str] = []

@@ -23,7 +23,8 @@ from devicebench import counts
 from devicebench.calibration import Calibration, Noise
 from devicebench.compare import plain_table
 from devicebench.results import Row, RowIdentity, Run
-from devicebench.significance import DEFAULT_THRESHOLD, Verdict, judge
+from devicebench.significance import Verdict, judge
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 
 
 @dataclass
@@ -84,7 +85,7 @@ def timelines(runs: list[Run], calibration: Calibration | None = None) -> list[T
     return result
 
 
-def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list[Verdict | None]:
+def steps(timeline: Timeline, key, threshold: float | Threshold = DEFAULT_THRESHOLD) -> list[Verdict | None]:
     """Verdict of each torch version against the previous one that has this row (None for the first)."""
     verdicts, previous, previous_noise = [], None, None
     for row, noise in zip(timeline.rows(key), timeline.noise(key)):
@@ -96,7 +97,7 @@ def steps(timeline: Timeline, key, threshold: float = DEFAULT_THRESHOLD) -> list
     return verdicts
 
 
-def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tuple[str, list[str]]:
+def render(lines_of: list[Timeline], threshold: float | Threshold = DEFAULT_THRESHOLD) -> tuple[str, list[str]]:
     """The history tables, and one line per step found (slower steps start with "regression"; steps the data
     could not judge at the threshold, with "inconclusive")."""
     out, found = [], []
@@ -112,7 +113,7 @@ def render(lines_of: list[Timeline], threshold: float = DEFAULT_THRESHOLD) -> tu
                     continue
                 text = f"{row.samples_per_s:,.0f}"
                 changed = counts.changes(previous_row.extra, row.extra) if previous_row is not None else []
-                grown = counts.increases_beyond(changed, threshold)
+                grown = counts.increases_beyond(changed, Threshold.of(threshold).for_pipeline(row.pipeline))
                 if grown:
                     found.append(f"regression: {title}: {key.config_label()}: torch {previous_version} -> "
                                  f"{version}: counts per step grew: {counts.describe(grown)}")

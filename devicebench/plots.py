@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from devicebench.compare import Table  # noqa: E402
 from devicebench.history import Timeline, steps  # noqa: E402
-from devicebench.significance import DEFAULT_THRESHOLD, speed  # noqa: E402
+from devicebench.significance import speed  # noqa: E402
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold  # noqa: E402
 
 
 def compare_chart(tables: list[Table], path: Path) -> None:
@@ -33,7 +34,8 @@ def compare_chart(tables: list[Table], path: Path) -> None:
     _save(fig, path)
 
 
-def history_chart(lines: list[Timeline], path: Path, threshold: float = DEFAULT_THRESHOLD) -> None:
+def history_chart(lines: list[Timeline], path: Path,
+                  threshold: float | Threshold = DEFAULT_THRESHOLD) -> None:
     """One panel per machine and device; a line per row identity across torch versions, steps circled."""
     fig, axes = plt.subplots(len(lines), 1, figsize=(9, 3.2 * len(lines)), squeeze=False)
     for axis, timeline in zip(axes[:, 0], lines):

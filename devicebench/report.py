@@ -22,17 +22,19 @@ from devicebench import compare, history, schema
 from devicebench.calibration import Calibration
 from devicebench.results import Row, Run
 from devicebench.significance import Verdict
+from devicebench.threshold import Threshold
 
 VERDICT_COLOURS = {"slower": "#c0392b", "faster": "#27ae60", "no change": "#7f8c8d", "inconclusive": "#e6a23c"}
 
 
-def write_report(runs: list[Run], path: Path, threshold: float, calibration: Calibration | None = None) -> Path:
+def write_report(runs: list[Run], path: Path, threshold: float | Threshold,
+                 calibration: Calibration | None = None) -> Path:
     """Write the report for ``runs`` to ``path`` (atomically) and return it."""
     import plotly.graph_objects as go  # imported here: only this command needs plotly
 
     changes = _change_rows(runs, threshold, calibration)
     sections = [("Devices: training samples/s", _devices_figure(go, runs, threshold)),
-                ("Change: each row against the first run, as compare judges it", _change_figure(go, changes, threshold)),
+                ("Change: each row against the first run, as compare judges it", _change_figure(go, changes)),
                 ("History over torch versions", _history_figure(go, runs, threshold, calibration)),
                 ("Where the time goes (--profile)", _profile_figure(go, runs))]
     parts, first = [_verdict_table(changes)] if changes else [], True
@@ -58,7 +60,7 @@ def bar_label(row: Row) -> str:
     return f"{row.workload}:{row.pipeline}:{row.identity.scale}"
 
 
-def _devices_figure(go, runs: list[Run], threshold: float):
+def _devices_figure(go, runs: list[Run], threshold: float | Threshold):
     _, tables = compare.build_tables(runs, threshold, view="devices")
     if not tables:
         return None
@@ -87,7 +89,7 @@ def _verdict_kind(verdict: Verdict) -> str:
     return "inconclusive" if verdict.inconclusive else "no change"
 
 
-def _change_rows(runs: list[Run], threshold: float, calibration: Calibration | None
+def _change_rows(runs: list[Run], threshold: float | Threshold, calibration: Calibration | None
                  ) -> list[tuple[str, str, Verdict]]:
     """(row, run, verdict) of every later run's row against the first run's, from compare's change view."""
     if len(runs) < 2:
@@ -115,7 +117,7 @@ def _verdict_table(changes: list[tuple[str, str, Verdict]]) -> str:
             f"style='border-collapse: collapse; font-size: 90%'><tr>{head}</tr>{''.join(lines)}</table>")
 
 
-def _change_figure(go, changes: list[tuple[str, str, Verdict]], threshold: float):
+def _change_figure(go, changes: list[tuple[str, str, Verdict]]):
     """The ratios on a log axis (a 2x slowdown as far from 1 as a 2x speed-up), each with its 95% interval."""
     if not changes:
         return None
@@ -132,14 +134,15 @@ def _change_figure(go, changes: list[tuple[str, str, Verdict]], threshold: float
                            text=[f"{verdict.describe()}; noise: {verdict.noise()}" for _, _, verdict in chosen],
                            error_y=dict(type="data", symmetric=False, array=high, arrayminus=low, color=colour))
     figure.add_hline(y=1.0, line_dash="dot")
-    for bound in (1 / (1 + threshold), 1 + threshold):
-        figure.add_hline(y=bound, line_dash="dash", line_color="#bbbbbb")
+    for size in sorted({verdict.threshold for _, _, verdict in changes}):  # each pipeline's, where they differ
+        for bound in (1 / (1 + size), 1 + size):
+            figure.add_hline(y=bound, line_dash="dash", line_color="#bbbbbb")
     figure.update_layout(yaxis_type="log", yaxis_title="time / first run's time (log; > 1 slower), 95% interval",
                          height=520)
     return figure
 
 
-def _history_figure(go, runs: list[Run], threshold: float, calibration: Calibration | None):
+def _history_figure(go, runs: list[Run], threshold: float | Threshold, calibration: Calibration | None):
     lines = [timeline for timeline in history.timelines(runs, calibration) if len(timeline.versions) > 1]
     if not lines:
         return None

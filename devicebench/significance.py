@@ -99,6 +99,7 @@ from dataclasses import dataclass
 
 from devicebench.calibration import Noise, pair_estimates
 from devicebench.results import Row
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 
 
 def _stats():
@@ -117,7 +118,7 @@ def _optimize():
 
 ALPHA = 0.05
 POWER = 0.80
-DEFAULT_THRESHOLD = 0.05
+
 # Single-process comparisons without a calibration claim only changes beyond this ratio ("Single-process runs").
 SINGLE_PROCESS_FLOOR = 2.0
 # A calibration judges single processes once its process spread has this many degrees of freedom (11 processes).
@@ -204,7 +205,7 @@ class Verdict:
             return (f"one process a side and {why}: only a change beyond {SINGLE_PROCESS_FLOOR:.0f}x is claimed; "
                     f"run devicebench calibrate --round-time 0 once, or devicebench run for several processes a "
                     f"side")
-        detectable = f"smallest detectable change {self.detectable:.1%}{self._family_text()}"
+        detectable = f"smallest detectable change {size_text(self.detectable)}{self._family_text()}"
         if not self.process_level:
             return f"one process a side, {detectable}{calibrated}"
         if self.paired:
@@ -242,15 +243,24 @@ class Verdict:
         return "" if self.interval is None else f", 95% interval {self.interval[0]:.3f}-{self.interval[1]:.3f}x"
 
 
+def size_text(fraction: float) -> str:
+    """A change's size as a percentage; past 1000% (one or two pairs on a t of one degree of freedom give
+    billions) only that, as no figure there means more than "these data cannot judge"."""
+    return f"{fraction:.1%}" if fraction <= 10 else "over 1000%"
+
+
 def speed(ratio: float) -> str:
     return f"{1 / ratio:.2f}x faster" if ratio < 1 else f"{ratio:.2f}x slower"
 
 
-def judge(baseline: Row, candidate: Row, threshold: float = DEFAULT_THRESHOLD, noise: Noise | None = None) -> Verdict:
-    """Compare two rows of the same identity (or, in the devices view, the same configuration); ``noise``: the
-    row's calibration on the candidate's machine and torch version, where one exists."""
+def judge(baseline: Row, candidate: Row, threshold: float | Threshold = DEFAULT_THRESHOLD,
+          noise: Noise | None = None) -> Verdict:
+    """Compare two rows of the same identity (or, in the devices view, the same configuration) at the threshold of
+    the candidate's pipeline; ``noise``: the row's calibration on the candidate's machine and torch version, where
+    one exists."""
     unlike = None if noise is None else noise.unlike_compiled_code(candidate)
-    verdict = _judge(baseline, candidate, threshold, None if unlike else noise)
+    size = Threshold.of(threshold).for_pipeline(candidate.pipeline)
+    verdict = _judge(baseline, candidate, size, None if unlike else noise)
     return verdict if unlike is None else dataclasses.replace(verdict, calibration=unlike)
 
 

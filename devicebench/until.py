@@ -15,26 +15,15 @@ from typing import Callable
 from devicebench import significance
 from devicebench.calibration import Calibration, Noise
 from devicebench.results import Run
+from devicebench.threshold import Threshold
 
 
-@dataclass(frozen=True)
-class UntilTarget:
-    """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``).
+class UntilTarget(Threshold):
+    """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``); the
+    gate judges each row at the same sizes (``compare --threshold``, Threshold says why per pipeline)."""
 
-    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host,
-    A/A: a B round against the A round beside it, 15-18% standard deviation for mnist_mlp seed, 0.7-1.3% for
-    resnet18_cifar resident and tuned); one size for all would spend the whole budget on the seed rows, or ask too
-    little of the others."""
-
-    default: float
-    by_pipeline: tuple[tuple[str, float], ...] = ()
-
-    def for_pipeline(self, pipeline: str | None) -> float:
-        return dict(self.by_pipeline).get(pipeline, self.default)
-
-    def describe(self) -> str:
-        extra = ", ".join(f"{pipeline} {size:.1%}" for pipeline, size in self.by_pipeline)
-        return f"{self.default:.1%}" + (f" ({extra})" if extra else "")
+    def describe(self, spec: str = ".1%") -> str:
+        return super().describe(spec)
 
 
 @dataclass(frozen=True)
@@ -58,6 +47,7 @@ class RowProgress:
     calibrated: bool  # every verdict behind it pooled this machine's calibration (significance.py)
     forecast: Forecast | None = None  # the worst over the environments compared
     family: int = 1  # rows judged together: the detectable change is at the gate's level over them
+    refused: str | None = None  # why an environment's verdict did not pool the calibration (it then says nothing)
 
     def pairs_needed(self, until: UntilTarget, most: int = 50) -> int | None:
         """The pairs at which the calibration expects this row to reach its size (None: more than ``most``, or no
@@ -69,6 +59,8 @@ class RowProgress:
                      * math.sqrt(forecast.pair_variance / n) <= limit), None)
 
     def forecast_text(self, until: UntilTarget) -> str:
+        if self.refused is not None:
+            return f"; {self.refused}"
         if self.forecast is None:
             return ""
         needed = self.pairs_needed(until)
@@ -164,7 +156,7 @@ def progress_by_row(runs: list[Run], calibration: Calibration | None,
     for row in runs[0].rows:
         worst: float | None = 0.0
         calibrated = True
-        forecast = None
+        forecast, refused = None, None
         for other_run in runs[1:]:
             other = next((candidate for candidate in other_run.rows if candidate.test == row.test), None)
             noise = None if calibration is None or other is None else \
@@ -173,6 +165,8 @@ def progress_by_row(runs: list[Run], calibration: Calibration | None,
             detectable = None if verdict is None else verdict.detectable
             calibrated = calibrated and verdict is not None and verdict.pooled
             worst = None if detectable is None or worst is None else max(worst, detectable)
+            if noise is not None and verdict is not None and not verdict.pooled and verdict.calibration:
+                refused = refused or f"{_name(other_run)} against {_name(runs[0])}: {verdict.calibration}"
             per_process = noise.per_process_variance() if verdict is not None and verdict.pooled else None
             if per_process is not None:
                 rounds = round(statistics.median(len(times) for times in other.processes))
@@ -180,14 +174,18 @@ def progress_by_row(runs: list[Run], calibration: Calibration | None,
                 if forecast is None or candidate.pair_variance > forecast.pair_variance:
                     forecast = candidate
         found[row.test] = RowProgress(row.test, row.extra.get("pipeline"),
-                                      len(row.processes), worst, calibrated, forecast, family)
+                                      len(row.processes), worst, calibrated, forecast, family, refused)
     return found
+
+
+def _name(run: Run) -> str:
+    return run.environment or run.path.stem
 
 
 def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTarget | None) -> str:
     marks = []
     for row in progress.values():
-        figure = "n/a" if row.detectable is None else f"{row.detectable:.1%}"
+        figure = "n/a" if row.detectable is None else significance.size_text(row.detectable)
         reached = " (reached)" if until is not None and row.reached(until) else ""
         marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}")
     family = next(iter(progress.values())).family if progress else 1
@@ -216,8 +214,10 @@ def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spe
     level = f", at the gate's level over {family} rows" if family > 1 else ""
     lines = [f"--until {until.describe()}{level}: {len(reached)} of {len(progress)} rows reached it in {pairs} "
              f"pairs ({clock(spent)} measured)"]
-    lines += [f"    reached: {row.test} ({row.detectable:.1%} from {row.pairs} pairs)" for row in reached]
-    lines += [f"    not reached: {row.test} ({'not judged' if row.detectable is None else f'{row.detectable:.1%}'}"
+    lines += [f"    reached: {row.test} ({significance.size_text(row.detectable)} from {row.pairs} pairs)"
+              for row in reached]
+    lines += [f"    not reached: {row.test} "
+              f"({'not judged' if row.detectable is None else significance.size_text(row.detectable)}"
               f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%}{row.forecast_text(until)})"
               for row in missed]
     return "\n".join(lines)

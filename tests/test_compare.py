@@ -241,6 +241,33 @@ def test_too_few_processes_for_the_spread_is_inconclusive_not_a_verdict(capsys):
                      f"{verdict.detectable + 0.05:.2f}"]) == 0
 
 
+def test_the_threshold_of_one_pipeline_judges_its_rows_alone(capsys):
+    """``--threshold seed=10%`` (as ``run --until seed=10%`` sized the seed rows) judges the seed rows at 10% and
+    every other row at the default; a row of another pipeline is not loosened by it."""
+    first, second = load("aa_noisy_first.json", "aa_noisy_second.json")  # one resident row, ~7-23% detectable
+    loose = f"{significance.judge(first.rows[0], second.rows[0]).detectable + 0.05:.2f}"
+    gate = ["compare", str(first.path), str(second.path), "--fail-on-regression"]
+    assert cli.main([*gate, "--threshold", f"seed={loose}"]) == 2
+    assert "inconclusive at 5%: " in capsys.readouterr().out  # a resident row: the seed size is not its
+    assert cli.main([*gate, "--threshold", "5%", "--threshold", f"resident={loose}"]) == 0
+    assert f"threshold 5% (resident {float(loose):.0%})" in capsys.readouterr().out
+    tables = compare.change_tables([first, second], significance.Threshold(0.05, (("resident", float(loose)),)))
+    assert tables[0].verdicts[1].threshold == float(loose)
+
+
+@pytest.mark.parametrize("text, pipeline", [("seed=10%", "seed"), ("tuned=0.1", "tuned"), ("10%", None)])
+def test_a_pipeline_threshold_is_read(text, pipeline):
+    assert cli._pipeline_size(text) == (pipeline, pytest.approx(0.10))
+
+
+def test_a_threshold_naming_no_pipeline_or_two_sizes_for_every_row_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "sead=10%"])
+    assert "'sead' is not a pipeline; give one of" in capsys.readouterr().err
+    assert cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "5%", "--threshold", "10%"]) == 2
+    assert "--threshold: give one size for every row" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), ("12.5%", 0.125), ("0", 0.0)])
 def test_threshold_takes_a_percentage_or_a_fraction(text, value):
     assert cli._threshold(text) == pytest.approx(value)

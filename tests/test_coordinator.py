@@ -249,6 +249,19 @@ def test_a_row_the_budget_stopped_short_says_how_many_pairs_its_calibration_expe
             f"rounds a worker: {math.expm1(sd):.1%} of a pair's spread is per process" in lines[-2])
 
 
+def test_a_row_whose_pairs_refused_the_calibration_says_so_instead_of_its_forecast(monkeypatch, tmp_path):
+    # The machine's A/A spread 1%; this run's pairs spread 30% (the machine changed): the F-test refuses the
+    # calibration, so its forecast would be about another machine, and the line says why instead. Two pairs on a t
+    # of one degree of freedom could detect billions of percent; the line says only "over 1000%".
+    found = calibration_of_an_a_a(monkeypatch, tmp_path, {"test_wobbly": 0.01})
+    started = fake_pairs(monkeypatch, 1.0, {"test_wobbly": 0.30})
+    lines: list[str] = []
+    run(started.plan, tmp_path, "u", 2, echo=lines.append, until_target=0.05, calibration=found)
+    [line] = [line for line in lines if "not reached: test_wobbly" in line]
+    assert "B against A: calibration not used: these pairs spread" in line and "recalibrate" in line
+    assert "the calibration expects" not in line and "(over 1000% from 2 pairs" in line
+
+
 def test_workers_compile_anew_unless_on_the_cpu_alone_or_the_user_shares_the_cache():
     assert plan_of("test_row", device="cuda").compile_cache() == "fresh"
     # The cpu's compiles are the same machine code: an environment's later workers load its first's.

@@ -51,7 +51,7 @@ def test_the_page_opens_with_the_verdict_table_and_draws_ratios_on_a_log_axis(tm
     table, first_chart = page.index("Verdicts: each row against the first run"), page.index("<h2>Devices")
     assert table < first_chart and "<th>95% interval</th>" in page and "1.10x slower (p=" in page[table:first_chart]
     changes = report._change_rows(pair, 0.05, noise)
-    figure = report._change_figure(go, changes, 0.05)
+    figure = report._change_figure(go, changes)
     assert figure.layout.yaxis.type == "log"
     for trace in figure.data:  # every interval stays above zero, as a ratio's must
         assert all(y - low > 0 for y, low in zip(trace.y, trace.error_y.arrayminus))

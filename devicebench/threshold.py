@@ -1,0 +1,50 @@
+"""The size of change a comparison asks about: ``--threshold`` of the gates, ``--until`` of a run of worker pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devicebench.errors import UsageError
+
+DEFAULT_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """``--threshold`` (and ``--until``): a size for every row, or for one pipeline's rows (``seed=10%``).
+
+    Why per pipeline. The ``seed`` rows run the posts' CPU data loaders, whose rounds swing with the host (H200 host,
+    A/A: a B round against the A round beside it, 15-18% standard deviation for mnist_mlp seed, 0.7-1.3% for
+    resnet18_cifar resident and tuned); one size for all would spend a run's whole budget on the seed rows, or ask
+    too little of the others, and a gate must judge each row at the size its run was sized for."""
+
+    default: float
+    by_pipeline: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, value: float | Threshold) -> Threshold:
+        return value if isinstance(value, Threshold) else cls(float(value))
+
+    def for_pipeline(self, pipeline: str | None) -> float:
+        return dict(self.by_pipeline).get(pipeline, self.default)
+
+    def describe(self, spec: str = ".0%") -> str:
+        extra = ", ".join(f"{pipeline} {size:{spec}}" for pipeline, size in self.by_pipeline)
+        return f"{self.default:{spec}}" + (f" ({extra})" if extra else "")
+
+    def option(self, name: str) -> str:
+        """As options on a command line: ``--until 5% --until seed=10%``."""
+        return " ".join([f"{name} {self.default:.0%}", *(f"{name} {pipeline}={size:.0%}"
+                                                        for pipeline, size in self.by_pipeline)])
+
+    @classmethod
+    def from_parts(cls, parts: list[tuple[str | None, float]] | None, option: str) -> Threshold | None:
+        """Repeated ``option`` values, as (pipeline or None, size), as one: None when none was given."""
+        if not parts:
+            return None
+        defaults = [value for pipeline, value in parts if pipeline is None]
+        if len(defaults) > 1 or (not defaults and option == "--until"):
+            raise UsageError(f"{option}: give one size for every row (e.g. {option} 5%), and PIPELINE=SIZE for a "
+                             f"pipeline that should differ (e.g. {option} seed=10%)")
+        by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
+        return cls(defaults[0] if defaults else DEFAULT_THRESHOLD, tuple(sorted(by_pipeline.items())))
