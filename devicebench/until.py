@@ -121,9 +121,12 @@ def rounds_for_size(noise: Noise, size: float, default: int, family: int = 1) ->
       ``--round-time``, were sized to 5 and reached 2.0% and 2.8% in two pairs);
     - else the rounds that reach THREE_PAIR_MARGIN of it in MIN_PAIRS_FOR_UNTIL pairs, no fewer than ``default``
       (H200: mnist_mlp seed, nearly all round noise, 15 where ``--round-time`` gives 10);
-    - a row whose per-process part alone is more than that many pairs can average gets the rounds at which its
-      round noise is down to its per-process part (more buy little), no fewer than ``default`` (H200, workers
-      free: mnist_mlp resident, 2.8% per process, and resnet18_cifar seed, 5.8%).
+    - but never more than the rounds at which its round noise is down to its per-process part (the balance), no
+      fewer than ``default``: past it, halving the rest of a pair's variance costs doubling its rounds, while a
+      pair more costs a start-up and a build. So a row whose per-process part alone is more than three pairs can
+      average, or nearly so, gets more pairs of fewer rounds (H200, rounds pinned: mnist_mlp resident, 1.9% per
+      process, round noise 11%: 49 rounds a worker, where reaching in three pairs asked 8,301 and got the cap,
+      200, 31 s a worker).
     """
     per_process = noise.per_process_variance()
     if per_process is None:
@@ -138,10 +141,12 @@ def rounds_for_size(noise: Noise, size: float, default: int, family: int = 1) ->
     two = room(MIN_PAIRS_CALIBRATED, TWO_PAIR_MARGIN * size)
     if two > 0 and math.ceil(round_variance / two) <= default:
         return max(1, math.ceil(round_variance / two))
+    balance = math.ceil(round_variance / per_process) if per_process > 0 else None
     three = room(MIN_PAIRS_FOR_UNTIL, THREE_PAIR_MARGIN * size)
     if three > 0:
-        return max(default, math.ceil(round_variance / three))
-    return max(default, math.ceil(round_variance / per_process)) if per_process > 0 else default
+        wanted = math.ceil(round_variance / three)
+        return max(default, wanted if balance is None else min(wanted, balance))
+    return max(default, balance) if balance is not None else default
 
 
 def progress_by_row(runs: list[Run], calibration: Calibration | None,

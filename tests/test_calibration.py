@@ -535,6 +535,21 @@ def test_a_run_timing_more_rounds_than_the_calibration_is_judged_with_the_round_
     assert not significance.judge(short_base, short_cand, noise=without_rounds).pooled
 
 
+def test_a_row_that_three_pairs_could_only_just_reach_gets_more_pairs_of_fewer_rounds():
+    """mnist_mlp resident on the H200, rounds pinned (the kept calibration: 16 pairs of 45 rounds, pairs 2.72%,
+    rounds 10.5%): three pairs would reach 5% at the gate's level over 9 rows only with thousands of rounds a
+    worker; it gets the rounds where its round noise is down to its per-process part instead."""
+    from devicebench import until
+
+    noise = calibration.Noise(0.0272, 15, 0.05, 20, 45, "2026-12-03", "A/A", round_log_sd=0.1054, round_df=700)
+    per_process = noise.per_process_variance()
+    balance = math.ceil(noise.round_variance() / per_process)
+    three_pairs = significance.detection_factor(2 + 15, 9) * math.sqrt(noise.pair_variance(balance) / 3)
+    assert math.expm1(three_pairs) > 0.9 * 0.05  # at the balance, three pairs do not reach it: more pairs will
+    assert 40 < balance < 60 and until.rounds_for_size(noise, 0.05, 38, family=9) == balance
+    assert until.rounds_for_size(noise, 0.05, 80, family=9) == 80  # never fewer than --round-time gives
+
+
 @pytest.mark.parametrize("pair_sd, round_sd, default, expected", [
     # resnet18_cifar resident on the H200: reaches 5% in two pairs at the scale's rounds; not 33 of them.
     (0.0049, 0.0124, 33, "few"),
