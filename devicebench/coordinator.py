@@ -361,11 +361,15 @@ class Pairs:
         for env in environments:  # a file left by an earlier attempt at this pair is not this one's
             self.folder.worker_file(env.label, index).with_suffix(".part").unlink(missing_ok=True)
 
+        # From the second pair on, rows whose first builds chose nothing by timing are built side by side.
+        together = self.folder.built_alike([env.label for env in environments]) if index > 1 else []
+
         def command_for(env: Environment) -> interleave.WorkerCommand:
             def command(read_fd: int, write_fd: int) -> list[str]:
                 # Counts and the parity check are the same in every worker of one code: the first pair's serve all.
                 task = _task(self.plan, self.folder, env, index, rows, turn_pipe=[read_fd, write_fd],
-                             round_core=core, count_steps=index == 1, parity_check=index == 1)
+                             round_core=core, count_steps=index == 1, parity_check=index == 1,
+                             build_together=together)
                 return worker.command(env.python, task.write(self.folder.task_file(env.label, index)))
             return command
 
@@ -396,7 +400,7 @@ class Pairs:
         worker_files = [json.loads(self.folder.worker_file(env.label, index).read_text()) for env in kept]
         for env, data in zip(kept, worker_files):
             self.echo(f"    {env.label}: " + _summary(data))
-        self.echo("    " + where_the_time_went(schedule, seconds, worker_files))
+        self.echo("    " + interleave.where_the_time_went(schedule, seconds, worker_files))
         return seconds
 
     def next_pair_seconds(self, done: int, rows_left: list[str] | None) -> float:
@@ -424,23 +428,6 @@ class Pairs:
         if any(test not in row_seconds for test in rows_left):
             return mean_pair
         return statistics.mean(start_ups) + sum(statistics.mean(row_seconds[test]) for test in rows_left)
-
-
-def where_the_time_went(schedule: list, seconds: float, worker_files: list[dict]) -> str:
-    """One line on a pair's time: start-up (before the first turn), building rows (step 0: data, model, compilation,
-    the parity check) and rounds, of which how much was timed; one worker runs at a time, so the parts add up."""
-    granted = [point.granted_at for _, _, point in schedule if point.granted_at is not None]
-    if not granted:
-        return f"time: {clock(seconds)}"
-    ends = granted[1:] + [seconds]
-    durations = [(point.step, end - point.granted_at) for (_, _, point), end in zip(schedule, ends)]
-    building = sum(duration for step, duration in durations if step == 0)
-    rounds = sum(duration for step, duration in durations if step > 0)
-    timed = sum(sum(row["extra"]["processes"][0]["round_seconds"]) for data in worker_files
-                for row in data["rows"] if row["status"] == "measured")
-    return (f"time: {clock(seconds)} = start-up {granted[0]:.0f} s + building rows {building:.0f} s + rounds "
-            f"{rounds:.0f} s, of which timed {timed:.0f} s ({timed / seconds:.0%} of the pair; the rest is "
-            f"warm-up rounds, evaluation and step counting)")
 
 
 def _summary(worker_file: dict) -> str:

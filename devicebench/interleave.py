@@ -11,13 +11,20 @@ How. The coordinator (``run_workers``) starts one worker process per environment
 named in its task (turns.py holds the worker's end). A worker runs only while it holds the turn: at every point (the
 start of each row, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
 coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
-compiles included) while the others sit blocked on a pipe read, and each timed round is labelled with the
-sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
+compiles included, but see below) while the others sit blocked on a pipe read, and each timed round is labelled
+with the sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
 answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that
 exits closes its pipes: the coordinator reads end-of-file, waits for the process and carries on with the others.
 
 Both workers get the same rows, so they reach them in the same order; a row seen under another name at the same
 place is an error (the environments would not be timing the same rows).
+
+Building side by side. Building a row (its data, model, compilation, CUDA-graph capture) is not timed, and most
+builds choose nothing by timing: the code they make is the same on a busy machine. From the second pair on, the
+rows whose first-pair builds chose nothing by timing in every environment (tuning.build_chooses_by_timing: no
+cuDNN algorithm search, a compile with fixed kernel choices or none) are built by all the workers at once, and
+none runs a round before every one of them has built (``Scheduler.alongside``). A build that times candidates
+(resnet18_cifar tuned on cuda) still runs alone, so that another worker's load cannot steer its choices.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Callable
 
 from devicebench.errors import DevicebenchError
 from devicebench.runfile import FileError
+from devicebench.until import clock
 
 # A worker's command, given the two pipe ends it must hold (its turns to read, its requests to write).
 WorkerCommand = Callable[[int, int], list[str]]
@@ -53,6 +61,7 @@ class Point:
     minimum_rounds: int | None = field(default=None, compare=False)
     warmup_seconds: float | None = field(default=None, compare=False)
     row: dict | None = field(default=None, compare=False)  # the row, as its calibration names it
+    together: bool = field(default=False, compare=False)  # at step 0: may build while the others do
     # Set by run_workers when the turn is granted: seconds since the workers started (where the time goes).
     granted_at: float | None = field(default=None, compare=False)
 
@@ -122,6 +131,19 @@ class Scheduler:
             self._size(point)
         return label, self.sequence, point
 
+    def alongside(self, point: Point) -> list[tuple[str, int, Point]]:
+        """The other workers that build ``point``'s row at the same time as the one just given the turn: those
+        waiting at its start that may (``together``), when it may too; each with its own sequence number."""
+        if point.step != 0 or not point.together:
+            return []
+        labels = [label for label in self.labels
+                  if label in self.waiting and self.waiting[label].key == point.key and self.waiting[label].together]
+        granted = []
+        for label in labels:
+            self.sequence += 1
+            granted.append((label, self.sequence, self.waiting.pop(label)))
+        return granted
+
     def timed_rounds(self, point: Point) -> int | None:
         """How many rounds every worker times for ``point``'s test (decided at its first timed round), else None."""
         return self.rounds.get(point.item) if point.minimum_rounds is not None else None
@@ -187,7 +209,8 @@ class Worker:
         message = json.loads(line)
         minimum = message.get("minimum_rounds")
         return Point(int(message["item"]), str(message["test"]), int(message["step"]),
-                     None if minimum is None else int(minimum), message.get("warmup_seconds"), message.get("row"))
+                     None if minimum is None else int(minimum), message.get("warmup_seconds"), message.get("row"),
+                     bool(message.get("together")))
 
     def grant(self, sequence: int, rounds: int | None = None) -> None:
         answer = {"sequence": sequence} if rounds is None else {"sequence": sequence, "rounds": rounds}
@@ -231,11 +254,13 @@ def run_workers(commands: dict[str, WorkerCommand], logs: dict[str, Path], round
             _take_request(scheduler, workers[label])
         failed = [label for label in labels if workers[label].process.returncode not in (None, 0)]
         while not failed and (turn := scheduler.next_turn()) is not None:
-            label, sequence, point = turn
-            schedule.append((sequence, label, replace(point, granted_at=time.monotonic() - started)))
-            workers[label].grant(sequence, scheduler.timed_rounds(point))
-            _take_request(scheduler, workers[label])
-            if workers[label].process.returncode not in (None, 0):
+            turns = [turn, *scheduler.alongside(turn[2])]  # one, or the workers building side by side
+            for label, sequence, point in turns:
+                schedule.append((sequence, label, replace(point, granted_at=time.monotonic() - started)))
+                workers[label].grant(sequence, scheduler.timed_rounds(point))
+            for label, _, _ in turns:  # none of them runs a round before all have built
+                _take_request(scheduler, workers[label])
+            if any(workers[label].process.returncode not in (None, 0) for label, _, _ in turns):
                 break  # a worker failed: the pair is lost, so the others are stopped rather than run to the end
     finally:
         for worker in workers.values():
@@ -248,6 +273,24 @@ def run_workers(commands: dict[str, WorkerCommand], logs: dict[str, Path], round
                 except OSError:  # the worker is gone: a broken pipe on flush is expected
                     pass
     return {label: worker.process.returncode for label, worker in workers.items()}, schedule
+
+
+def where_the_time_went(schedule: list, seconds: float, worker_files: list[dict]) -> str:
+    """One line on a pair's time: start-up (before the first turn), building rows (step 0: data, model, compilation,
+    the parity check) and rounds, of which how much was timed. Each turn lasts until the next is granted, so the
+    parts add up to the pair's time, rows built side by side counted once."""
+    granted = [point.granted_at for _, _, point in schedule if point.granted_at is not None]
+    if not granted:
+        return f"time: {clock(seconds)}"
+    ends = granted[1:] + [seconds]
+    durations = [(point.step, end - point.granted_at) for (_, _, point), end in zip(schedule, ends)]
+    building = sum(duration for step, duration in durations if step == 0)
+    rounds = sum(duration for step, duration in durations if step > 0)
+    timed = sum(sum(row["extra"]["processes"][0]["round_seconds"]) for data in worker_files
+                for row in data["rows"] if row["status"] == "measured")
+    return (f"time: {clock(seconds)} = start-up {granted[0]:.0f} s + building rows {building:.0f} s + rounds "
+            f"{rounds:.0f} s, of which timed {timed:.0f} s ({timed / seconds:.0%} of the pair; the rest is "
+            f"warm-up rounds, evaluation and step counting)")
 
 
 def _take_request(scheduler: Scheduler, worker: Worker) -> None:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicebench import runfile, schema, stability
+from devicebench import runfile, schema, stability, tuning
 from devicebench.errors import DevicebenchError, UsageError
 
 # machine_info fields that must agree between the processes merged into one run (pyperf refuses the same).
@@ -54,6 +54,20 @@ class Staging:
     def pair_seconds(self, index: int) -> float:
         meta = self.pair_meta(index)
         return json.loads(meta.read_text())["seconds"] if meta.exists() else 0.0
+
+    def built_alike(self, labels: list[str]) -> list[str]:
+        """The rows whose build chose nothing by timing in the first pair's worker of every one of ``labels``
+        (tuning.build_chooses_by_timing): later pairs' workers may build them side by side."""
+        found: set[str] | None = None
+        for label in labels:
+            path = self.worker_file(label, 1)
+            if not path.exists():
+                return []
+            rows = json.loads(path.read_text())["rows"]
+            alike = {row["name"] for row in rows
+                     if row["status"] == "measured" and not tuning.build_chooses_by_timing(row["extra"])}
+            found = alike if found is None else found & alike
+        return sorted(found or ())
 
     def release(self, remove: bool) -> None:
         if remove:

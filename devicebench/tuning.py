@@ -245,6 +245,18 @@ def backend_facts(device: torch.device) -> BackendFacts:
 FIXED_CHOICE_OPTIONS = {"deterministic": True, "triton.autotune_pointwise": False}
 
 
+def build_chooses_by_timing(extra: dict) -> bool:
+    """Whether a measured row's build picked code by timing candidates on the device, read from what the row
+    recorded: cuDNN's algorithm search, or a compile without every one of FIXED_CHOICE_OPTIONS. A build that picked
+    nothing so makes the same code in any process, busy machine or not, so workers may build it side by side
+    (interleave.py, "Building side by side")."""
+    if extra.get("cudnn_benchmark"):
+        return True
+    options = extra.get("compile_options") or {}
+    return bool(extra.get("compiled")) and any(options.get(name) != value
+                                               for name, value in FIXED_CHOICE_OPTIONS.items())
+
+
 def fixed_choice_options() -> dict[str, bool]:
     """``FIXED_CHOICE_OPTIONS`` that this torch's inductor has (older releases lack ``deterministic``)."""
     from torch._inductor import config as inductor_config

@@ -19,10 +19,11 @@ class TurnPipe:
         self._requests = os.fdopen(write_fd, "w", buffering=1)
         self._item, self._test, self._step = -1, "", 0
 
-    def begin_row(self, item: int, test: str) -> int:
-        """Block until this worker may build its ``item``-th row (named ``test``); the turn's sequence number."""
+    def begin_row(self, item: int, test: str, together: bool = False) -> int:
+        """Block until this worker may build its ``item``-th row (named ``test``); the turn's sequence number.
+        ``together``: it may build it while the other workers build theirs (interleave.py)."""
         self._item, self._test, self._step = item, test, 0
-        return int(self._wait()["sequence"])
+        return int(self._wait({"together": True} if together else None)["sequence"])
 
     def before_round(self) -> int:
         """Block until this worker's turn for its next round; the turn's sequence number (its label)."""

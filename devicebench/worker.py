@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +33,7 @@ class Task(runfile.TaskFile):
     count_steps: bool = True  # the first pair counts; later workers would repeat the same counts (counts.py)
     parity_check: bool = True  # likewise the parity check of each accelerator and workload (parity.py)
     compile_only: bool = False  # one untimed round per row: compile the code a kept cache will hold
+    build_together: list[str] = field(default_factory=list)  # rows it may build while the others do (interleave.py)
     format: int = WORKER_FORMAT
     FORMAT: ClassVar[int] = WORKER_FORMAT
     WHAT: ClassVar[str] = "devicebench worker: task"
@@ -92,7 +93,7 @@ def measure_rows(task: Task, finished: list[dict]) -> None:
     for index, values in enumerate(task.rows):
         spec = rows.RowSpec(**values)
         if turns is not None:
-            turns.begin_row(index, spec.name)
+            turns.begin_row(index, spec.name, together=spec.name in task.build_together)
         status = statuses.setdefault(spec.device, devices.probe(spec.device))
         workload = spec.load()
         reason = status.skip_reason if not status.available else \

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import cli, commands, coordinator, results, runfile, significance, staging
+from devicebench import cli, commands, coordinator, interleave, results, runfile, significance, staging
 from devicebench.calibration import Calibration
 from devicebench.errors import DevicebenchError
 from devicebench.interleave import Point
@@ -194,6 +194,40 @@ def test_the_environment_that_starts_first_and_leads_the_turns_rotates_from_pair
     assert orders == ["AB", "ABC", "BA", "BCA", "AB", "CAB", "BA", "ABC"]
 
 
+def test_rows_whose_first_builds_chose_nothing_by_timing_are_built_side_by_side_from_the_second_pair(monkeypatch,
+                                                                                                      tmp_path):
+    fixed = {"compiled": True, "compile_options": {"deterministic": True, "triton.autotune_pointwise": False}}
+    built = {"A": {"test_plain": {"cudnn_benchmark": False}, "test_searched": {"cudnn_benchmark": True},
+                   "test_fixed": fixed, "test_timed": {"compiled": True, "compile_options": {}}},
+             # B's torch has no `deterministic` option, so its compile of test_fixed timed its kernels.
+             "B": {"test_plain": {}, "test_searched": {"cudnn_benchmark": True},
+                   "test_fixed": {"compiled": True, "compile_options": {"triton.autotune_pointwise": False}},
+                   "test_timed": {"compiled": True}}}
+    given = []
+
+    def record(commands, logs, round_seconds=None, rounds_wanted=None):
+        for label, command in commands.items():
+            task = json.loads(Path(command(10, 11)[-1]).read_text())
+            given.append((label, task))
+            data = worker_file({name: [1.0] * 5 for name in built[label]})
+            for row in data["rows"]:
+                row["extra"].update(built[label][row["name"]])
+            Path(task["output"]).write_text(json.dumps(data))
+            Path(logs[label]).write_text("")
+        return {label: 0 for label in commands}, []
+
+    monkeypatch.setattr(coordinator.interleave, "run_workers", record)
+    pairs = pairs_for(tmp_path, plan=plan_of(*built["A"]))
+    rows = tuple(FakeRow(name) for name in built["A"])
+    for index in (1, 2):
+        pairs.run_pair(ENVS, index, rows, 0.0)
+    assert [task["build_together"] for _, task in given] == [[], [], ["test_plain"], ["test_plain"]]
+    built["B"]["test_fixed"] = fixed
+    pairs.run_pair(ENVS, 3, rows, 0.0)  # what the first pair recorded decides, in every environment
+    assert given[-1][1]["build_together"] == ["test_plain"]
+    assert pairs.folder.built_alike(["A"]) == ["test_fixed", "test_plain"]
+
+
 def test_a_worker_gets_its_rows_pipe_core_and_first_pair_duties_as_fields_of_its_task(monkeypatch, tmp_path):
     given = []
     monkeypatch.setattr(coordinator.interleave, "run_workers", recording_workers(given))
@@ -356,7 +390,7 @@ def test_each_pair_says_where_its_time_went():
     schedule = [(1, "A", Point(0, "test_x", 0, granted_at=4.0)), (2, "B", Point(0, "test_x", 0, granted_at=6.0)),
                 (3, "A", Point(0, "test_x", 1, granted_at=9.0)), (4, "B", Point(0, "test_x", 1, granted_at=12.0))]
     files = [{"rows": [{"status": "measured", "extra": {"processes": [{"round_seconds": [2.0]}]}}]} for _ in "AB"]
-    line = coordinator.where_the_time_went(schedule, 16.0, files)
+    line = interleave.where_the_time_went(schedule, 16.0, files)
     assert line == ("time: 0m16s = start-up 4 s + building rows 5 s + rounds 7 s, of which timed 4 s (25% of the "
                     "pair; the rest is warm-up rounds, evaluation and step counting)")
 

@@ -191,6 +191,59 @@ def test_real_workers_never_run_at_the_same_time_and_label_their_rounds(tmp_path
     assert all(first[3] <= second[2] for first, second in zip(ordered, ordered[1:]))
 
 
+BUILDING_WORKER = textwrap.dedent("""
+    import json, pathlib, sys, time
+    from devicebench.turns import TurnPipe
+    output, together, folder = sys.argv[1], sys.argv[2] == "together", pathlib.Path(sys.argv[3])
+    gate = TurnPipe(int(sys.argv[4]), int(sys.argv[5]))
+    gate.begin_row(0, "test_x", together=together)
+    start = time.monotonic()
+    (folder / f"built-{output[-6]}").touch()
+    # Built side by side, each sees the other's mark while it builds; built in turn, it never would.
+    deadline = time.monotonic() + (30 if together else 0.2)
+    while len(list(folder.glob("built-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    saw_other = len(list(folder.glob("built-*"))) == 2
+    built = time.monotonic()
+    rounds = []
+    for _ in range(2):
+        gate.before_round()
+        rounds.append(time.monotonic())
+    json.dump({"start": start, "built": built, "saw_other": saw_other, "rounds": rounds}, open(output, "w"))
+""")
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_workers_build_side_by_side_only_when_both_may_and_run_no_round_before_both_have_built(tmp_path,
+                                                                                              together):
+    script = tmp_path / "worker.py"
+    script.write_text(BUILDING_WORKER)
+    (tmp_path / "marks").mkdir()
+    flag = "together" if together else "alone"
+    commands = {label: command(script, tmp_path / f"{label}.json", flag, str(tmp_path / "marks")) for label in "AB"}
+    logs = {label: tmp_path / f"{label}.log" for label in "AB"}
+    codes, schedule = interleave.run_workers(commands, logs)
+    assert codes == {"A": 0, "B": 0}, [log.read_text() for log in logs.values()]
+    done = {label: json.loads((tmp_path / f"{label}.json").read_text()) for label in "AB"}
+    # Side by side: each saw the other building. In turn: the first never saw the second's mark.
+    assert done["A"]["saw_other"] and done["B"]["saw_other"] if together else not done["A"]["saw_other"]
+    assert min(min(d["rounds"]) for d in done.values()) >= max(d["built"] for d in done.values())
+    starts = [point for _, _, point in schedule if point.step == 0]
+    assert len(starts) == 2 and all(point.together is together for point in starts)
+
+
+def test_only_the_workers_that_may_build_together_are_granted_the_start_together():
+    scheduler = Scheduler(["A", "B", "C"])
+    for label, together in (("A", True), ("B", False), ("C", True)):
+        scheduler.wait(label, Point(0, "test_x", 0, together=together))
+    label, sequence, point = scheduler.next_turn()
+    assert (label, sequence) == ("A", 1)
+    assert [(other, number) for other, number, _ in scheduler.alongside(point)] == [("C", 2)]
+    assert scheduler.next_turn()[:2] == ("B", 3)  # it chose by timing: alone, once the others have built
+    scheduler.wait("A", Point(0, "test_x", 1, together=True))
+    assert scheduler.alongside(Point(0, "test_x", 1, together=True)) == []  # rounds are never granted together
+
+
 def test_a_worker_that_fails_is_reported_and_the_other_is_stopped(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
