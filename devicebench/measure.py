@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from devicebench import affinity, counts, devices, efficiency, fallback, profiling, schema, stability
+from devicebench import affinity, counts, devices, efficiency, fallback, host, profiling, schema, stability
 from devicebench.errors import DevicebenchError, DeviceOutOfMemory
 from devicebench.tuning import apply_backend_flags
 from devicebench.turns import TurnPipe
@@ -77,7 +77,7 @@ def measure_row(workload: ModuleType, config: RunConfig, device_name: str, time_
             f"benchmarks -k parity --device {device.type}`; on mps, try another torch release (docs/mps.md)")
     flags = backend_flags()
     timed = done[scale.warmup_rounds:]
-    process = describe_rounds(timed, run.samples_per_round)
+    process = {**describe_rounds(timed, run.samples_per_round), **timing.host_fields}
     extra = _what_the_row_is(workload, config, device_name, run)
     extra.update({
         "samples_per_s": process["samples_per_s"],
@@ -172,6 +172,7 @@ class _Timed:
     profile: dict | None
     step_counts: dict  # counts.py's fields; {} when not counted
     after_rounds: dict  # the fields measure_row's after_rounds returned
+    host_fields: dict  # host.process_fields of the timed rounds
 
 
 def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time_rounds: RoundTimer,
@@ -182,6 +183,7 @@ def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time
     run = build(workload, config)
     devices.reset_peak_memory(config.device)
     done: list[RoundStats] = []
+    host_rounds: list[host.Usage | None] = []  # what the host did to each round (host.py)
     turn_numbers: list[int] = []
     planned = {"rounds": scale.rounds}
     held_turn: list[int] = []  # the first timed round's turn, taken when the rounds were sized
@@ -190,7 +192,9 @@ def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time
         turn_numbers.append(held_turn.pop() if held_turn else turns.before_round())
 
     def one_round() -> None:
+        before = host.usage()
         stats = run.run_round()
+        host_rounds.append(host.round_counts(before, host.usage()))
         done.append(stats)
         if progress is not None:
             progress(len(done), scale.warmup_rounds + planned["rounds"], scale.warmup_rounds, stats,
@@ -220,14 +224,16 @@ def _time_rounds(workload: ModuleType, config: RunConfig, device_name: str, time
                 turn, planned["rounds"] = turns.first_timed_round(
                     scale.rounds, last_warmup, calibration_key(workload, config, device_name, run))
                 held_turn.append(turn)
+            ticks = host.cpu_ticks()
             time_rounds(one_round, planned["rounds"], wait_for_turn if turns is not None else None)
+            host_fields = host.process_fields(host_rounds[scale.warmup_rounds:], ticks, host.cpu_ticks())
     finally:
         gc.unfreeze()
     val_loss, val_accuracy = run.final_evaluation()
     added = after_rounds(run) if after_rounds is not None else {}
     step_counts = counts.count_step(run) if count_steps else {}
     profile = profiling.profile_round(run, profile_trace) if profile_trace is not None else None
-    return _Timed(run, done, turn_numbers, val_loss, val_accuracy, profile, step_counts, added)
+    return _Timed(run, done, turn_numbers, val_loss, val_accuracy, profile, step_counts, added, host_fields)
 
 
 _FLOP_COUNTS: dict = {}

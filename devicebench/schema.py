@@ -112,9 +112,11 @@ FIELDS: dict[str, str] = {
     # each process's rounds (one entry for a plain pytest run, one per worker for devicebench run)
     "processes": "one entry per process: its round_seconds (every timed round: training epoch + validation pass), "
                  "train_seconds (each training epoch), val_seconds, samples_per_s, compile_s, loader_wait_fraction, "
-                 "unstable_reason; a plain run's entry also the per-round losses and loader waits; in an interleaved "
-                 "run (devicebench run --env A=.. --env B=..) its pair and round_sequence (each timed round's turn "
-                 "number in the pair's schedule)",
+                 "unstable_reason; what the host did to its timed rounds (host.py): median_page_faults and "
+                 "median_preemptions (involuntary context switches) a round, cpu_steal_fraction (the machine's CPU "
+                 "time the hypervisor gave other guests; Linux); a plain run's entry also the per-round losses, "
+                 "loader waits, page faults and preemptions; in an interleaved run (devicebench run --env A=.. "
+                 "--env B=..) its pair and round_sequence (each timed round's turn number in the pair's schedule)",
     "interleave_id": "the interleaved run this row's processes came from; rows of the same id and pair ran side "
                      "by side, round for round, and are judged as pairs (significance.py)",
     # data-parallel rows (devicebench scaling: distributed.py, scaling.py)

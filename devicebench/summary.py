@@ -38,6 +38,10 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1e3:.4g} ms" if seconds < 1 else f"{seconds:.4g} s"
 
 
+# A hypervisor that gives other guests this share of the machine's CPU time is worth a mark on the row (host.py).
+STEAL_SHOWN = 0.02
+
+
 def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) -> list[str]:
     """One line per finished row: test, device, samples/s, epoch, loader wait, utilization, marks, reference."""
     rows = [(name, Row(test=name, extra=extra)) for name, extra in finished]
@@ -54,8 +58,10 @@ def lines(finished: list[tuple[str, dict]], references: list[tuple[Row, Path]]) 
                    if "tokens_per_s" in extra else []),
                  f"loader wait {extra.get('loader_wait_fraction', 0):.0%}",
                  f"utilization {utilization:.1%}" if isinstance(utilization, (int, float)) else "utilization n/a"]
+        steal = max((process.get("cpu_steal_fraction") or 0.0 for process in extra["processes"]), default=0.0)
         marks = [mark for mark, on in (("UNSTABLE", extra.get("unstable")), ("PARITY FAILED", extra.get("parity_failed")),
                                       ("cpu fallback", extra.get("cpu_fallback_ops")),
+                                      (f"host gave {steal:.0%} of its CPU to other machines", steal >= STEAL_SHOWN),
                                       ("synthetic data", extra.get("data_source") == "synthetic")) if on]
         reference = next(((other, path) for other, path in references if other.identity == row.identity), None)
         if reference is not None:

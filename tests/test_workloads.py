@@ -211,6 +211,9 @@ def test_a_third_workload_is_one_module_run_through_the_plugin_results_and_compa
     for extra in rows.values():
         assert extra["workload"] == "tiny_linear" and extra["samples_per_round"] == 4096
         assert extra["samples_per_s"] > 0 and len(extra["processes"][0]["train_seconds"]) == 5 and extra["dtype"] == "float32"
+        process = extra["processes"][0]  # what the host did to its timed rounds (host.py), on Linux all of it
+        assert len(process["page_faults_per_round"]) == len(process["preemptions_per_round"]) == 5
+        assert process["median_page_faults"] >= 0 and 0 <= process["cpu_steal_fraction"] < 1
     # The tuned pipeline's setup comes from tuned.TunedSetup: its plan, its compile timing, its row fields.
     tuned = rows["test_workload[tiny_linear-tuned-cpu]"]
     assert tuned["compiled"] is True and tuned["compile_s"] > 0 and tuned["cuda_graphs"] is False

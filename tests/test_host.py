@@ -1,0 +1,39 @@
+"""What the host did to a process's rounds (host.py): read around each round, kept per process."""
+
+from __future__ import annotations
+
+import json
+
+from devicebench import host, runfile, summary
+from test_compare import RUNS
+
+
+def test_cpu_steal_is_read_from_the_first_line_of_proc_stat_and_absent_where_there_is_none(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 800 10 1 2 32 7 0\ncpu0 50 2 25 400 5 0 1 16 3 0\n")
+    assert host.cpu_ticks(str(stat)) == (32, 100 + 5 + 50 + 800 + 10 + 1 + 2 + 32)  # guest time is in user's
+    stat.write_text("intr 1 2 3\n")
+    assert host.cpu_ticks(str(stat)) is None
+    assert host.cpu_ticks(str(tmp_path / "missing")) is None
+
+
+def test_a_process_keeps_each_rounds_faults_and_preemptions_their_medians_and_the_steal_between_its_rounds():
+    rounds = [host.Usage(10, 0), host.Usage(400, 3), host.Usage(12, 1)]
+    fields = host.process_fields(rounds, (100, 10_000), (150, 11_000))
+    assert fields == {"page_faults_per_round": [10, 400, 12], "preemptions_per_round": [0, 3, 1],
+                      "median_page_faults": 12, "median_preemptions": 1, "cpu_steal_fraction": 0.05}
+    assert host.process_fields([host.Usage(1, 1), None], None, None) == {}  # a round not counted: no lists
+    assert host.round_counts(host.Usage(5, 1), host.Usage(9, 4)) == host.Usage(4, 3)
+    assert host.round_counts(None, host.Usage(9, 4)) is None
+    usage = host.usage()
+    assert usage is not None and usage.page_faults > 0  # this process has faulted pages in to get here
+
+
+def test_a_row_whose_host_gave_its_cpu_to_other_machines_says_so_in_its_summary_line():
+    fresh = runfile.migrate(json.loads((RUNS / "cpu_torch_2.14.json").read_text()))
+    name, extra = fresh["benchmarks"][0]["name"], fresh["benchmarks"][0]["extra_info"]
+    quiet, stolen = json.loads(json.dumps(extra)), json.loads(json.dumps(extra))
+    quiet["processes"][0]["cpu_steal_fraction"] = 0.01
+    stolen["processes"][0]["cpu_steal_fraction"] = 0.12
+    lines = summary.lines([(name, quiet), (name, stolen)], [])
+    assert "other machines" not in lines[0] and "host gave 12% of its CPU to other machines" in lines[1]
