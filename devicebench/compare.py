@@ -21,7 +21,7 @@ from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import Verdict, judge
-from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold, percent
 
 VIEWS = ("auto", "change", "devices")
 
@@ -243,10 +243,11 @@ def count_changes(tables: list[Table]) -> list[tuple[Table, Column, list[tuple[s
 
 
 def count_regressions(tables: list[Table], threshold: float | Threshold) -> list[str]:
-    """Rows whose step counts grew beyond their pipeline's threshold: a gate failure from one process a side."""
+    """Rows whose step counts grew beyond the threshold: a gate failure from one process a side. The size for every
+    row, a pipeline's own not: counts carry no noise, which is what a pipeline's larger size allows for."""
     lines = []
     for table, column, changed in count_changes(tables):
-        grown = counts.increases_beyond(changed, Threshold.of(threshold).for_pipeline(table.pipeline))
+        grown = counts.increases_beyond(changed, Threshold.of(threshold).default)
         if grown:
             lines.append(f"{table.title} on {column.label}: counts per step grew: {counts.describe(grown)}")
     return lines
@@ -254,7 +255,7 @@ def count_regressions(tables: list[Table], threshold: float | Threshold) -> list
 
 def inconclusive(tables: list[Table]) -> list[str]:
     """Rows whose data could not have seen a change of their threshold's size, each with that size."""
-    return [f"at {verdict.threshold:.0%}: {table.title} on {column.label}: {verdict.noise()}"
+    return [f"at {percent(verdict.threshold)}: {table.title} on {column.label}: {verdict.noise()}"
             for table in tables for column, verdict in zip(table.columns, table.verdicts)
             if verdict is not None and verdict.inconclusive]
 

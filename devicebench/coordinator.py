@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -395,7 +394,7 @@ class Pairs:
                 self.folder.worker_file(env.label, index).with_suffix(".part").unlink(missing_ok=True)
             raise
         runfile.write_json_atomically(self.folder.pair_meta(index), {
-            "seconds": seconds, "turns": [[sequence, label, point.test, point.step, point.granted_at]
+            "seconds": seconds, "turns": [[sequence, label, point.test, point.step, point.granted_at, point.together]
                                           for sequence, label, point in schedule]})
         worker_files = [json.loads(self.folder.worker_file(env.label, index).read_text()) for env in kept]
         for env, data in zip(kept, worker_files):
@@ -404,9 +403,10 @@ class Pairs:
         return seconds
 
     def next_pair_seconds(self, done: int, rows_left: list[str] | None) -> float:
-        """What the next pair should take: its start-up plus, for each row it will run, that row's mean time
-        (building and rounds) in the pairs that ran it; the mean pair where turns were not recorded or every row
-        runs. By row, because once the slow rows reached their size the next pair runs only the rest."""
+        """What the next pair should take: its start-up plus, for each row it will run, that row's time (building
+        and rounds) in the latest pair that ran it; the mean pair where turns were not recorded or every row runs.
+        By row, because once the slow rows reached their size the next pair runs only the rest; the latest, because
+        the first pair also checks parity, counts steps and builds every row in turn."""
         metas = [json.loads(self.folder.pair_meta(index).read_text()) for index in range(1, done + 1)
                  if self.folder.pair_meta(index).exists()]
         mean_pair = sum(meta["seconds"] for meta in metas) / len(metas) if metas else 0.0
@@ -415,19 +415,19 @@ class Pairs:
             return mean_pair
         start_ups, row_seconds = [], {}
         for meta in timed:
-            turns = [turn for turn in meta["turns"] if turn[4] is not None]  # [sequence, label, test, step, at]
+            turns = [turn for turn in meta["turns"] if turn[4] is not None]  # [sequence, label, test, step, at, ...]
             if not turns:
                 return mean_pair
             ends = [turn[4] for turn in turns[1:]] + [meta["seconds"]]
             start_ups.append(turns[0][4])
             by_row: dict[str, float] = {}
-            for (_, _, test, _, granted_at), end in zip(turns, ends):
-                by_row[test] = by_row.get(test, 0.0) + end - granted_at
+            for turn, end in zip(turns, ends):
+                by_row[turn[2]] = by_row.get(turn[2], 0.0) + end - turn[4]
             for test, seconds in by_row.items():
                 row_seconds.setdefault(test, []).append(seconds)
         if any(test not in row_seconds for test in rows_left):
             return mean_pair
-        return statistics.mean(start_ups) + sum(statistics.mean(row_seconds[test]) for test in rows_left)
+        return start_ups[-1] + sum(row_seconds[test][-1] for test in rows_left)
 
 
 def _summary(worker_file: dict) -> str:

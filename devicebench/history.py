@@ -113,7 +113,7 @@ def render(lines_of: list[Timeline], threshold: float | Threshold = DEFAULT_THRE
                     continue
                 text = f"{row.samples_per_s:,.0f}"
                 changed = counts.changes(previous_row.extra, row.extra) if previous_row is not None else []
-                grown = counts.increases_beyond(changed, Threshold.of(threshold).for_pipeline(row.pipeline))
+                grown = counts.increases_beyond(changed, Threshold.of(threshold).default)  # no noise: compare.py
                 if grown:
                     found.append(f"regression: {title}: {key.config_label()}: torch {previous_version} -> "
                                  f"{version}: counts per step grew: {counts.describe(grown)}")

@@ -12,8 +12,8 @@ named in its task (turns.py holds the worker's end). A worker runs only while it
 start of each row, before each of its rounds) it writes where it stands, as one JSON line, and blocks until the
 coordinator writes back the turn's sequence number. So exactly one worker runs at any moment (builds and
 compiles included, but see below) while the others sit blocked on a pipe read, and each timed round is labelled
-with the sequence number of its turn. At its first timed round a worker also says how long its last warm-up took, and the
-answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that
+with the sequence number of its turn. At its first timed round a worker also says how long its last warm-up took,
+and the answer says how many rounds to time, the same for every worker of the pair (``Scheduler._size``). A worker that
 exits closes its pipes: the coordinator reads end-of-file, waits for the process and carries on with the others.
 
 Both workers get the same rows, so they reach them in the same order; a row seen under another name at the same
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import selectors
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -258,9 +259,8 @@ def run_workers(commands: dict[str, WorkerCommand], logs: dict[str, Path], round
             for label, sequence, point in turns:
                 schedule.append((sequence, label, replace(point, granted_at=time.monotonic() - started)))
                 workers[label].grant(sequence, scheduler.timed_rounds(point))
-            for label, _, _ in turns:  # none of them runs a round before all have built
-                _take_request(scheduler, workers[label])
-            if any(workers[label].process.returncode not in (None, 0) for label, _, _ in turns):
+            # None of them runs a round before all have built; a worker that fails is seen at once.
+            if not _take_requests(scheduler, [workers[label] for label, _, _ in turns]):
                 break  # a worker failed: the pair is lost, so the others are stopped rather than run to the end
     finally:
         for worker in workers.values():
@@ -291,6 +291,21 @@ def where_the_time_went(schedule: list, seconds: float, worker_files: list[dict]
     return (f"time: {clock(seconds)} = start-up {granted[0]:.0f} s + building rows {building:.0f} s + rounds "
             f"{rounds:.0f} s, of which timed {timed:.0f} s ({timed / seconds:.0%} of the pair; the rest is "
             f"warm-up rounds, evaluation and step counting)")
+
+
+def _take_requests(scheduler: Scheduler, granted: list[Worker]) -> bool:
+    """Let each of ``granted`` run until it waits again or exits, taking their requests as they come; False as soon
+    as one has failed, without waiting for the others (its pair is lost: the caller stops them)."""
+    with selectors.DefaultSelector() as selector:
+        for worker in granted:
+            selector.register(worker.requests, selectors.EVENT_READ, worker)
+        for _ in granted:
+            worker = selector.select()[0][0].data  # a worker has written its request, or exited
+            selector.unregister(worker.requests)
+            _take_request(scheduler, worker)
+            if worker.process.returncode not in (None, 0):
+                return False
+    return True
 
 
 def _take_request(scheduler: Scheduler, worker: Worker) -> None:

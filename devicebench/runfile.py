@@ -28,7 +28,7 @@ SCHEMA = 3  # bump when a field changes meaning, and add update_to_<N> below
 # Fields of one process's entry in a row's ``processes`` (schema.py says what each holds).
 PROCESS_FIELDS = ("round_seconds", "train_seconds", "val_seconds", "samples_per_s", "compile_s",
                   "loader_wait_fraction", "unstable_reason", "round_sequence", "pair", "median_page_faults",
-                  "median_preemptions", "cpu_steal_fraction")
+                  "median_preemptions", "cpu_steal_fraction", "built_together")
 PER_ROUND_FIELDS = ("loader_wait_fraction_per_round", "train_loss_per_round", "val_loss_per_round",
                     "page_faults_per_round", "preemptions_per_round")
 

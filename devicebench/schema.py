@@ -116,7 +116,9 @@ FIELDS: dict[str, str] = {
                  "median_preemptions (involuntary context switches) a round, cpu_steal_fraction (the machine's CPU "
                  "time the hypervisor gave other guests; Linux); a plain run's entry also the per-round losses, "
                  "loader waits, page faults and preemptions; in an interleaved run (devicebench run --env A=.. "
-                 "--env B=..) its pair and round_sequence (each timed round's turn number in the pair's schedule)",
+                 "--env B=..) its pair, round_sequence (each timed round's turn number in the pair's schedule) and "
+                 "built_together (its build ran beside the other workers' builds: interleave.py; its compile_s "
+                 "then includes their load)",
     "interleave_id": "the interleaved run this row's processes came from; rows of the same id and pair ran side "
                      "by side, round for round, and are judged as pairs (significance.py)",
     # data-parallel rows (devicebench scaling: distributed.py, scaling.py)

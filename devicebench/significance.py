@@ -99,7 +99,7 @@ from dataclasses import dataclass
 
 from devicebench.calibration import Noise, pair_estimates
 from devicebench.results import Row
-from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold, percent
 
 
 def _stats():
@@ -231,7 +231,7 @@ class Verdict:
                     f"({speed(self.ratio)}, rounds p={p})")
         elif self.inconclusive:
             text = (f"no significant change, inconclusive: processes spread too much to detect a "
-                    f"{self.threshold:.0%} change ({speed(self.ratio)}, p={p})")
+                    f"{percent(self.threshold)} change ({speed(self.ratio)}, p={p})")
         else:
             reason = "below threshold" if self.significant else "not significant"
             text = f"no significant change ({reason}; {speed(self.ratio)}, p={p}{self._interval_text()})"

@@ -9,6 +9,11 @@ from devicebench.errors import UsageError
 DEFAULT_THRESHOLD = 0.05
 
 
+def percent(size: float) -> str:
+    """A size as it is typed: 5%, 2.5%, 0.4% (never rounded into another size, such as 0%)."""
+    return f"{round(size * 100, 3):g}%"
+
+
 @dataclass(frozen=True)
 class Threshold:
     """``--threshold`` (and ``--until``): a size for every row, or for one pipeline's rows (``seed=10%``).
@@ -28,14 +33,17 @@ class Threshold:
     def for_pipeline(self, pipeline: str | None) -> float:
         return dict(self.by_pipeline).get(pipeline, self.default)
 
-    def describe(self, spec: str = ".0%") -> str:
-        extra = ", ".join(f"{pipeline} {size:{spec}}" for pipeline, size in self.by_pipeline)
-        return f"{self.default:{spec}}" + (f" ({extra})" if extra else "")
+    def describe(self, spec: str | None = None) -> str:
+        def text(size: float) -> str:
+            return percent(size) if spec is None else f"{size:{spec}}"
+
+        extra = ", ".join(f"{pipeline} {text(size)}" for pipeline, size in self.by_pipeline)
+        return text(self.default) + (f" ({extra})" if extra else "")
 
     def option(self, name: str) -> str:
         """As options on a command line: ``--until 5% --until seed=10%``."""
-        return " ".join([f"{name} {self.default:.0%}", *(f"{name} {pipeline}={size:.0%}"
-                                                        for pipeline, size in self.by_pipeline)])
+        return " ".join([f"{name} {percent(self.default)}", *(f"{name} {pipeline}={percent(size)}"
+                                                             for pipeline, size in self.by_pipeline)])
 
     @classmethod
     def from_parts(cls, parts: list[tuple[str | None, float]] | None, option: str) -> Threshold | None:
@@ -46,5 +54,9 @@ class Threshold:
         if len(defaults) > 1 or (not defaults and option == "--until"):
             raise UsageError(f"{option}: give one size for every row (e.g. {option} 5%), and PIPELINE=SIZE for a "
                              f"pipeline that should differ (e.g. {option} seed=10%)")
+        named = [pipeline for pipeline, _ in parts if pipeline is not None]
+        if len(named) != len(set(named)):
+            raise UsageError(f"{option}: {', '.join(sorted({p for p in named if named.count(p) > 1}))} given more "
+                             f"than one size; give each pipeline one (e.g. {option} seed=10%)")
         by_pipeline = {pipeline: value for pipeline, value in parts if pipeline is not None}
         return cls(defaults[0] if defaults else DEFAULT_THRESHOLD, tuple(sorted(by_pipeline.items())))

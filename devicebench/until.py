@@ -22,7 +22,7 @@ class UntilTarget(Threshold):
     """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``); the
     gate judges each row at the same sizes (``compare --threshold``, Threshold says why per pipeline)."""
 
-    def describe(self, spec: str = ".1%") -> str:
+    def describe(self, spec: str | None = ".1%") -> str:
         return super().describe(spec)
 
 

@@ -127,6 +127,7 @@ def measure_rows(task: Task, finished: list[dict]) -> None:
             traceback.print_exc()
             finished.append({"name": spec.name, "status": "failed", "reason": f"{type(error).__name__}: {error}"})
             return
+        extra["processes"][0]["built_together"] = spec.name in task.build_together
         finished.append({"name": spec.name, "nodeid": spec.nodeid, "status": "measured", "extra": extra})
         print(f"{spec.name}: {extra['samples_per_s']:,.0f} samples/s over {len(extra['processes'][0]['round_seconds'])}"
               f" rounds", flush=True)

@@ -260,6 +260,13 @@ def test_a_pipeline_threshold_is_read(text, pipeline):
     assert cli._pipeline_size(text) == (pipeline, pytest.approx(0.10))
 
 
+def test_sizes_read_as_they_were_typed_and_a_pipeline_given_two_sizes_is_refused(capsys):
+    assert significance.Threshold(0.004).describe() == "0.4%"  # not rounded into 0%, which --until refuses
+    assert significance.Threshold(0.025, (("seed", 0.125),)).option("--until") == "--until 2.5% --until seed=12.5%"
+    assert cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "seed=5%", "--threshold", "seed=10%"]) == 2
+    assert "--threshold: seed given more than one size" in capsys.readouterr().err
+
+
 def test_a_threshold_naming_no_pipeline_or_two_sizes_for_every_row_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "sead=10%"])
@@ -389,6 +396,10 @@ def test_a_change_in_step_counts_is_shown_exactly_and_fails_the_gate_beyond_the_
     assert "counts: ops +16 per step (+5.7%), kernels +2 per step (+1.4%)" in out
     assert "counts per step grew: ops +16 per step (+5.7%)" in out and "kernels +2" not in out.split("grew:")[1]
     assert cli.main(["compare", base, more, "--fail-on-regression", "--threshold", "10%"]) == 2
+    # A pipeline's own size allows for its timing noise; counts have none, so they keep the size for every row.
+    capsys.readouterr()
+    assert cli.main(["compare", base, more, "--fail-on-regression", "--threshold", "resident=10%"]) == 1
+    assert "counts per step grew: ops +16" in capsys.readouterr().out
     assert cli.main(["compare", base, more, "--details"]) == 0
     assert "ops per step" in capsys.readouterr().out
 

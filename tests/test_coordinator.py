@@ -228,6 +228,35 @@ def test_rows_whose_first_builds_chose_nothing_by_timing_are_built_side_by_side_
     assert pairs.folder.built_alike(["A"]) == ["test_fixed", "test_plain"]
 
 
+def test_a_worker_asks_to_build_side_by_side_only_the_rows_its_task_names_and_says_which_it_did(monkeypatch,
+                                                                                                 tmp_path):
+    from devicebench import measure, rows, turns, worker
+    from devicebench.options import RowOptions
+
+    asked = []
+
+    class Pipe:
+        def __init__(self, read_fd, write_fd):
+            pass
+
+        def begin_row(self, item, test, together=False):
+            asked.append((test, together))
+            return item
+
+    monkeypatch.setattr(turns, "TurnPipe", Pipe)
+    monkeypatch.setattr(measure, "measure_row", lambda *args, **kwargs: {"samples_per_s": 1.0, "processes": [
+        {"round_seconds": [1.0]}]})
+    specs = [rows.RowSpec("mnist_mlp", "devicebench.workloads.mnist_mlp", "cpu", pipeline)
+             for pipeline in ("seed", "tuned")]
+    task = worker.Task(rows=[vars(spec) for spec in specs], options=RowOptions(scale="quick").to_dict(),
+                       output=str(tmp_path / "w.json"), turn_pipe=[10, 11], count_steps=False, parity_check=False,
+                       build_together=[specs[0].name])
+    finished = []
+    worker.measure_rows(task, finished)
+    assert asked == [(specs[0].name, True), (specs[1].name, False)]
+    assert [row["extra"]["processes"][0]["built_together"] for row in finished] == [True, False]
+
+
 def test_a_worker_gets_its_rows_pipe_core_and_first_pair_duties_as_fields_of_its_task(monkeypatch, tmp_path):
     given = []
     monkeypatch.setattr(coordinator.interleave, "run_workers", recording_workers(given))
@@ -418,6 +447,19 @@ def test_the_budget_counts_only_the_rows_the_next_pair_runs(monkeypatch, tmp_pat
     assert started == [1, 2, 3, 4]
     assert "budget 3m35s spent (3m30s measured; the next pair would take about 0m15s): stopping after 4 pairs" \
         in lines
+
+
+def test_the_next_pair_is_expected_to_take_what_the_latest_pair_that_ran_each_row_took(tmp_path):
+    # The first pair also checks parity, counts steps and builds every row in turn: it is not what the next costs.
+    pairs = pairs_for(tmp_path)
+    for index, start_up, rows in ((1, 10.0, {"test_x": 100.0, "test_y": 30.0}), (2, 5.0, {"test_x": 40.0})):
+        turns, at = [], start_up
+        for name, seconds in rows.items():
+            turns.append([len(turns) + 1, "A", name, 0, at, False])
+            at += seconds
+        pairs.folder.pair_meta(index).write_text(json.dumps({"seconds": at, "turns": turns}))
+    assert pairs.next_pair_seconds(2, ["test_x"]) == 45.0
+    assert pairs.next_pair_seconds(2, ["test_x", "test_y"]) == 75.0  # test_y's latest is the first pair's
 
 
 def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch, tmp_path):

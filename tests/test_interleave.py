@@ -232,6 +232,29 @@ def test_workers_build_side_by_side_only_when_both_may_and_run_no_round_before_b
     assert len(starts) == 2 and all(point.together is together for point in starts)
 
 
+FAILING_BUILDER = textwrap.dedent("""
+    import pathlib, sys, time
+    from devicebench.turns import TurnPipe
+    output, fails = pathlib.Path(sys.argv[1]), sys.argv[2] == "fails"
+    gate = TurnPipe(int(sys.argv[3]), int(sys.argv[4]))
+    gate.begin_row(0, "test_x", together=True)
+    if fails:
+        sys.exit(3)  # its build broke
+    time.sleep(60)  # a long build the pair no longer needs
+    output.write_text("built")
+    gate.before_round()
+""")
+
+
+def test_a_worker_whose_side_by_side_build_fails_stops_the_others_without_waiting_for_their_builds(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(FAILING_BUILDER)
+    commands = {"A": command(script, tmp_path / "A.txt", "fails"), "B": command(script, tmp_path / "B.txt", "builds")}
+    codes, _ = interleave.run_workers(commands, {label: tmp_path / f"{label}.log" for label in "AB"})
+    assert codes["A"] == 3 and codes["B"] < 0  # B was stopped, not let finish its minute of building
+    assert not (tmp_path / "B.txt").exists()
+
+
 def test_only_the_workers_that_may_build_together_are_granted_the_start_together():
     scheduler = Scheduler(["A", "B", "C"])
     for label, together in (("A", True), ("B", False), ("C", True)):

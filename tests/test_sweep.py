@@ -200,3 +200,17 @@ def test_a_workload_whose_package_does_not_import_skips_saying_which():
                              "no_such_package_here: ModuleNotFoundError")
     module.REQUIRES = ("torch",)
     assert rows.missing_requirement(module) is None
+
+
+def test_a_sweep_judges_its_history_at_the_sizes_it_ran_to_unless_a_threshold_says_otherwise(tmp_path, monkeypatch):
+    measured = tmp_path / "run.json"
+    measured.write_text("{}")
+    monkeypatch.setattr(commands.sweep, "run_sweep", lambda *args, **kwargs: ([measured], []))
+    judged = []
+    monkeypatch.setattr(commands, "cmd_history",
+                        lambda args: judged.append(commands.threshold_of(args.threshold)) or 0)
+    base = ["sweep", "--torch", "2.14.1", "--output-dir", str(tmp_path)]
+    assert cli.main([*base, "--until", "5%", "--until", "seed=10%", "--budget", "1m", "--", "--device", "cpu"]) == 0
+    assert cli.main([*base, "--until", "5%", "--budget", "1m", "--threshold", "3%", "--", "--device", "cpu"]) == 0
+    assert cli.main([*base, "--", "--device", "cpu"]) == 0
+    assert [threshold.describe() for threshold in judged] == ["5% (seed 10%)", "3%", "5%"]
