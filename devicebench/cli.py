@@ -23,14 +23,19 @@ from devicebench.errors import DevicebenchError
 from devicebench.workloads.base import PIPELINES
 
 
-def _threshold(text: str) -> float:
-    """``5%`` or ``0.05``; a bare number above 1 is refused rather than read as a multiple (``5`` = 500%)."""
+def _threshold(text: str, shown: str | None = None) -> float:
+    """``5%`` or ``0.05``; a bare number above 1 is refused rather than read as a multiple (``5`` = 500%).
+    ``shown``: the whole argument, for the message (``seed=10%``)."""
+    form = "give a percentage like 5% or a fraction like 0.05"
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        value = -1.0
-    if not 0 <= value < 1 or (not text.endswith("%") and value >= 1):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage like 5% or a fraction like 0.05")
+        raise argparse.ArgumentTypeError(f"{shown or text!r}: {form}") from None
+    if not text.endswith("%") and value >= 1:
+        raise argparse.ArgumentTypeError(f"{shown or text!r}: a bare number is a fraction ({text} would be "
+                                         f"{value:.0%}): {form}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{shown or text!r}: a size from 0 to under 100%: {form}")
     return value
 
 
@@ -40,7 +45,7 @@ def _pipeline_size(text: str) -> tuple[str | None, float]:
     if pipeline and pipeline not in PIPELINES:
         raise argparse.ArgumentTypeError(f"{text!r}: {pipeline!r} is not a pipeline; give one of "
                                          f"{', '.join(PIPELINES)}, as in seed=10%")
-    return pipeline or None, _threshold(size)
+    return pipeline or None, _threshold(size, shown=text)
 
 
 def _until_part(text: str) -> tuple[str | None, float]:
@@ -82,9 +87,10 @@ def _round_time(text: str) -> float:
 
 def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=_pipeline_size, action="append", metavar="[PIPELINE=]SIZE",
-                        help="smallest change worth reporting: 5%% or 0.05 (the default); repeat with PIPELINE=SIZE "
-                             "for one pipeline's rows, as the run's --until asked: --threshold 5%% --threshold "
-                             "seed=10%%")
+                        help="smallest change worth reporting, and the one a row's data must be able to see to be "
+                             "judged (else inconclusive): 5%% or 0.05 (the default), under 100%%; repeat with "
+                             "PIPELINE=SIZE for one pipeline's rows (the rest keep the plain size, 5%% unless "
+                             "given), as the run's --until asked: --threshold 5%% --threshold seed=10%%")
 
 
 def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | None, output_dir: str,
@@ -93,9 +99,10 @@ def _add_process_options(parser: argparse.ArgumentParser, *, processes: int | No
     parser.add_argument("--processes", type=int, default=processes, help=processes_help)
     parser.add_argument("--until", type=_until_part, action="append", metavar="[PIPELINE=]SIZE",
                         help="in worker pairs (two or more --env): add pairs until every row could detect a change "
-                             "of this size (e.g. 5%%), each environment against the first, or --budget is spent; a "
-                             "row that got there is left out of later pairs. Repeat with PIPELINE=SIZE to ask "
-                             "another size of one pipeline's rows, e.g. --until 5%% --until seed=10%%")
+                             "of this size (e.g. 5%%), each environment against the first, at the gate's level over "
+                             "the rows, or --budget is spent; a row that got there is left out of later pairs. "
+                             "Repeat with PIPELINE=SIZE to ask another size of one pipeline's rows, e.g. --until 5%% "
+                             "--until seed=10%%; gate the runs at the same sizes (compare --threshold ...)")
     parser.add_argument("--budget", type=_duration, metavar="TIME",
                         help="stop adding worker pairs (or processes, one after another) once this much time is "
                              "measured (e.g. 10m, 1h); the next is started only if it fits")
@@ -150,8 +157,10 @@ def parser() -> argparse.ArgumentParser:
     comparison.add_argument("--markdown", action="store_true", help="print Markdown tables to paste into an issue")
     comparison.add_argument("--png", metavar="PATH", help="also write a throughput bar chart")
     comparison.add_argument("--fail-on-regression", action="store_true",
-                            help="exit 1 when any row is significantly slower than that row in the first run by "
-                                 "more than the threshold (a CI gate; change view only)")
+                            help="a CI gate (change view only): exit 1 when a row is significantly slower than that "
+                                 "row in the first run, after Holm's correction, and its 95%% interval reaches the "
+                                 "threshold, or its counts per step grew beyond it; exit 2 when it cannot judge (a "
+                                 "row inconclusive at the threshold, a file it cannot read, no row in common)")
     comparison.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
     _add_calibration_option(comparison)
     comparison.set_defaults(handler=cmd_compare)
@@ -282,7 +291,8 @@ def parser() -> argparse.ArgumentParser:
     past.add_argument("dir", nargs="?", default="results", help="folder of saved runs (default results/)")
     _add_threshold_option(past)
     past.add_argument("--png", metavar="PATH", help="also write a line chart")
-    past.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a step regressed")
+    past.add_argument("--fail-on-regression", action="store_true",
+                      help="exit 1 when a step regressed, 2 when a step is inconclusive at the threshold")
     _add_calibration_option(past)
     past.set_defaults(handler=cmd_history)
     return top

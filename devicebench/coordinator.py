@@ -132,8 +132,11 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         finished = True
     finally:
         folder.release(remove=finished)
+    # Where a run asked sizes of its rows, the gate that judges them at those sizes.
+    gate = f". Gate them: devicebench compare {' '.join(map(str, written))} {until_target.option('--threshold')} " \
+           f"--fail-on-regression" if isinstance(until_target, UntilTarget) and len(written) > 1 else ""
     echo(f"{count} process(es) per environment in {clock(time.monotonic() - started)}; runs written: "
-         f"{', '.join(map(str, written)) or 'none'}")
+         f"{', '.join(map(str, written)) or 'none'}{gate}")
     return written
 
 
@@ -431,7 +434,8 @@ class Pairs:
 
 
 def _summary(worker_file: dict) -> str:
+    measured = [row for row in worker_file["rows"] if row["status"] == "measured"]
     parts = [f"{row['name'].removeprefix('test_')} {row['extra']['samples_per_s']:,.0f}/s "
-             f"({len(row['extra']['processes'][0]['train_seconds'])} rounds)"
-             for row in worker_file["rows"] if row["status"] == "measured"]
-    return "; ".join(parts) or "no rows (all skipped?)"
+             f"({len(row['extra']['processes'][0]['train_seconds'])} rounds)" for row in measured]
+    synthetic = any(row["extra"].get("data_source") == "synthetic" for row in measured)
+    return "; ".join(parts) + (" [synthetic data]" if synthetic else "") if parts else "no rows (all skipped?)"

@@ -52,8 +52,10 @@ class Threshold:
             return None
         defaults = [value for pipeline, value in parts if pipeline is None]
         if len(defaults) > 1 or (not defaults and option == "--until"):
-            raise UsageError(f"{option}: give one size for every row (e.g. {option} 5%), and PIPELINE=SIZE for a "
-                             f"pipeline that should differ (e.g. {option} seed=10%)")
+            given = (f"{', '.join(map(percent, defaults))} are all sizes for every row" if defaults else
+                     "no size for every row")
+            raise UsageError(f"{option}: {given}; give one size for every row (e.g. {option} 5%), and PIPELINE=SIZE "
+                             f"for a pipeline that should differ (e.g. {option} seed=10%)")
         named = [pipeline for pipeline, _ in parts if pipeline is not None]
         if len(named) != len(set(named)):
             raise UsageError(f"{option}: {', '.join(sorted({p for p in named if named.count(p) > 1}))} given more "

@@ -15,15 +15,12 @@ from typing import Callable
 from devicebench import significance
 from devicebench.calibration import Calibration, Noise
 from devicebench.results import Run
-from devicebench.threshold import Threshold
+from devicebench.threshold import Threshold, percent
 
 
 class UntilTarget(Threshold):
     """``--until``: the smallest detectable change asked of every row, or of one pipeline's rows (``seed=10%``); the
     gate judges each row at the same sizes (``compare --threshold``, Threshold says why per pipeline)."""
-
-    def describe(self, spec: str | None = ".1%") -> str:
-        return super().describe(spec)
 
 
 @dataclass(frozen=True)
@@ -69,10 +66,13 @@ class RowProgress:
                 f"{math.expm1(math.sqrt(self.forecast.per_process_variance)):.1%} of a pair's spread is per "
                 f"process, which more rounds do not remove")
 
+    @property
+    def judged(self) -> bool:
+        """From MIN_PAIRS_FOR_UNTIL pairs, or from two where the calibration supplies the degrees of freedom."""
+        return self.pairs >= (MIN_PAIRS_CALIBRATED if self.calibrated else MIN_PAIRS_FOR_UNTIL)
+
     def reached(self, until: UntilTarget) -> bool:
-        # Judged from MIN_PAIRS_FOR_UNTIL pairs, or from two where the calibration supplies the degrees of freedom.
-        enough = self.pairs >= (MIN_PAIRS_CALIBRATED if self.calibrated else MIN_PAIRS_FOR_UNTIL)
-        return enough and self.detectable is not None and self.detectable <= until.for_pipeline(self.pipeline)
+        return self.judged and self.detectable is not None and self.detectable <= until.for_pipeline(self.pipeline)
 
 
 # --until judges the detectable change only from this many pairs on: with two, a t-test on pair means has one
@@ -192,7 +192,8 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
     for row in progress.values():
         figure = "n/a" if row.detectable is None else significance.size_text(row.detectable)
         reached = " (reached)" if until is not None and row.reached(until) else ""
-        marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}")
+        early = "" if row.judged else f" (judged from pair {MIN_PAIRS_FOR_UNTIL})"
+        marks.append(f"{row.test.removeprefix('test_')} {figure}{reached}{early}")
     family = next(iter(progress.values())).family if progress else 1
     level = f" (at the gate's level over {family} rows)" if family > 1 else ""
     return f"    after {pairs} pairs, smallest detectable change{level}: " + "; ".join(marks)
@@ -223,7 +224,7 @@ def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spe
               for row in reached]
     lines += [f"    not reached: {row.test} "
               f"({'not judged' if row.detectable is None else significance.size_text(row.detectable)}"
-              f" from {row.pairs} pairs, asked {until.for_pipeline(row.pipeline):.1%}{row.forecast_text(until)})"
+              f" from {row.pairs} pairs, asked {percent(until.for_pipeline(row.pipeline))}{row.forecast_text(until)})"
               for row in missed]
     return "\n".join(lines)
 

@@ -272,7 +272,7 @@ def test_a_threshold_naming_no_pipeline_or_two_sizes_for_every_row_is_refused(ca
         cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "sead=10%"])
     assert "'sead' is not a pipeline; give one of" in capsys.readouterr().err
     assert cli.main(["compare", str(RUNS / "aa_first.json"), "--threshold", "5%", "--threshold", "10%"]) == 2
-    assert "--threshold: give one size for every row" in capsys.readouterr().err
+    assert "--threshold: 5%, 10% are all sizes for every row; give one size for every row" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), ("12.5%", 0.125), ("0", 0.0)])
@@ -280,12 +280,16 @@ def test_threshold_takes_a_percentage_or_a_fraction(text, value):
     assert cli._threshold(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["5", "1", "150%", "abc", "-1%"])
-def test_threshold_as_a_bare_number_above_one_is_a_usage_error_naming_both_forms(text, capsys):
+@pytest.mark.parametrize("text, cause", [("5", "'5': a bare number is a fraction (5 would be 500%)"),
+                                         ("1", "a bare number is a fraction"), ("150%", "a size from 0 to under 100%"),
+                                         ("abc", "'abc'"), ("-1%", "a size from 0 to under 100%"),
+                                         ("seed=", "'seed='"), ("seed=2", "'seed=2': a bare number")])
+def test_threshold_as_a_bare_number_above_one_is_a_usage_error_naming_both_forms(text, cause, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["compare", str(RUNS / "aa_first.json"), f"--threshold={text}"])
     assert exit_info.value.code == 2
-    assert "give a percentage like 5% or a fraction like 0.05" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert cause in err and "give a percentage like 5% or a fraction like 0.05" in err
 
 
 def test_the_gate_fails_closed_on_an_unreadable_baseline(tmp_path, capsys):

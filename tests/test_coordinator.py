@@ -96,10 +96,15 @@ def test_until_stops_at_the_first_pair_where_every_row_can_see_the_size_asked(mo
         assert significance.judge(base, cand).for_family(2).detectable <= 0.05
         assert significance.judge(base, cand).detectable < significance.judge(base, cand).for_family(2).detectable
     assert started == [1, 2, 3, 4, 5]
-    assert "every row can see a change of its size (5.0%) after 5 pairs: stopping" in lines
+    assert "every row can see a change of its size (5%) after 5 pairs: stopping" in lines
     assert ("    after 4 pairs, smallest detectable change (at the gate's level over 2 rows): steady 4.7% (reached); "
             "noisy 7.2%") in lines
-    assert lines[-2].startswith("--until 5.0%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs")
+    # Two pairs on one degree of freedom judge nothing yet, whatever figure they give, and the line says so.
+    assert any(line.startswith("    after 2 pairs") and line.endswith("(judged from pair 3)") for line in lines)
+    assert lines[-2].startswith("--until 5%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs")
+    # The run ends with the gate that judges its files at the sizes it asked.
+    assert lines[-1].endswith(f". Gate them: devicebench compare {written[0]} {written[1]} --threshold 5% "
+                              f"--fail-on-regression")
 
 
 def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pair_numbers(monkeypatch, tmp_path):
@@ -114,7 +119,7 @@ def test_a_row_that_reached_its_size_is_left_out_of_later_pairs_and_keeps_its_pa
     assert [pair for _, pair in sorted(steady[0].pairs)] == [1, 2, 3]  # measured in pairs 1-3 only
     assert [pair for _, pair in sorted(noisy[1].pairs)] == [1, 2, 3, 4, 5]
     report = lines[-2].splitlines()
-    assert report[0] == ("--until 5.0%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs "
+    assert report[0] == ("--until 5%, at the gate's level over 2 rows: 2 of 2 rows reached it in 5 pairs "
                          "(0m05s measured)")
     assert "    reached: test_steady (0.5% from 3 pairs)" in report
 
@@ -123,11 +128,11 @@ def test_until_asks_a_pipeline_its_own_size(monkeypatch, tmp_path):
     # The seed row spreads 3% a pair: 5% is out of reach in 10 pairs here, 10% is reached from the fourth.
     started = fake_pairs(monkeypatch, 1.0, {"test_x_resident": 0.001, "test_x_seed": 0.03})
     target = commands.until_target([cli._until_part("5%"), cli._until_part("seed=10%")])
-    assert target.describe() == "5.0% (seed 10.0%)"
+    assert target.describe() == "5% (seed 10%)"
     lines: list[str] = []
     run(started.plan, tmp_path, "p", 10, echo=lines.append, until_target=target)
     assert started == [1, 2, 3, 4]
-    assert lines[-2].startswith("--until 5.0% (seed 10.0%), at the gate's level over 2 rows: 2 of 2 rows reached it "
+    assert lines[-2].startswith("--until 5% (seed 10%), at the gate's level over 2 rows: 2 of 2 rows reached it "
                                 "in 4 pairs")
     with pytest.raises(argparse.ArgumentTypeError, match="'fast' is not a pipeline"):
         cli._until_part("fast=5%")
@@ -432,7 +437,7 @@ def test_until_stops_at_the_budget_and_names_the_rows_that_did_not_get_there(mon
     assert "budget 4m10s spent (4m00s measured; the next pair would take about 1m00s): stopping after 4 pairs" \
         in lines
     report = lines[-2].splitlines()
-    assert report[0] == ("--until 5.0%, at the gate's level over 2 rows: 1 of 2 rows reached it in 4 pairs "
+    assert report[0] == ("--until 5%, at the gate's level over 2 rows: 1 of 2 rows reached it in 4 pairs "
                          "(4m00s measured)")
     assert report[1].startswith("    reached: test_steady (") and report[2].startswith("    not reached: test_noisy (")
 
@@ -469,7 +474,7 @@ def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch
     assert started == [1]
     assert "--until judges from 3 pairs on, and at 5m32s a pair this budget holds 1: give --budget 17m or more" \
         in "\n".join(lines)
-    assert any(line.startswith("--until 5.0%: not judged: 1 pair(s) measured") for line in lines)
+    assert any(line.startswith("--until 5%: not judged: 1 pair(s) measured") for line in lines)
 
 
 def test_one_pair_with_a_calibration_says_until_judges_from_two(monkeypatch, tmp_path):
@@ -648,3 +653,10 @@ def test_processes_one_after_another_stop_where_the_next_would_end_past_the_budg
     assert "budget 4m10s spent (3m20s measured; the next process would take about 1m40s): stopping after 2 " \
            "processes" in lines
     assert len(results.load_run(written[0]).rows[0].processes) == 2
+
+
+def test_a_pairs_summary_line_says_when_its_rows_ran_on_synthetic_data():
+    data = worker_file({"test_row": [1.0] * 5})
+    assert "synthetic" not in coordinator._summary(data)
+    data["rows"][0]["extra"]["data_source"] = "synthetic"
+    assert coordinator._summary(data) == "row 100/s (5 rounds) [synthetic data]"
