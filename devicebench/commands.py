@@ -220,9 +220,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     measured = [run for run in runs if run.exists()]
     if measured:
         print(f"\nhistory of {output_dir} (each step judged across processes):\n")
-        # Judged at the sizes the sweep was run to, where no --threshold says otherwise.
-        threshold = args.threshold or (args.until if until_target(args.until) else None)
-        return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=threshold, png=args.png,
+        # Judged at the sizes the sweep was run to (--until, checked above), where no --threshold says otherwise.
+        return cmd_history(argparse.Namespace(dir=str(output_dir), threshold=args.threshold or args.until, png=args.png,
                                               fail_on_regression=False, calibration=args.calibration))
     return 1 if skipped else 0
 

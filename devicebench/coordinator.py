@@ -416,26 +416,27 @@ class Pairs:
         timed = [meta for meta in metas if meta.get("turns")]
         if rows_left is None or not timed:
             return mean_pair
-        start_ups, row_seconds = [], {}
+        start_up, latest = 0.0, {}  # each row's seconds in the latest pair that ran it
         for meta in timed:
             turns = [turn for turn in meta["turns"] if turn[4] is not None]  # [sequence, label, test, step, at, ...]
             if not turns:
                 return mean_pair
             ends = [turn[4] for turn in turns[1:]] + [meta["seconds"]]
-            start_ups.append(turns[0][4])
+            start_up = turns[0][4]
             by_row: dict[str, float] = {}
             for turn, end in zip(turns, ends):
                 by_row[turn[2]] = by_row.get(turn[2], 0.0) + end - turn[4]
-            for test, seconds in by_row.items():
-                row_seconds.setdefault(test, []).append(seconds)
-        if any(test not in row_seconds for test in rows_left):
+            latest.update(by_row)
+        if any(test not in latest for test in rows_left):
             return mean_pair
-        return start_ups[-1] + sum(row_seconds[test][-1] for test in rows_left)
+        return start_up + sum(latest[test] for test in rows_left)
 
 
 def _summary(worker_file: dict) -> str:
     measured = [row for row in worker_file["rows"] if row["status"] == "measured"]
+    if not measured:
+        return "no rows (all skipped?)"
     parts = [f"{row['name'].removeprefix('test_')} {row['extra']['samples_per_s']:,.0f}/s "
              f"({len(row['extra']['processes'][0]['train_seconds'])} rounds)" for row in measured]
     synthetic = any(row["extra"].get("data_source") == "synthetic" for row in measured)
-    return "; ".join(parts) + (" [synthetic data]" if synthetic else "") if parts else "no rows (all skipped?)"
+    return "; ".join(parts) + (" [synthetic data]" if synthetic else "")

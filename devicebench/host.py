@@ -55,10 +55,9 @@ def process_fields(rounds: list[Usage | None], ticks_before: tuple[int, int] | N
                    ticks_after: tuple[int, int] | None) -> dict:
     """A process entry's host fields over its timed rounds (schema.py names them); {} where none could be read."""
     fields: dict = {}
-    counted = [counts for counts in rounds if counts is not None]
-    if counted and len(counted) == len(rounds):
-        fields["page_faults_per_round"] = [counts.page_faults for counts in counted]
-        fields["preemptions_per_round"] = [counts.preemptions for counts in counted]
+    if rounds and all(counts is not None for counts in rounds):
+        fields["page_faults_per_round"] = [counts.page_faults for counts in rounds]
+        fields["preemptions_per_round"] = [counts.preemptions for counts in rounds]
         fields["median_page_faults"] = statistics.median(fields["page_faults_per_round"])
         fields["median_preemptions"] = statistics.median(fields["preemptions_per_round"])
     if ticks_before is not None and ticks_after is not None and ticks_after[1] > ticks_before[1]:

@@ -33,12 +33,9 @@ class Threshold:
     def for_pipeline(self, pipeline: str | None) -> float:
         return dict(self.by_pipeline).get(pipeline, self.default)
 
-    def describe(self, spec: str | None = None) -> str:
-        def text(size: float) -> str:
-            return percent(size) if spec is None else f"{size:{spec}}"
-
-        extra = ", ".join(f"{pipeline} {text(size)}" for pipeline, size in self.by_pipeline)
-        return text(self.default) + (f" ({extra})" if extra else "")
+    def describe(self) -> str:
+        extra = ", ".join(f"{pipeline} {percent(size)}" for pipeline, size in self.by_pipeline)
+        return percent(self.default) + (f" ({extra})" if extra else "")
 
     def option(self, name: str) -> str:
         """As options on a command line: ``--until 5% --until seed=10%``."""
