@@ -20,7 +20,9 @@ A=PY --env B=PY``, interleave.py) and keeps, for each row, two spreads on the lo
   judged with the noise it has, and ``devicebench run --until`` can size a row's rounds to its question.
 
 An entry applies only to the same row identity (schema.py), on the same machine (``results.Run.machine_key``) and
-torch version: noise is a property of all three. The file lives beside the results
+torch version: noise is a property of all three; and, where both recorded them, under the same host memory
+settings (transparent huge pages, allocator variables: host.py), which move the rows that allocate on the host
+(``host_memory_otherwise`` says so in the verdict). The file lives beside the results
 (``.benchmarks/devicebench-calibration.json`` by default, ``--calibration`` or ``DEVICEBENCH_CALIBRATION`` to
 choose another), is written atomically, and a file of another format is refused by name.
 """
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devicebench.errors import UsageError
-from devicebench import results, schema
+from devicebench import host, results, schema
 from devicebench.results import Row, Run
 
 CALIBRATION_SCHEMA = 1
@@ -202,13 +204,18 @@ class Calibration:
     def noise_for(self, run: Run, row: Row, kind: str | None = None) -> Noise | None:
         """The calibrated noise of this row on the machine and torch version of ``run``, if measured, of ``kind``
         (default: the one its verdict uses, ``kind_for``)."""
-        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind or kind_for(row))
+        return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind or kind_for(row),
+                             run.machine_info.get("host_memory"))
 
-    def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS) -> Noise | None:
+    def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS,
+                 host_memory: dict | None = None) -> Noise | None:
         """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
-        ``torch_version``, if measured, of ``kind``: PAIRS or PLAIN."""
+        ``torch_version``, if measured, of ``kind``: PAIRS or PLAIN; None also when it was measured under other
+        host memory settings than ``host_memory`` (unknown on either side: used)."""
         entry = self._entry_of(_key(machine, torch_version, _jsonable(identity), kind))
-        return None if entry is None else noise_of(entry)
+        if entry is None or host.memory_differences(entry.get("host_memory"), host_memory):
+            return None
+        return noise_of(entry)
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
         """The noise of a change on one machine: the candidate's torch version's, else the baseline's. Runs of two
@@ -236,6 +243,22 @@ class Calibration:
                         f"--pin-rounds)")
         return None
 
+    def host_memory_otherwise(self, base_run: Run, base_row: Row, run: Run, row: Row) -> str | None:
+        """Why a row that ``noise_between`` found nothing for has no calibration, where this machine, torch version
+        and row have one measured under other host memory settings (a host whose huge pages were switched, an
+        environment that preloads another allocator)."""
+        if base_run.machine_key != run.machine_key:
+            return None
+        for candidate_run, candidate_row in ((run, row), (base_run, base_row)):
+            entry = self._entry_of(_key(_machine(candidate_run), candidate_run.torch_version,
+                                        _jsonable(candidate_row.identity.fields()), kind_for(candidate_row)))
+            differences = host.memory_differences(None if entry is None else entry.get("host_memory"),
+                                                  candidate_run.machine_info.get("host_memory"))
+            if differences:
+                return (f"calibration not used: measured under other host memory settings ({'; '.join(differences)}"
+                        f"; recalibrate under these)")
+        return None
+
     def rows_of(self, machine_key: tuple) -> list[dict]:
         """The entries measured on one machine (``devicebench info``)."""
         node, cpu, accelerators = machine_key
@@ -254,6 +277,10 @@ class Calibration:
         earlier entry (and why), or the row's first."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
+        if differences := host.memory_differences(first.machine_info.get("host_memory"),
+                                                  second.machine_info.get("host_memory")):
+            raise UsageError(f"a calibration is an A/A: both runs must have the same host memory settings, and "
+                             f"{'; '.join(differences)} (give both environments the same allocator variables)")
         added = []
         for row in first.rows:
             other = next((candidate for candidate in second.rows if candidate.identity == row.identity), None)
@@ -293,7 +320,8 @@ class Calibration:
                      "process_df": len(logs) - 1,
                      "rounds_per_worker": int(statistics.median(len(times) for times in row.processes)),
                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how, "sources": [],
-                     "compiled_code": compiled_code(row), "round_log_sd": None, "round_df": 0}
+                     "compiled_code": compiled_code(row), "round_log_sd": None, "round_df": 0,
+                     "host_memory": run.machine_info.get("host_memory")}
             earlier = self._entry_of(_entry_key(entry))
             if earlier is None:
                 said = "its first calibration"
@@ -374,6 +402,8 @@ def _why_kept_apart(earlier: dict, new: dict) -> str | None:
                 f"pooled only within 2x, as round noise differs")
     if _recorded_compiled_code(earlier, bool(new["identity"].get("compiled"))) != new["compiled_code"]:
         return "its compiled code came about otherwise"
+    if differences := host.memory_differences(earlier.get("host_memory"), new.get("host_memory")):
+        return f"measured under other host memory settings ({'; '.join(differences)})"
     return None
 
 
@@ -413,4 +443,4 @@ def _entry(run: Run, row: Row, other: Row, how: str) -> dict:
             "rounds_per_worker": int(statistics.median(rounds)),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "how": how,
             "sources": sorted({interleave_id for interleave_id, _ in keys}), "compiled_code": compiled_code(row),
-            "round_log_sd": round_log_sd, "round_df": round_df}
+            "round_log_sd": round_log_sd, "round_df": round_df, "host_memory": run.machine_info.get("host_memory")}

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from devicebench import calibration, compare, coordinator, environment, history, options, results, rows, \
+from devicebench import calibration, compare, coordinator, environment, history, host, options, results, rows, \
     significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
@@ -27,6 +27,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if key == "accelerators":
             value = ", ".join(f"{a['type']}: {a['name']}" + (f" ({a['memory_bytes'] / 2**30:.0f} GiB)"
                                                             if a.get("memory_bytes") else "") for a in value) or "none"
+        elif key == "host_memory":
+            value = host.describe_memory(value)
         print(f"{key.ljust(width)}  {value}")
     print()
     for name, status, detail in environment.device_table():
@@ -174,6 +176,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "notes above for what differs")
     if view != "change":
         return 0
+    for line in compare.host_memory_notes(runs):
+        print(line)
     unjudged = compare.inconclusive(tables)
     for line in unjudged:
         print(f"inconclusive {line}")

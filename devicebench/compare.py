@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Hashable
 
-from devicebench import counts, fallback, schema, significance
+from devicebench import counts, fallback, host, schema, significance
 from devicebench.calibration import Calibration, Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
@@ -127,7 +127,8 @@ def _judged(base: tuple[Column, Row], cand: tuple[Column, Row], threshold: float
     noise = _noise(calibration, base, cand)
     verdict = judge(base[1], cand[1], threshold, noise)
     if noise is None and calibration is not None and verdict.calibration is None:
-        why = calibration.pinned_otherwise(base[0].run, base[1], cand[0].run, cand[1])
+        why = (calibration.pinned_otherwise(base[0].run, base[1], cand[0].run, cand[1])
+               or calibration.host_memory_otherwise(base[0].run, base[1], cand[0].run, cand[1]))
         if why is not None:
             verdict = replace(verdict, calibration=why)
     return verdict
@@ -185,6 +186,17 @@ def device_tables(runs: list[Run], threshold: float | Threshold, baseline_device
         tables.append(Table(cells[0].identity.config_label(), [column for column, _ in members], cells, baseline,
                             verdicts, notes))
     return tables
+
+
+def host_memory_notes(runs: list[Run]) -> list[str]:
+    """A line per later run whose host memory settings differ from the baseline run's (host.py): a seed row's
+    change may be theirs, not the code's (docs/comparing.md, "How much noise to expect")."""
+    base = runs[0]
+    return [f"note: {run.path.name} ran under other host memory settings than {base.path.name} "
+            f"({'; '.join(differences)}): rows that allocate on the host (seed) move with them"
+            for run in runs[1:]
+            if (differences := host.memory_differences(base.machine_info.get("host_memory"),
+                                                       run.machine_info.get("host_memory")))]
 
 
 def regressions(tables: list[Table]) -> list[str]:

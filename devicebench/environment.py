@@ -7,7 +7,7 @@ import importlib.metadata
 import torch
 
 import devicebench
-from devicebench import devices
+from devicebench import devices, host
 
 # Fields pytest-benchmark's default machine_info has that change from run to run on one machine: keeping them
 # would make every comparison of two runs on the same machine warn that the machine changed.
@@ -37,6 +37,7 @@ def software_facts() -> dict:
         "mps_available": torch.backends.mps.is_available(),
         "cpu_name": devices.cpu_name(),
         "accelerators": devices.accelerators(),
+        "host_memory": host.memory_settings(),  # host-bound rows move with these (host.py)
     }
 
 

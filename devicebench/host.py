@@ -7,12 +7,17 @@ does to a thread cost almost nothing to read around each round: the page faults 
 back and faulted in again, dear in a virtual machine), the times another runnable thread preempted it
 (involuntary context switches), and the share of the machine's CPU time the hypervisor gave to other guests
 (``steal`` in /proc/stat, Linux only). Each row keeps them per process, so a noisy host can be told from a noisy row.
+
+And how the host hands out memory (``memory_settings``: transparent huge pages, allocator variables), recorded in
+every result's ``machine_info``: a seed row's DataLoader collates a fresh batch on the host each step, and what
+that batch costs depends on them (``HUGEPAGE_FOLDER``).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 try:
     import resource
@@ -63,3 +68,62 @@ def process_fields(rounds: list[Usage | None], ticks_before: tuple[int, int] | N
     if ticks_before is not None and ticks_after is not None and ticks_after[1] > ticks_before[1]:
         fields["cpu_steal_fraction"] = (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1])
     return fields
+
+
+# How the host hands memory to a process. A row that allocates a fresh batch each step on the host (the seed
+# pipelines' DataLoader collates one) pays a page fault per 4 KiB of it, or per 2 MiB with transparent huge pages:
+# on a 2-core VM these settings moved resnet18_cifar seed's loading by 15-25% (docs/comparing.md).
+HUGEPAGE_FOLDER = "/sys/kernel/mm/transparent_hugepage"
+HUGEPAGE_FILES = {"transparent_hugepages": "enabled", "transparent_hugepages_defrag": "defrag"}
+# Read by glibc's malloc, jemalloc (MALLOC_CONF), tcmalloc (TCMALLOC_*), torch's cpu allocator, or preloading one.
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")
+ALLOCATOR_PREFIXES = ("MALLOC_", "TCMALLOC_")
+
+
+def _selected(path: str) -> str | None:
+    """The chosen word of a sysfs choice file ("always [madvise] never" -> "madvise"); None if unreadable."""
+    try:
+        with open(path) as choices:
+            text = choices.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
+def memory_settings(environ: Mapping[str, str] | None = None, folder: str = HUGEPAGE_FOLDER) -> dict:
+    """This host's transparent huge pages (Linux; left out where unreadable) and the allocator variables set in
+    this process's environment (``allocator_environment``, {} when none)."""
+    environ = os.environ if environ is None else environ
+    settings: dict = {}
+    for name, file in HUGEPAGE_FILES.items():
+        value = _selected(os.path.join(folder, file))
+        if value is not None:
+            settings[name] = value
+    settings["allocator_environment"] = {name: environ[name] for name in sorted(environ)
+                                         if name in ALLOCATOR_VARIABLES or name.startswith(ALLOCATOR_PREFIXES)}
+    return settings
+
+
+def memory_differences(before: dict | None, after: dict | None) -> list[str]:
+    """What differs between two hosts' ``memory_settings`` ("transparent_hugepages always -> madvise"); [] when
+    they agree or either is unknown (a file written before they were recorded)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return []
+    flat_before, flat_after = _flat(before), _flat(after)
+    return [f"{name} {flat_before.get(name, 'unset')} -> {flat_after.get(name, 'unset')}"
+            for name in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(name) != flat_after.get(name)]
+
+
+def _flat(settings: dict) -> dict:
+    return {**{name: value for name, value in settings.items() if name != "allocator_environment"},
+            **(settings.get("allocator_environment") or {})}
+
+
+def describe_memory(settings: dict) -> str:
+    """``memory_settings`` in a line: "transparent huge pages madvise (defrag madvise); allocator variables: none"."""
+    pages = settings.get("transparent_hugepages")
+    text = "transparent huge pages " + (f"{pages} (defrag {settings.get('transparent_hugepages_defrag', '?')})"
+                                         if pages else "unknown")
+    variables = settings.get("allocator_environment") or {}
+    return text + "; allocator variables: " + (", ".join(f"{k}={v}" for k, v in variables.items()) or "none")

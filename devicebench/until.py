@@ -93,7 +93,7 @@ def rounds_wanted(calibration: Calibration | None, until: UntilTarget | None, fa
 
     def wanted(row: dict, default: int) -> int | None:
         identity = row["identity"]
-        noise = calibration.noise_at(row["machine"], row["torch_version"], identity)
+        noise = calibration.noise_at(row["machine"], row["torch_version"], identity, host_memory=row.get("host_memory"))
         if noise is None or noise.compiled_code != row.get("compiled_code"):  # the verdict would not use it
             return None
         return rounds_for_size(noise, until.for_pipeline(identity.get("pipeline")), default, family)

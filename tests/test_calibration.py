@@ -577,3 +577,64 @@ def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default,
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds) / 3)) <= 0.9 * size
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds - 1) / 3)) > 0.9 * size
     assert until.rounds_for_size(calibration.Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None
+
+
+MADVISE = {"transparent_hugepages": "madvise", "allocator_environment": {}}
+ALWAYS = {"transparent_hugepages": "always", "allocator_environment": {}}
+
+
+def test_a_calibration_made_under_other_host_memory_settings_is_not_used_and_the_verdict_says_why(tmp_path):
+    # A seed row pays a page fault per 4 KiB of every batch its DataLoader collates, or per 2 MiB with huge pages:
+    # a host whose huge pages were switched is another host for it (host.py).
+    found = Calibration(tmp_path / "calibration.json")
+    aa = [paired_row(row.processes, interleave_id="cal@1") for row in
+          planted_pairs(seed=30, pairs=6, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)]
+    madvise_machine = {**MACHINE, "host_memory": MADVISE}
+    [entry] = found.add(run_of(aa[0], machine=madvise_machine), run_of(aa[1], machine=madvise_machine), "A/A")
+    assert entry["host_memory"] == MADVISE
+    base, cand = (paired_row(row.processes, interleave_id="run@9") for row in
+                  planted_pairs(seed=31, pairs=3, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0,
+                                round_sd=0.05))
+    same = [run_of(base, machine=madvise_machine), run_of(cand, machine=madvise_machine)]
+    other = [run_of(base, machine={**MACHINE, "host_memory": ALWAYS}),
+             run_of(cand, machine={**MACHINE, "host_memory": ALWAYS})]
+    assert compare.change_tables(same, 0.05, found)[0].verdicts[1].pooled  # with the calibration's pairs
+    [table] = compare.change_tables(other, 0.05, found)
+    assert not table.verdicts[1].pooled  # three pairs alone
+    assert ("calibration not used: measured under other host memory settings (transparent_hugepages madvise -> "
+            "always; recalibrate under these)") in table.verdicts[1].noise()
+    # Files from before the settings were recorded, on either side, keep using the calibration.
+    unknown = [run_of(base), run_of(cand)]
+    assert compare.change_tables(unknown, 0.05, found)[0].verdicts[1].pooled
+    assert found.host_memory_otherwise(*same[:1], base, same[1], cand) is None
+
+
+def test_an_a_a_across_host_memory_settings_is_refused_and_a_new_setting_replaces_the_entry(tmp_path):
+    found = Calibration(tmp_path / "calibration.json")
+    aa = [paired_row(row.processes, interleave_id=f"cal@{seed}") for seed in (32, 33) for row in
+          planted_pairs(seed=seed, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)]
+    with pytest.raises(UsageError, match="transparent_hugepages madvise -> always"):
+        found.add(run_of(aa[0], machine={**MACHINE, "host_memory": MADVISE}),
+                  run_of(aa[1], machine={**MACHINE, "host_memory": ALWAYS}), "not an A/A")
+    found.add(run_of(aa[0], machine={**MACHINE, "host_memory": MADVISE}),
+              run_of(aa[1], machine={**MACHINE, "host_memory": MADVISE}), "madvise")
+    [(entry, said)] = found.add_explained(run_of(aa[2], machine={**MACHINE, "host_memory": ALWAYS}),
+                                          run_of(aa[3], machine={**MACHINE, "host_memory": ALWAYS}), "always")
+    assert entry["pairs"] == 4 and len(found.entries) == 1
+    assert said == ("replaces an earlier entry of 4 pair(s) (measured under other host memory settings "
+                    "(transparent_hugepages madvise -> always))")
+
+
+def test_an_until_run_sizes_rounds_only_from_a_calibration_of_its_host_memory_settings():
+    from devicebench import until
+
+    entry = {"machine": ["box", "AMD EPYC", []], "torch_version": "2.14.1", "identity": {"pipeline": "seed"},
+             "test": "test_x", "pairs": 7, "pair_log_sd": 0.0879, "pair_df": 7, "process_log_sd": 0.05,
+             "process_df": 20, "rounds_per_worker": 10, "measured": "2026-12-01", "how": "A/A", "sources": [],
+             "compiled_code": None, "round_log_sd": 0.1307, "round_df": 100, "host_memory": MADVISE}
+    wanted = until.rounds_wanted(Calibration(Path("unused.json"), [entry]), until.UntilTarget(0.05))
+    row = {"machine": entry["machine"], "torch_version": "2.14.1", "identity": {"pipeline": "seed"},
+           "compiled_code": None}
+    assert wanted({**row, "host_memory": MADVISE}, 5) is not None
+    assert wanted({**row, "host_memory": ALWAYS}, 5) is None  # the rounds --round-time gives
+    assert wanted(row, 5) is not None  # a worker that did not say: as before

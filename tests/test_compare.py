@@ -486,3 +486,21 @@ def test_a_row_that_reached_its_size_at_the_gates_level_is_flagged_by_the_gate_f
     verdict = significance._paired([[1.0] * 3] * 6, [[1.0 + 0.01 * k] * 3 for k in range(6)], 0.05, None, set())
     assert verdict.for_family(6).detectable > verdict.detectable and verdict.for_family(1) == verdict
     assert "at the gate's level over 6 rows" in verdict.for_family(6).noise()
+
+
+def test_compare_notes_a_run_made_under_other_host_memory_settings(capsys, tmp_path):
+    # The seed rows pay a page fault per 4 KiB of each batch collated on the host, or per 2 MiB with huge pages:
+    # a change between two such runs may be the host's settings, not torch's.
+    paths = []
+    for name, settings in (("before.json", {"transparent_hugepages": "madvise", "allocator_environment": {}}),
+                           ("after.json", {"transparent_hugepages": "madvise",
+                                           "allocator_environment": {"LD_PRELOAD": "libjemalloc.so.2"}})):
+        data = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+        data["machine_info"]["host_memory"] = settings
+        (tmp_path / name).write_text(json.dumps(data))
+        paths.append(str(tmp_path / name))
+    assert cli.main(["compare", *paths]) == 0
+    assert ("note: after.json ran under other host memory settings than before.json (LD_PRELOAD unset -> "
+            "libjemalloc.so.2): rows that allocate on the host (seed) move with them") in capsys.readouterr().out
+    assert cli.main(["compare", paths[0], paths[0]]) == 0
+    assert "host memory" not in capsys.readouterr().out

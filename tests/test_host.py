@@ -37,3 +37,31 @@ def test_a_row_whose_host_gave_its_cpu_to_other_machines_says_so_in_its_summary_
     stolen["processes"][0]["cpu_steal_fraction"] = 0.12
     lines = summary.lines([(name, quiet), (name, stolen)], [])
     assert "other machines" not in lines[0] and "host gave 12% of its CPU to other machines" in lines[1]
+
+
+def test_memory_settings_read_the_chosen_huge_page_words_and_the_allocator_variables(tmp_path):
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    (tmp_path / "defrag").write_text("[always] defer defer+madvise madvise never\n")
+    environ = {"PATH": "/bin", "MALLOC_ARENA_MAX": "2", "LD_PRELOAD": "/usr/lib/libjemalloc.so.2",
+               "TCMALLOC_RELEASE_RATE": "0", "HOME": "/root"}
+    assert host.memory_settings(environ, str(tmp_path)) == {
+        "transparent_hugepages": "madvise", "transparent_hugepages_defrag": "always",
+        "allocator_environment": {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2", "MALLOC_ARENA_MAX": "2",
+                                  "TCMALLOC_RELEASE_RATE": "0"}}
+    # No sysfs (macOS, a container without it) or a file of another form: the variables alone.
+    (tmp_path / "enabled").write_text("madvise\n")
+    assert host.memory_settings({}, str(tmp_path / "missing")) == {"allocator_environment": {}}
+    assert "transparent_hugepages" not in host.memory_settings({}, str(tmp_path))
+
+
+def test_memory_differences_name_each_setting_that_changed_and_nothing_when_either_is_unknown():
+    madvise = {"transparent_hugepages": "madvise", "allocator_environment": {}}
+    always = {"transparent_hugepages": "always", "allocator_environment": {"MALLOC_MMAP_THRESHOLD_": "4294967296"}}
+    assert host.memory_differences(madvise, always) == ["MALLOC_MMAP_THRESHOLD_ unset -> 4294967296",
+                                                        "transparent_hugepages madvise -> always"]
+    assert host.memory_differences(madvise, dict(madvise)) == []
+    assert host.memory_differences(None, always) == [] and host.memory_differences(madvise, None) == []
+    assert host.describe_memory(always) == ("transparent huge pages always (defrag ?); allocator variables: "
+                                            "MALLOC_MMAP_THRESHOLD_=4294967296")
+    assert host.describe_memory({"allocator_environment": {}}) == ("transparent huge pages unknown; allocator "
+                                                                   "variables: none")
