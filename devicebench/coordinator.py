@@ -295,8 +295,8 @@ class Pairs:
             left = [row.test for row in progress.values() if row not in reached] if progress else None
             next_pair = self.next_pair_seconds(done, left) if budget_seconds is not None and done else 0.0
             if budget_seconds is not None and done and spent + next_pair > budget_seconds:
-                advice = until.budget_advice(self.calibrated(environments, done, progress), done, spent) \
-                    if self.target is not None else ""
+                advice = until.budget_advice(self.calibrated(environments, done, progress), done, spent,
+                                             next_pair) if self.target is not None else ""
                 self.echo(f"budget {clock(budget_seconds)} spent ({clock(spent)} measured; the next pair would take "
                           f"about {clock(next_pair)}): stopping after {done} pairs{advice}")
                 break

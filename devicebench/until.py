@@ -199,15 +199,17 @@ def progress_lines(progress: dict[str, RowProgress], pairs: int, until: UntilTar
     return f"    after {pairs} pairs, smallest detectable change{level}: " + "; ".join(marks)
 
 
-def budget_advice(calibrated: bool, pairs: int, spent: float) -> str:
+def budget_advice(calibrated: bool, pairs: int, spent: float, pair_seconds: float) -> str:
     """A line for a user whose budget ran out after ``pairs`` pairs, too few for --until to judge (else "");
-    ``calibrated``: whether the rows' verdicts pool this machine's calibration (then two pairs judge)."""
+    ``calibrated``: whether the rows' verdicts pool this machine's calibration (then two pairs judge);
+    ``pair_seconds``: what the next pair would take (the time spent also holds what came before the first pair,
+    such as compiling an environment's code on the cpu)."""
     minimum = MIN_PAIRS_CALIBRATED if calibrated else MIN_PAIRS_FOR_UNTIL
     if pairs >= minimum:
         return ""
     return (f"\n    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}, and at "
-            f"{clock(spent / pairs)} a pair this budget holds {pairs}: give --budget "
-            f"{math.ceil(minimum * spent / pairs / 60)}m or more, or fewer rows (-k)")
+            f"{clock(pair_seconds)} a pair this budget holds {pairs}: give --budget "
+            f"{math.ceil((spent + (minimum - pairs) * pair_seconds) / 60)}m or more, or fewer rows (-k)")
 
 
 def report(progress: dict[str, RowProgress], until: UntilTarget, pairs: int, spent: float) -> str:

@@ -477,6 +477,16 @@ def test_a_budget_that_holds_too_few_pairs_for_until_says_what_would(monkeypatch
     assert any(line.startswith("--until 5%: not judged: 1 pair(s) measured") for line in lines)
 
 
+def test_budget_advice_counts_a_pair_at_what_the_next_would_take_not_what_came_before_the_first():
+    # The VM: the cpu environments' code compiled before the first pair (1m56s), then a pair of 2m26s.
+    from devicebench import until
+
+    assert until.budget_advice(False, 1, 262.0, 146.0) == (
+        "\n    --until judges from 3 pairs on, and at 2m26s a pair this budget holds 1: give --budget 10m or more, "
+        "or fewer rows (-k)")
+    assert until.budget_advice(False, 3, 700.0, 146.0) == ""
+
+
 def test_one_pair_with_a_calibration_says_until_judges_from_two(monkeypatch, tmp_path):
     found = calibration_of_an_a_a(monkeypatch, tmp_path, {"test_wobbly": 0.03})
     started = fake_pairs(monkeypatch, 504.0, {"test_wobbly": 0.03})  # the H200's three-workload triple: 8m24s
