@@ -34,11 +34,11 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from devicebench.errors import UsageError
 from devicebench import host, results, schema
+from devicebench.noise import Noise, compiled_code, noise_of, recorded_compiled_code
 from devicebench.results import Row, Run
 
 CALIBRATION_SCHEMA = 1
@@ -47,113 +47,6 @@ DEFAULT_PATH = Path(".benchmarks") / "devicebench-calibration.json"
 
 def default_path() -> Path:
     return Path(os.environ.get("DEVICEBENCH_CALIBRATION") or DEFAULT_PATH)
-
-
-@dataclass(frozen=True)
-class Noise:
-    """One row's calibrated noise (logs of seconds; ``*_df``: the degrees of freedom each was estimated with)."""
-
-    pair_log_sd: float | None  # None in files written when a single pair gave no spread
-    pair_df: int
-    process_log_sd: float | None
-    process_df: int
-    rounds_per_worker: int  # median timed rounds per worker: a pair's spread depends on it
-    measured: str  # when, ISO date
-    how: str  # what was run
-    sources: tuple[str, ...] = ()  # interleave ids of the A/A runs it came from: their own pairs never use it
-    pairs: int = 0
-    compiled_code: str | None = None  # a compiled row's workers' --compile-cache (compiled_code()); None: not compiled
-    round_log_sd: float | None = None  # a round's B/A about its pair's (None: written before it was recorded)
-    round_df: int = 0
-    processes: int = 0  # plain processes measured (add_processes); 0 for a calibration of worker pairs
-
-    def describe(self) -> str:
-        if not self.pairs:
-            return f"calibrated {self.measured[:10]} from {self.processes} plain processes"
-        return f"calibrated {self.measured[:10]} from {self.pairs} pairs"
-
-    def pair_variance(self, rounds: float) -> float | None:
-        """The variance of a pair's estimate (log B/A) when each worker times ``rounds`` rounds; None when this
-        calibration cannot say (no pair spread, or fewer rounds than half its own and no round noise recorded).
-
-        The model: a pair's estimate is its workers' own difference (fixed for their life, the same at any number
-        of rounds: the per-process part) plus the median of its rounds' noise, whose variance falls as 1/rounds
-        (``round_variance``). The A/A gives the sum at its rounds (``pair_log_sd``) and the round noise
-        (``round_log_sd``); the difference is the per-process part. At the A/A's own rounds this is always the
-        pair spread it measured; stored A/As bear the model out (docs/comparing.md). Without ``round_log_sd`` the
-        calibration holds only at about its own rounds."""
-        if self.pair_log_sd is None:
-            return None
-        per_process = self.per_process_variance()
-        if per_process is None:
-            return self.pair_log_sd ** 2 if rounds >= self.rounds_per_worker / 2 else None
-        return per_process + self.round_variance() / max(rounds, 1)
-
-    def round_variance(self) -> float | None:
-        """A pair's round-noise variance at one round a worker (divide by the rounds); None if not recorded.
-
-        From the rounds' spread as a median of independent normal rounds has it, but never more than the pairs
-        showed: rounds whose times jump between two levels, on both workers at once, have a standard deviation far
-        above what moves the median of their ratios (docs/comparing.md). So the pair spread measured caps it, at
-        the A/A's rounds."""
-        if self.pair_log_sd is None or self.round_log_sd is None or self.round_df <= 0:
-            return None
-        return min(median_variance(self.round_log_sd, 1), self.pair_log_sd ** 2 * self.rounds_per_worker)
-
-    def per_process_variance(self) -> float | None:
-        """The part of a pair's variance that more rounds do not shrink (``pair_variance``); None if unknown."""
-        round_variance = self.round_variance()
-        if round_variance is None:
-            return None
-        return max(0.0, self.pair_log_sd ** 2 - round_variance / self.rounds_per_worker)
-
-    def unlike_compiled_code(self, row: Row) -> str | None:
-        """Why this calibration does not describe ``row``'s noise, where their compiled code came about differently.
-
-        Workers that keep one environment's compiled code share it, so their pairs do not vary by what a compile
-        produces; workers that compile anew do. A calibration of kept code understates fresh compiles' noise: pooled
-        with them, it let a planted 5% slowdown read as no change (docs/comparing.md)."""
-        mode = compiled_code(row)
-        if mode is None or self.compiled_code == mode:
-            return None
-        return (f"calibration not used: its workers {_HOW_COMPILED.get(self.compiled_code, self.compiled_code)}, "
-                f"these {_HOW_COMPILED.get(mode, mode)} (recalibrate with the same --compile-cache)")
-
-
-def median_variance(round_log_sd: float, rounds: float) -> float:
-    """The variance of the median of ``rounds`` values of standard deviation ``round_log_sd`` (normal noise: pi/2
-    times a mean's)."""
-    return math.pi / 2 * round_log_sd ** 2 / max(rounds, 1)
-
-
-UNRECORDED = "unrecorded"  # an entry written before calibrations recorded how compiled rows were compiled
-_HOW_COMPILED = {"fresh": "compiled anew", "kept": "kept their compiled code",
-                 UNRECORDED: "compiled in a way it did not record"}
-
-
-def compiled_code(row: Row) -> str | None:
-    """How a compiled row's workers came by their compiled code (``--compile-cache``: fresh, kept); None when the
-    row compiles nothing."""
-    return row.extra.get("compile_cache", UNRECORDED) if row.extra.get("compiled") else None
-
-
-def _recorded_compiled_code(entry: dict, compiled: bool) -> str | None:
-    """An entry's ``compiled_code``; UNRECORDED for a compiled row's entry written before the field existed."""
-    return entry.get("compiled_code", UNRECORDED if compiled else None)
-
-
-def noise_of(entry: dict) -> Noise:
-    """One calibration entry as the Noise it describes."""
-    return Noise(entry["pair_log_sd"], entry["pair_df"], entry["process_log_sd"], entry["process_df"],
-                 entry["rounds_per_worker"], entry["measured"], entry["how"], tuple(entry.get("sources", ())),
-                 entry["pairs"], _recorded_compiled_code(entry, bool(entry["identity"].get("compiled"))),
-                 entry.get("round_log_sd"), entry.get("round_df", 0), entry.get("processes", 0))
-
-
-def compiled_code_of(identity: dict, compile_cache: str | None) -> str | None:
-    """``compiled_code`` for a row known by its identity fields and its workers' --compile-cache, before it has
-    timed anything (a worker telling the coordinator which row it is)."""
-    return (compile_cache or UNRECORDED) if identity.get("compiled") else None
 
 
 def _machine(run: Run) -> list:
@@ -205,13 +98,14 @@ class Calibration:
         """The calibrated noise of this row on the machine and torch version of ``run``, if measured, of ``kind``
         (default: the one its verdict uses, ``kind_for``)."""
         return self.noise_at(_machine(run), run.torch_version, row.identity.fields(), kind or kind_for(row),
-                             run.machine_info.get("host_memory"))
+                             host_memory=run.machine_info.get("host_memory"))
 
-    def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS,
-                 host_memory: dict | None = None) -> Noise | None:
+    def noise_at(self, machine: list, torch_version: str, identity: dict, kind: str = PAIRS, *,
+                 host_memory: dict | None) -> Noise | None:
         """The calibrated noise of the row of ``identity`` (``RowIdentity.fields``) on ``machine`` and
         ``torch_version``, if measured, of ``kind``: PAIRS or PLAIN; None also when it was measured under other
-        host memory settings than ``host_memory`` (unknown on either side: used)."""
+        host memory settings than ``host_memory`` (host.py; unknown on either side, as in files from before they
+        were recorded: used)."""
         entry = self._entry_of(_key(machine, torch_version, _jsonable(identity), kind))
         if entry is None or host.memory_differences(entry.get("host_memory"), host_memory):
             return None
@@ -219,8 +113,9 @@ class Calibration:
 
     def noise_between(self, base_run: Run, base_row: Row, run: Run, row: Row) -> Noise | None:
         """The noise of a change on one machine: the candidate's torch version's, else the baseline's. Runs of two
-        machines have no shared noise figure (each machine's is its own)."""
-        if base_run.machine_key != run.machine_key:
+        machines have no shared noise figure (each machine's is its own), nor runs made under different host
+        memory settings (no calibration describes both sides)."""
+        if base_run.machine_key != run.machine_key or _memory_differences(base_run, run):
             return None
         return self.noise_for(run, row) or self.noise_for(base_run, base_row)
 
@@ -235,7 +130,8 @@ class Calibration:
         if schema.PINNED_ROUNDS not in fields:
             flipped[schema.PINNED_ROUNDS] = True
         for candidate_run in (run, base_run):
-            if self.noise_at(_machine(candidate_run), candidate_run.torch_version, flipped) is not None:
+            if self.noise_at(_machine(candidate_run), candidate_run.torch_version, flipped,
+                             host_memory=candidate_run.machine_info.get("host_memory")) is not None:
                 measured, these = (("not pinned", "pinned to a core") if schema.PINNED_ROUNDS in fields
                                    else ("pinned to a core", "not pinned"))
                 return (f"calibration not used: its rounds were {measured}, these {these} (recalibrate with "
@@ -249,14 +145,21 @@ class Calibration:
         environment that preloads another allocator)."""
         if base_run.machine_key != run.machine_key:
             return None
-        for candidate_run, candidate_row in ((run, row), (base_run, base_row)):
-            entry = self._entry_of(_key(_machine(candidate_run), candidate_run.torch_version,
-                                        _jsonable(candidate_row.identity.fields()), kind_for(candidate_row)))
+        entries = [(candidate_run, self._entry_of(_key(_machine(candidate_run), candidate_run.torch_version,
+                                                       _jsonable(candidate_row.identity.fields()),
+                                                       kind_for(candidate_row))))
+                   for candidate_run, candidate_row in ((run, row), (base_run, base_row))]
+        if not any(entry for _, entry in entries):
+            return None
+        if differences := _memory_differences(base_run, run):
+            return (f"calibration not used: the two runs were made under different host memory settings "
+                    f"({'; '.join(differences)}), which no calibration describes both of")
+        for candidate_run, entry in entries:
             differences = host.memory_differences(None if entry is None else entry.get("host_memory"),
                                                   candidate_run.machine_info.get("host_memory"))
             if differences:
-                return (f"calibration not used: measured under other host memory settings ({'; '.join(differences)}"
-                        f"; recalibrate under these)")
+                return (f"calibration not used: calibrated under other host memory settings than these runs' "
+                        f"({'; '.join(differences)}); run devicebench calibrate under these")
         return None
 
     def rows_of(self, machine_key: tuple) -> list[dict]:
@@ -277,10 +180,10 @@ class Calibration:
         earlier entry (and why), or the row's first."""
         if first.machine_key != second.machine_key or first.torch_version != second.torch_version:
             raise UsageError("a calibration is an A/A: both runs must come from one machine and torch version")
-        if differences := host.memory_differences(first.machine_info.get("host_memory"),
-                                                  second.machine_info.get("host_memory")):
-            raise UsageError(f"a calibration is an A/A: both runs must have the same host memory settings, and "
-                             f"{'; '.join(differences)} (give both environments the same allocator variables)")
+        if differences := _memory_differences(first, second):
+            raise UsageError(f"a calibration is an A/A: these runs were made under different host memory settings "
+                             f"({'; '.join(differences)}); calibrate from two runs made under the same ones "
+                             f"(devicebench info shows this host's)")
         added = []
         for row in first.rows:
             other = next((candidate for candidate in second.rows if candidate.identity == row.identity), None)
@@ -348,6 +251,10 @@ class Calibration:
                                                          "entries": self.entries}, sort_keys=True)
 
 
+def _memory_differences(first: Run, second: Run) -> list[str]:
+    return host.memory_differences(first.machine_info.get("host_memory"), second.machine_info.get("host_memory"))
+
+
 def _jsonable(fields: dict) -> dict:
     """The identity as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(fields))
@@ -400,7 +307,7 @@ def _why_kept_apart(earlier: dict, new: dict) -> str | None:
     if not 0.5 <= earlier["rounds_per_worker"] / new["rounds_per_worker"] <= 2:
         return (f"its workers timed {earlier['rounds_per_worker']} rounds, these {new['rounds_per_worker']}: "
                 f"pooled only within 2x, as round noise differs")
-    if _recorded_compiled_code(earlier, bool(new["identity"].get("compiled"))) != new["compiled_code"]:
+    if recorded_compiled_code(earlier, bool(new["identity"].get("compiled"))) != new["compiled_code"]:
         return "its compiled code came about otherwise"
     if differences := host.memory_differences(earlier.get("host_memory"), new.get("host_memory")):
         return f"measured under other host memory settings ({'; '.join(differences)})"
@@ -423,6 +330,7 @@ def _pooled(earlier: dict, new: dict) -> dict:
             **({"round_log_sd": pool("round_log_sd", "round_df"), "round_df": earlier["round_df"] + new["round_df"]}
                if earlier.get("round_log_sd") is not None and new.get("round_log_sd") is not None else {}),
             "sources": [*earlier.get("sources", ()), *new["sources"]],
+            "host_memory": new.get("host_memory") or earlier.get("host_memory"),  # an older file's run did not say
             "how": f"{earlier['how']}; then {new['how']}"}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from devicebench import calibration, compare, coordinator, environment, history, host, options, results, rows, \
     significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
+from devicebench.noise import noise_of
 from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 from devicebench.until import UntilTarget
 
@@ -34,12 +35,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, status, detail in environment.device_table():
         print(f"{name.ljust(5)} {status.ljust(10)} {detail}")
     print()
-    print(_calibrated_rows(calibration.Calibration.load(args.calibration), environment.machine_key()))
+    print(_calibrated_rows(calibration.Calibration.load(args.calibration), environment.machine_key(),
+                           facts["host_memory"]))
     return 0
 
 
-def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
-    """What ``info`` says about this machine's calibration (calibration.py)."""
+def _calibrated_rows(found: calibration.Calibration, machine_key: tuple,
+                     host_memory: dict | None = None) -> str:
+    """What ``info`` says about this machine's calibration (calibration.py), marking the entries made under other
+    host memory settings than ``host_memory`` (not used here now)."""
     entries = found.rows_of(machine_key)
     if not entries:
         return (f"calibration: none for this machine in {found.path} (single-process comparisons claim only "
@@ -51,15 +55,18 @@ def _calibrated_rows(found: calibration.Calibration, machine_key: tuple) -> str:
         identity = entry["identity"]
         measured = (f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}" if entry["pairs"] else
                     f"{entry.get('processes', 0)} plain processes")
+        differences = host.memory_differences(entry.get("host_memory"), host_memory)
+        unused = (f"; not used under this host's memory settings: {'; '.join(differences)}" if differences
+                  else "")
         lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: {measured}, "
-                     f"between processes {process} ({entry['measured'][:10]})")
+                     f"between processes {process} ({entry['measured'][:10]}{unused})")
     return "\n".join(lines)
 
 
 def _split_of(entry: dict) -> str:
     """How a calibrated pair spread divides into what more rounds remove and what they do not (calibration.py),
     where the entry records its round noise."""
-    noise = calibration.noise_of(entry)
+    noise = noise_of(entry)
     per_process = noise.per_process_variance()
     if per_process is None:
         return ""

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Hashable
 
 from devicebench import counts, fallback, host, schema, significance
-from devicebench.calibration import Calibration, Noise
+from devicebench.calibration import Calibration
+from devicebench.noise import Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import Verdict, judge
@@ -193,7 +194,8 @@ def host_memory_notes(runs: list[Run]) -> list[str]:
     change may be theirs, not the code's (docs/comparing.md, "How much noise to expect")."""
     base = runs[0]
     return [f"note: {run.path.name} ran under other host memory settings than {base.path.name} "
-            f"({'; '.join(differences)}): rows that allocate on the host (seed) move with them"
+            f"({'; '.join(differences)}): rows that allocate on the host (seed) move with them; to judge the code "
+            f"alone, compare runs made under the same settings (devicebench info shows this host's)"
             for run in runs[1:]
             if (differences := host.memory_differences(base.machine_info.get("host_memory"),
                                                        run.machine_info.get("host_memory")))]

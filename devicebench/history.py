@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from packaging.version import InvalidVersion, Version
 
 from devicebench import counts
-from devicebench.calibration import Calibration, Noise
+from devicebench.calibration import Calibration
+from devicebench.noise import Noise
 from devicebench.compare import plain_table
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import Verdict, judge

@@ -76,11 +76,12 @@ def process_fields(rounds: list[Usage | None], ticks_before: tuple[int, int] | N
 HUGEPAGE_FOLDER = "/sys/kernel/mm/transparent_hugepage"
 HUGEPAGE_FILES = {"transparent_hugepages": "enabled", "transparent_hugepages_defrag": "defrag"}
 # Read by glibc's malloc, jemalloc (MALLOC_CONF), tcmalloc (TCMALLOC_*), torch's cpu allocator, or preloading one.
+# Any LD_PRELOAD counts: which preloaded library replaces malloc cannot be told from its name.
 ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")
 ALLOCATOR_PREFIXES = ("MALLOC_", "TCMALLOC_")
 
 
-def _selected(path: str) -> str | None:
+def _sysfs_choice(path: str) -> str | None:
     """The chosen word of a sysfs choice file ("always [madvise] never" -> "madvise"); None if unreadable."""
     try:
         with open(path) as choices:
@@ -97,7 +98,7 @@ def memory_settings(environ: Mapping[str, str] | None = None, folder: str = HUGE
     environ = os.environ if environ is None else environ
     settings: dict = {}
     for name, file in HUGEPAGE_FILES.items():
-        value = _selected(os.path.join(folder, file))
+        value = _sysfs_choice(os.path.join(folder, file))
         if value is not None:
             settings[name] = value
     settings["allocator_environment"] = {name: environ[name] for name in sorted(environ)
@@ -107,15 +108,19 @@ def memory_settings(environ: Mapping[str, str] | None = None, folder: str = HUGE
 
 def memory_differences(before: dict | None, after: dict | None) -> list[str]:
     """What differs between two hosts' ``memory_settings`` ("transparent_hugepages always -> madvise"); [] when
-    they agree or either is unknown (a file written before they were recorded)."""
+    they agree or either is unknown (a file written before they were recorded). Huge pages unreadable on one side
+    are unknown there, not a difference; an allocator variable set on one side alone is one."""
     if not isinstance(before, dict) or not isinstance(after, dict):
         return []
     flat_before, flat_after = _flat(before), _flat(after)
+    names = (flat_before.keys() | flat_after.keys()) - {name for name in HUGEPAGE_FILES
+                                                        if name not in flat_before or name not in flat_after}
     return [f"{name} {flat_before.get(name, 'unset')} -> {flat_after.get(name, 'unset')}"
-            for name in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(name) != flat_after.get(name)]
+            for name in sorted(names) if flat_before.get(name) != flat_after.get(name)]
 
 
 def _flat(settings: dict) -> dict:
+    """The huge-page settings and the allocator variables in one mapping of name to value."""
     return {**{name: value for name, value in settings.items() if name != "allocator_environment"},
             **(settings.get("allocator_environment") or {})}
 

@@ -153,13 +153,13 @@ def _what_the_row_is(workload: ModuleType, config: RunConfig, device_name: str, 
 def calibration_key(workload: ModuleType, config: RunConfig, device_name: str, run: WorkloadRun) -> dict:
     """The row as a calibration names it (calibration.py: machine, torch version, identity), for a worker to tell
     the coordinator of an interleaved run, which sizes the row's rounds from its calibrated noise."""
-    from devicebench import calibration, environment, host, results
+    from devicebench import environment, host, noise, results
 
     node, cpu, accelerators = environment.machine_key()
     identity = results.Row("", _what_the_row_is(workload, config, device_name, run)).identity.fields()
     return {"machine": [node, cpu, list(accelerators)], "torch_version": torch.__version__,
             "identity": json.loads(json.dumps(identity)),
-            "compiled_code": calibration.compiled_code_of(identity, config.compile_cache),
+            "compiled_code": noise.compiled_code_of(identity, config.compile_cache),
             "host_memory": host.memory_settings()}
 
 

@@ -97,7 +97,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from devicebench.calibration import Noise, pair_estimates
+from devicebench.calibration import pair_estimates
+from devicebench.noise import Noise
 from devicebench.results import Row
 from devicebench.threshold import DEFAULT_THRESHOLD, Threshold, percent
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from devicebench import significance
-from devicebench.calibration import Calibration, Noise
+from devicebench.calibration import Calibration
+from devicebench.noise import Noise
 from devicebench.results import Run
 from devicebench.threshold import Threshold, percent
 
@@ -203,10 +204,11 @@ def budget_advice(calibrated: bool, pairs: int, spent: float, pair_seconds: floa
     """A line for a user whose budget ran out after ``pairs`` pairs, too few for --until to judge (else "");
     ``calibrated``: whether the rows' verdicts pool this machine's calibration (then two pairs judge);
     ``pair_seconds``: what the next pair would take (the time spent also holds what came before the first pair,
-    such as compiling an environment's code on the cpu)."""
+    such as compiling an environment's code on the cpu); 0 where no pair's record says, then the mean pair."""
     minimum = MIN_PAIRS_CALIBRATED if calibrated else MIN_PAIRS_FOR_UNTIL
     if pairs >= minimum:
         return ""
+    pair_seconds = pair_seconds or spent / pairs
     return (f"\n    --until judges from {minimum} pairs on{' with a calibration' if calibrated else ''}, and at "
             f"{clock(pair_seconds)} a pair this budget holds {pairs}: give --budget "
             f"{math.ceil((spent + (minimum - pairs) * pair_seconds) / 60)}m or more, or fewer rows (-k)")

@@ -12,7 +12,6 @@ from devicebench import affinity, devices
 from devicebench.measure import measure_row
 from tests.doubles.fakes import RecordingTimer
 import tiny_workload
-from pytest_runs import REPO, run_pytest
 from test_benchmark_run import tiny_config
 
 needs_affinity = pytest.mark.skipif(not affinity.available() or len(affinity.allowed_cores()) < 2,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from devicebench import calibration, devices, environment, results
+from devicebench import devices, environment, noise, results
 from devicebench.measure import measure_row
 from devicebench.scales import Scale
 from devicebench.workloads.base import RunConfig
@@ -68,7 +68,7 @@ def test_a_worker_times_as_many_rounds_as_its_coordinator_sized_and_labels_each(
     saved = results.Row("test_x", extra)
     assert row["identity"] == json.loads(json.dumps(saved.identity.fields()))
     assert row["machine"] == [*environment.machine_key()[:2], list(environment.machine_key()[2])]
-    assert row["torch_version"] == torch.__version__ and row["compiled_code"] == calibration.compiled_code(saved)
+    assert row["torch_version"] == torch.__version__ and row["compiled_code"] == noise.compiled_code(saved)
 
 
 def test_unknown_device_is_a_usage_error(tmp_path):

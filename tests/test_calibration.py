@@ -14,6 +14,7 @@ import pytest
 from devicebench import calibration, cli, compare, results, significance
 from devicebench.calibration import Calibration
 from devicebench.errors import UsageError
+from devicebench.noise import Noise, median_variance, noise_of
 from devicebench.results import Row, Run
 from pytest_runs import REPO
 from test_interleave import paired_row, planted_pairs
@@ -195,7 +196,7 @@ def single(seconds: float) -> results.Row:
     (2.2, 0.40, True),  # a calibration of a drifting machine (40% between processes) does not hide a 2.2x change
 ])
 def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ratio, calibrated_sd, claimed):
-    noise = None if calibrated_sd is None else calibration.Noise(None, 0, calibrated_sd, 20, 5, "2026-12-01", "A/A")
+    noise = None if calibrated_sd is None else Noise(None, 0, calibrated_sd, 20, 5, "2026-12-01", "A/A")
     verdict = significance.judge(single(0.1), single(0.1 * ratio), noise=noise)
     assert verdict.is_regression is claimed
     if calibrated_sd is None and not claimed:
@@ -208,7 +209,7 @@ def test_a_single_process_change_is_claimed_only_beyond_the_noise_it_can_know(ra
 
 
 def test_a_single_process_with_fewer_rounds_than_the_calibration_does_not_use_it():
-    noise = calibration.Noise(None, 0, 0.02, 20, 40, "2026-12-01", "A/A with --round-time 6s")
+    noise = Noise(None, 0, 0.02, 20, 40, "2026-12-01", "A/A with --round-time 6s")
     verdict = significance.judge(single(0.1), single(0.11), noise=noise)  # 5 rounds a process against 40
     assert not verdict.is_change and "calibration not used: 5 rounds a process against its 40" in verdict.noise()
 
@@ -316,7 +317,7 @@ def test_calibrate_with_round_time_0_runs_plain_processes_one_after_another(tmp_
     assert "test_x: pooled with 4 plain process(es)" in capsys.readouterr().out
     [entry] = Calibration.load(target).entries
     assert entry["processes"] == 8 and entry["process_df"] == 6
-    assert calibration.noise_of(entry).describe().endswith("from 8 plain processes")
+    assert noise_of(entry).describe().endswith("from 8 plain processes")
     assert cli.main(["calibrate", "--round-time", "0", "--pin-rounds", "pair", "--calibration", str(target),
                      "--", "--device", "cpu"]) == 2
     assert "--pin-rounds pair belongs to worker pairs" in capsys.readouterr().err
@@ -447,7 +448,7 @@ def test_a_calibration_records_round_noise_and_tells_apart_the_noise_more_rounds
     assert noise.pair_variance(80) == pytest.approx(per_process + round_part / 4)
     assert noise.pair_variance(5) == pytest.approx(per_process + round_part * 4)
     # A calibration written before round noise was recorded holds only at about its own rounds.
-    old = calibration.Noise(0.03, 10, 0.05, 20, 40, "2026-12-01", "A/A")
+    old = Noise(0.03, 10, 0.05, 20, 40, "2026-12-01", "A/A")
     assert old.pair_variance(40) == old.pair_variance(400) == pytest.approx(0.03 ** 2)
     assert old.pair_variance(19) is None and old.per_process_variance() is None
 
@@ -457,15 +458,15 @@ def test_round_noise_never_says_more_than_the_pairs_showed():
     # Rounds whose times jump between levels (H200, pinned resnet18_cifar seed: rounds vary 20.7%, yet four pairs
     # of 5 rounds spread 2.6%) would make the median model predict pairs 11.6% apart. At its own rounds the
     # calibration is the pair spread it measured, all of it round noise; at twice the rounds, half the variance.
-    noise = calibration.Noise(0.026, 4, 0.15, 6, 5, "2026-12-03", "A/A", round_log_sd=0.207, round_df=16)
-    assert calibration.median_variance(0.207, 5) > 10 * 0.026 ** 2
+    noise = Noise(0.026, 4, 0.15, 6, 5, "2026-12-03", "A/A", round_log_sd=0.207, round_df=16)
+    assert median_variance(0.207, 5) > 10 * 0.026 ** 2
     assert noise.per_process_variance() == 0.0
     assert noise.pair_variance(5) == pytest.approx(0.026 ** 2)
     assert noise.pair_variance(10) == pytest.approx(0.026 ** 2 / 2)
     # Where the pairs spread more than their rounds explain, the rounds' own figure stands (and the rest is per
     # process), as before.
-    wider = calibration.Noise(0.05, 10, 0.15, 6, 10, "2026-12-03", "A/A", round_log_sd=0.05, round_df=90)
-    assert wider.round_variance() == pytest.approx(calibration.median_variance(0.05, 1))
+    wider = Noise(0.05, 10, 0.15, 6, 10, "2026-12-03", "A/A", round_log_sd=0.05, round_df=90)
+    assert wider.round_variance() == pytest.approx(median_variance(0.05, 1))
     assert wider.pair_variance(10) == pytest.approx(0.05 ** 2)
 
 
@@ -520,12 +521,12 @@ def test_two_calibrations_pool_their_round_noise_too(tmp_path):
 def test_a_run_timing_more_rounds_than_the_calibration_is_judged_with_the_round_noise_it_has():
     # Calibrated at 10 rounds: pairs spread 3%, nearly all of it round noise. A run of 40 rounds a worker pools
     # the variance a pair has at 40 rounds, so it can detect a smaller change than at the calibration's 10.
-    noise = calibration.Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=0.075, round_df=180)
+    noise = Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=0.075, round_df=180)
     base, cand = planted_pairs(seed=24, pairs=3, rounds=40, effect=0.0, process_sd=0.002, drift_sd=0.0,
                                round_sd=0.075 / math.sqrt(2))
     verdict = significance.judge(base, cand, noise=noise)
     assert verdict.pooled and "pooled with the calibrated spread at 40 rounds" in verdict.noise()
-    without_rounds = calibration.Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A")
+    without_rounds = Noise(0.03, 20, 0.05, 20, 10, "2026-12-01", "A/A")
     assert verdict.detectable < 0.75 * significance.judge(base, cand, noise=without_rounds).detectable
     # Fewer rounds than half the calibration's: with round noise known, it is used (and says its larger spread).
     short_base, short_cand = planted_pairs(seed=25, pairs=3, rounds=4, effect=0.0, process_sd=0.002, drift_sd=0.0,
@@ -541,7 +542,7 @@ def test_a_row_that_three_pairs_could_only_just_reach_gets_more_pairs_of_fewer_r
     worker; it gets the rounds where its round noise is down to its per-process part instead."""
     from devicebench import until
 
-    noise = calibration.Noise(0.0272, 15, 0.05, 20, 45, "2026-12-03", "A/A", round_log_sd=0.1054, round_df=700)
+    noise = Noise(0.0272, 15, 0.05, 20, 45, "2026-12-03", "A/A", round_log_sd=0.1054, round_df=700)
     per_process = noise.per_process_variance()
     balance = math.ceil(noise.round_variance() / per_process)
     three_pairs = significance.detection_factor(2 + 15, 9) * math.sqrt(noise.pair_variance(balance) / 3)
@@ -561,7 +562,7 @@ def test_a_row_that_three_pairs_could_only_just_reach_gets_more_pairs_of_fewer_r
 def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default, expected):
     from devicebench import until
 
-    noise = calibration.Noise(pair_sd, 7, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=round_sd, round_df=100)
+    noise = Noise(pair_sd, 7, 0.05, 20, 10, "2026-12-01", "A/A", round_log_sd=round_sd, round_df=100)
     size = 0.10 if round_sd > 0.1 else 0.05
     rounds = until.rounds_for_size(noise, size, default)
     factor = significance.detection_factor
@@ -571,12 +572,12 @@ def test_an_until_run_sizes_each_row_to_its_question(pair_sd, round_sd, default,
     elif expected == "balance":
         per_process = noise.per_process_variance()
         assert math.expm1(factor(2 + 7) * math.sqrt(per_process / 3)) > 0.9 * size  # no rounds would do
-        assert rounds == max(default, math.ceil(calibration.median_variance(round_sd, 1) / per_process))
+        assert rounds == max(default, math.ceil(median_variance(round_sd, 1) / per_process))
     else:
         assert rounds > default
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds) / 3)) <= 0.9 * size
         assert math.expm1(factor(2 + 7) * math.sqrt(noise.pair_variance(rounds - 1) / 3)) > 0.9 * size
-    assert until.rounds_for_size(calibration.Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None
+    assert until.rounds_for_size(Noise(pair_sd, 7, 0.05, 20, 10, "d", "A/A"), size, default) is None
 
 
 MADVISE = {"transparent_hugepages": "madvise", "allocator_environment": {}}
@@ -601,8 +602,15 @@ def test_a_calibration_made_under_other_host_memory_settings_is_not_used_and_the
     assert compare.change_tables(same, 0.05, found)[0].verdicts[1].pooled  # with the calibration's pairs
     [table] = compare.change_tables(other, 0.05, found)
     assert not table.verdicts[1].pooled  # three pairs alone
-    assert ("calibration not used: measured under other host memory settings (transparent_hugepages madvise -> "
-            "always; recalibrate under these)") in table.verdicts[1].noise()
+    assert ("calibration not used: calibrated under other host memory settings than these runs' "
+            "(transparent_hugepages madvise -> always); run devicebench calibrate under these") in table.verdicts[1].noise()
+    # Two runs made under different settings: no calibration describes both sides, whichever one matches.
+    mixed = [same[0], other[1]]
+    [table] = compare.change_tables(mixed, 0.05, found)
+    assert not table.verdicts[1].pooled
+    assert ("calibration not used: the two runs were made under different host memory settings "
+            "(transparent_hugepages madvise -> always), which no calibration describes both of"
+            ) in table.verdicts[1].noise()
     # Files from before the settings were recorded, on either side, keep using the calibration.
     unknown = [run_of(base), run_of(cand)]
     assert compare.change_tables(unknown, 0.05, found)[0].verdicts[1].pooled
@@ -613,7 +621,8 @@ def test_an_a_a_across_host_memory_settings_is_refused_and_a_new_setting_replace
     found = Calibration(tmp_path / "calibration.json")
     aa = [paired_row(row.processes, interleave_id=f"cal@{seed}") for seed in (32, 33) for row in
           planted_pairs(seed=seed, pairs=4, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)]
-    with pytest.raises(UsageError, match="transparent_hugepages madvise -> always"):
+    with pytest.raises(UsageError, match=r"different host memory settings \(transparent_hugepages madvise -> always\)"
+                       r"; calibrate from two runs made under the same ones"):
         found.add(run_of(aa[0], machine={**MACHINE, "host_memory": MADVISE}),
                   run_of(aa[1], machine={**MACHINE, "host_memory": ALWAYS}), "not an A/A")
     found.add(run_of(aa[0], machine={**MACHINE, "host_memory": MADVISE}),
@@ -623,6 +632,11 @@ def test_an_a_a_across_host_memory_settings_is_refused_and_a_new_setting_replace
     assert entry["pairs"] == 4 and len(found.entries) == 1
     assert said == ("replaces an earlier entry of 4 pair(s) (measured under other host memory settings "
                     "(transparent_hugepages madvise -> always))")
+    # An A/A from files that did not record the settings pools with it, and the entry keeps what it knew.
+    old_files = [paired_row(row.processes, interleave_id="cal@34") for row in
+                 planted_pairs(seed=34, pairs=3, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.0, round_sd=0.05)]
+    [(entry, said)] = found.add_explained(run_of(old_files[0]), run_of(old_files[1]), "old files")
+    assert said == "pooled with 4 earlier pair(s)" and entry["pairs"] == 7 and entry["host_memory"] == ALWAYS
 
 
 def test_an_until_run_sizes_rounds_only_from_a_calibration_of_its_host_memory_settings():

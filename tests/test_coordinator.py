@@ -485,6 +485,7 @@ def test_budget_advice_counts_a_pair_at_what_the_next_would_take_not_what_came_b
         "\n    --until judges from 3 pairs on, and at 2m26s a pair this budget holds 1: give --budget 10m or more, "
         "or fewer rows (-k)")
     assert until.budget_advice(False, 3, 700.0, 146.0) == ""
+    assert "at 4m22s a pair" in until.budget_advice(False, 1, 262.0, 0.0)  # no pair's record: the mean pair
 
 
 def test_one_pair_with_a_calibration_says_until_judges_from_two(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from devicebench import host, runfile, summary
 from test_compare import RUNS
@@ -65,3 +66,34 @@ def test_memory_differences_name_each_setting_that_changed_and_nothing_when_eith
                                             "MALLOC_MMAP_THRESHOLD_=4294967296")
     assert host.describe_memory({"allocator_environment": {}}) == ("transparent huge pages unknown; allocator "
                                                                    "variables: none")
+
+
+def test_huge_pages_unreadable_on_one_side_are_unknown_there_not_a_difference():
+    known = {"transparent_hugepages": "madvise", "transparent_hugepages_defrag": "madvise",
+             "allocator_environment": {}}
+    unreadable = {"allocator_environment": {}}
+    assert host.memory_differences(known, unreadable) == [] == host.memory_differences(unreadable, known)
+    assert host.memory_differences(unreadable, {"allocator_environment": {"MALLOC_ARENA_MAX": "2"}}) == [
+        "MALLOC_ARENA_MAX unset -> 2"]
+
+
+def test_a_worker_names_its_row_under_the_settings_its_results_record_and_an_until_run_sizes_from_them():
+    # The worker's row key (measure.calibration_key, sent to the coordinator through JSON) and the results' machine
+    # info (what Calibration.add records) must carry the same settings, or --until never finds its calibration.
+    from devicebench import environment, measure, until
+    from devicebench.calibration import Calibration
+    import tiny_workload
+    from test_benchmark_run import tiny_config
+
+    config = tiny_config()
+    key = json.loads(json.dumps(measure.calibration_key(tiny_workload, config, "test cpu",
+                                                        tiny_workload.ResidentRun(config))))
+    recorded = environment.machine_info()["host_memory"]
+    assert key["host_memory"] == recorded == host.memory_settings() and "allocator_environment" in recorded
+    entry = {"machine": key["machine"], "torch_version": key["torch_version"], "identity": key["identity"],
+             "test": "test_tiny_linear", "pairs": 7, "pair_log_sd": 0.0879, "pair_df": 7, "process_log_sd": 0.05,
+             "process_df": 20, "rounds_per_worker": 10, "measured": "2026-12-01", "how": "A/A", "sources": [],
+             "compiled_code": key["compiled_code"], "round_log_sd": 0.1307, "round_df": 100,
+             "host_memory": recorded}
+    wanted = until.rounds_wanted(Calibration(Path("unused.json"), [entry]), until.UntilTarget(0.05))
+    assert wanted(key, 5) is not None
