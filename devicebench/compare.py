@@ -152,21 +152,27 @@ def change_tables(runs: list[Run], threshold: float | Threshold, calibration: Ca
     return correct_for_rows(tables)
 
 
-def why_not_comparable(identity: RowIdentity, baseline_rows: list[Row], across_devices: bool = False) -> str:
-    """Name the fields in which this row differs from the other run's closest row (``across_devices``: the
-    devices view, where the device fields may differ)."""
+def why_not_comparable(identity: RowIdentity, other_rows: list[Row], across_devices: bool = False,
+                       in_baseline: bool = False) -> str:
+    """Name the fields in which this row differs from the other runs' closest row (``across_devices``: the
+    devices view, where the device fields may differ; ``in_baseline``: this row is the baseline run's, and the
+    later runs lack it)."""
     fields = (*schema.WORK_FIELDS, *schema.OPTION_FIELDS, schema.PINNED_ROUNDS,
               *(() if across_devices else schema.DEVICE_FIELDS))
     ours = identity.fields()
-    candidates = [row.identity.fields() for row in baseline_rows]
+    candidates = [row.identity.fields() for row in other_rows]
     if not candidates:
         return "the other runs have no rows"
     closest = min(candidates, key=lambda theirs: sum(ours.get(f) != theirs.get(f) for f in fields))
-    differences = [f"{f} {closest.get(f)} -> {ours.get(f)}" for f in fields if ours.get(f) != closest.get(f)]
+    before, after = (ours, closest) if in_baseline else (closest, ours)
+    differences = [f"{f} {before.get(f)} -> {after.get(f)}" for f in fields if ours.get(f) != closest.get(f)]
     if across_devices:
         return ("no row of the same configuration in the other runs; the closest differs in " + ", ".join(differences)
                 + (" (rows of result schema 1 have no valid_samples: re-measure that machine)"
                    if any(d.startswith("valid_samples") and "None" in d for d in differences) else ""))
+    if in_baseline:
+        return ("the later runs have no row of this identity; their closest row differs in " + ", ".join(differences)
+                + " (a different experiment, not a change)")
     return ("the baseline run has no row of this identity; its closest row differs in " + ", ".join(differences)
             + " (a different experiment, not a change)")
 
@@ -352,7 +358,9 @@ def render_compact(view: str, tables: list[Table], runs: list[Run], threshold: f
                          f"{cell.samples_per_s:,.0f}", outcome])
         if len(table.cells) == 1 and len(runs) > 1:
             others = [row for run in runs if run is not table.columns[0].run for row in run.rows]
-            key = (table.columns[0].label, why_not_comparable(identity, others, across_devices=view == "devices"))
+            key = (table.columns[0].label, why_not_comparable(identity, others, across_devices=view == "devices",
+                                                              in_baseline=view == "change"
+                                                              and table.columns[0].run is runs[0]))
             apart[key] = apart.get(key, 0) + 1
         notes.extend(f"note: {title}: {note}" for note in table.notes
                      if not note.startswith(("not compared", "only in the baseline")))
@@ -374,6 +382,8 @@ def _outcome(cell: Row, verdict: Verdict | None, is_baseline: bool) -> str:
         text = verdict.describe() + (f" [{verdict.noise()}]" if verdict.process_level else "")
     if cell.extra.get("cpu_fallback_ops"):
         text += f"; {fallback.summary(cell.extra['cpu_fallback_ops'])}"
+    if cell.extra.get("unstable"):  # its rounds were disturbed: a verdict on it may be the disturbance's
+        text += f"; UNSTABLE: {cell.extra.get('unstable_reason')}"
     return text
 
 

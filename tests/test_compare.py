@@ -337,7 +337,8 @@ def test_the_h100_and_h200_references_fit_a_screen_with_a_ratio_a_row(capsys):
     lines = compact_compare(capsys, H100_REFERENCE, REFERENCE / "h200" / "suite.json")
     # Both in the current schema: five rows get the H200's ratio to the H100; resnet18_cifar tuned ran without
     # CUDA graphs on the H100 and with them on the H200, another configuration, and one line per run says so.
-    assert sum(line.rstrip().endswith("[single process]") and "x faster" in line for line in lines) == 5
+    assert sum("[single process]" in line and "x faster" in line for line in lines) == 5
+    assert sum("UNSTABLE: rounds vary" in line for line in lines) >= 2  # the H100's seed rows, as --details says
     why = [line for line in lines if line.startswith("not side by side: ")]
     assert len(why) == 2 and all("cuda_graphs" in line for line in why)
 
@@ -504,3 +505,18 @@ def test_compare_notes_a_run_made_under_other_host_memory_settings(capsys, tmp_p
             "libjemalloc.so.2): rows that allocate on the host (seed) move with them") in capsys.readouterr().out
     assert cli.main(["compare", paths[0], paths[0]]) == 0
     assert "host memory" not in capsys.readouterr().out
+
+
+def test_rows_only_in_the_baseline_say_the_later_runs_lack_them_and_unstable_rows_say_so(capsys, tmp_path):
+    # A full run against a one-pipeline run: the baseline's extra row is not "missing from the baseline".
+    full = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+    full["benchmarks"][0]["extra_info"].update(unstable=True, unstable_reason="CV 94% (rounds 0.1-0.9 s)")
+    one = copy.deepcopy(full)
+    one["benchmarks"] = [bench for bench in one["benchmarks"] if "resident" not in bench["name"]]
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    assert cli.main(["compare", str(tmp_path / "full.json"), str(tmp_path / "one.json")]) == 0
+    out = capsys.readouterr().out
+    assert "the later runs have no row of this identity; their closest row differs in pipeline resident -> seed" in out
+    assert "the baseline run has no row" not in out
+    assert "UNSTABLE: CV 94% (rounds 0.1-0.9 s)" in out  # the seed row's line, baseline and candidate alike

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devicebench.workloads import BUILT_IN
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +69,7 @@ def test_a_wheel_in_a_fresh_environment_runs_compares_and_reports_from_outside_t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_file = elsewhere / "out" / "quick-current.json"
     names = [bench["name"] for bench in json.loads(run_file.read_text())["benchmarks"]]
-    assert {f"test_{workload}[cpu-{pipeline}]" for workload in ("char_gpt", "mnist_mlp", "resnet18_cifar")
+    assert {f"test_{workload}[cpu-{pipeline}]" for workload in BUILT_IN
             for pipeline in ("seed", "resident", "tuned")} == set(names)
     compared = devicebench("compare", str(run_file))
     assert compared.returncode == 0 and "mnist_mlp · resident · quick" in compared.stdout, compared.stderr

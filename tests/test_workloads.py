@@ -1,4 +1,5 @@
-"""The two workloads on the cpu at toy sizes: they train, freeze what the post freezes, and load real-format data."""
+"""The workloads on the cpu at toy sizes: they train, freeze what the post freezes, and load real-format data; every
+built-in one has what the suite needs of it (docs/internals.md, "Adding a workload")."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from devicebench import weights
+from devicebench import parity, weights
 from devicebench.errors import DataError, DevicebenchError, UsageError
 from devicebench.scales import Scale, scale_for
-from devicebench.workloads import get_workload, mnist_mlp, resnet18_cifar
+from devicebench.workloads import BUILT_IN, get_workload, mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import RunConfig, build
 from tests.doubles.datafiles import populate_cifar, tiny_cifar_archive
 
@@ -237,6 +238,54 @@ def test_a_module_lacking_part_of_the_contract_fails_naming_the_missing_parts(mo
                                          "missing; parity_case is missing") as error:
         check_workload(broken)
     assert "RUNS names pipelines ['fast']" in str(error.value) and "not a WorkloadRun subclass" in str(error.value)
+    import tiny_workload
+
+    broken.VERSION, broken.HAS_CONVOLUTIONS, broken.RUNS = 1, False, tiny_workload.RUNS
+    broken.flop_counts, broken.parity_case = lambda: None, tiny_workload.parity_case
+    with pytest.raises(UsageError, match=r"flop_counts must take the scale \(flop_counts\(scale\)"):
+        check_workload(broken)
     monkeypatch.setenv("DEVICEBENCH_WORKLOADS", "tests.no_such_module")
     with pytest.raises(UsageError, match="DEVICEBENCH_WORKLOADS names 'tests.no_such_module', which does not import"):
         registered_workloads()
+
+
+@pytest.mark.parametrize("name", list(BUILT_IN))
+def test_every_built_in_workload_has_its_benchmark_file_scales_and_a_parity_case_that_trains(name):
+    # What docs/internals.md asks of a workload that joins the suite: a new one is checked here, not by a list.
+    import importlib
+
+    module = BUILT_IN[name]
+    benchmark = importlib.import_module(f"benchmarks.test_{name}")
+    assert benchmark.WORKLOAD is module and callable(getattr(benchmark, f"test_{name}", None))
+    for scale_name in ("quick", "standard", "full"):
+        assert scale_for(name, scale_name, module).rounds > 0
+    report = parity.check(lambda: module.parity_case(steps=2), torch.device("cpu"))
+    assert report.ok and report.max_loss_rel_diff == 0 and report.max_param_rel_diff == 0, report.mismatches
+
+
+def test_a_benchmark_module_without_its_workload_named_fails_collection_saying_how_to_name_it(tmp_path):
+    # Without WORKLOAD, pytest used to say only "fixture 'pipeline' not found".
+    import types
+
+    from fixtures import plugin
+
+    given: list[tuple] = []
+    module = types.ModuleType("test_waves")
+    module.__file__ = str(tmp_path / "benchmarks" / "test_waves.py")
+    metafunc = types.SimpleNamespace(
+        config=types.SimpleNamespace(devicebench_options=types.SimpleNamespace(devices=("cpu",),
+                                                                               pipelines=("seed", "resident"))),
+        fixturenames=["run_workload", "device", "pipeline"], module=module,
+        parametrize=lambda name, values, **kwargs: given.append((name, list(values))))
+    with pytest.raises(pytest.UsageError, match=r"test_waves: a benchmark module names its workload module as "
+                                                r"WORKLOAD = <module> \(docs/internals.md"):
+        plugin.pytest_generate_tests(metafunc)
+    module.WORKLOAD = mnist_mlp
+    given.clear()
+    plugin.pytest_generate_tests(metafunc)
+    assert given == [("device", ["cpu"]), ("pipeline", ["seed", "resident"])]
+    module.__file__ = str(tmp_path / "tests" / "test_waves.py")  # the project's own tests parametrize their own
+    del module.WORKLOAD
+    given.clear()
+    plugin.pytest_generate_tests(metafunc)
+    assert given == [("device", ["cpu"])]

@@ -16,9 +16,9 @@ from devicebench.errors import UsageError
 from devicebench.workloads import char_gpt, mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import check_workload
 
-# In the order pytest runs their files (benchmarks/test_<name>.py, alphabetical), so both fronts run rows alike.
+# By name, the order pytest runs their files (benchmarks/test_<name>.py), so both fronts run rows alike.
 BUILT_IN: dict[str, ModuleType] = {module.NAME: check_workload(module) for module in
-                                  (char_gpt, mnist_mlp, resnet18_cifar)}
+                                  sorted((char_gpt, mnist_mlp, resnet18_cifar), key=lambda module: module.NAME)}
 
 
 def registered_workloads() -> dict[str, ModuleType]:

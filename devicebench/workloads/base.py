@@ -12,6 +12,7 @@ Pipelines:
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -208,10 +209,11 @@ def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class WorkloadModule(Protocol):
-    """What a workload module defines (a third workload is one module with these; README "Layout" cites this).
+    """What a workload module defines (docs/internals.md, "Adding a workload", walks through the steps).
 
     - ``NAME``: its name in results and test ids; ``VERSION``: bumped when the work a round does changes.
-    - ``HAS_CONVOLUTIONS``: channels_last applies, and float32 work counts against the TF32 peak on cuda.
+    - ``HAS_CONVOLUTIONS``: 2-D convolutions: channels_last applies (the tuned run converts its own inputs), and
+      float32 work counts against the TF32 peak on cuda. A model of 1-D convolutions says False.
     - ``RUNS``: pipeline name -> ``WorkloadRun`` subclass: the pipelines it offers (a subset of ``PIPELINES``).
     - ``flop_counts(scale)``: FLOPs per sample at that scale (flops.py); ``parity_case()``: a few steps for the
       cpu-vs-device check.
@@ -251,10 +253,23 @@ def check_workload(module: ModuleType) -> ModuleType:
             problems.append(f"RUNS names pipelines {unknown or '(none)'}; pipelines are {', '.join(PIPELINES)}")
         if not_runs:
             problems.append(f"RUNS[{', '.join(not_runs)}] is not a WorkloadRun subclass")
+    if callable(getattr(module, "flop_counts", None)) and not _takes_one_argument(module.flop_counts):
+        problems.append("flop_counts must take the scale (flop_counts(scale); ignore it if the FLOPs do not "
+                        "change with it)")
     if problems:
         raise UsageError(f"workload module {module.__name__} does not follow the workload contract "
                          f"(devicebench/workloads/base.py, WorkloadModule): {'; '.join(problems)}")
     return module
+
+
+def _takes_one_argument(function: Callable) -> bool:
+    try:
+        inspect.signature(function).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): leave it to the call
+        return True
+    return True
 
 
 def pipelines(workload: WorkloadModule) -> tuple[str, ...]:
