@@ -4,8 +4,8 @@
 one process. What each command does is in commands.py; this module declares their options.
 
 Exit codes: 0 ok; 1 a regression was found with ``--fail-on-regression``; 2 a usage or data error, or a gate that
-cannot judge (an inconclusive row, an unreadable run, no row in common with the baseline); the message says what
-to fix.
+cannot judge (an inconclusive row, an unreadable run, no row in common with the baseline, runs of two machines);
+the message says what to fix.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
                             help="a CI gate (change view only): exit 1 when a row is significantly slower than that "
                                  "row in the first run, after Holm's correction, and its 95%% interval reaches the "
                                  "threshold, or its counts per step grew beyond it; exit 2 when it cannot judge (a "
-                                 "row inconclusive at the threshold, a file it cannot read, no row in common)")
+                                 "row inconclusive at the threshold, a file it cannot read, no row in common, runs "
+                                 "of two machines)")
     comparison.add_argument("--results-dir", default="results", help=argparse.SUPPRESS)
     _add_calibration_option(comparison)
     comparison.set_defaults(handler=cmd_compare)

@@ -185,6 +185,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     for line in compare.host_memory_notes(runs):
         print(line)
+    elsewhere = compare.across_machines(tables)
+    for base, run in elsewhere:
+        print(f"note: {run.path.name} ran on another machine than {base.path.name} ({base.machine_label} -> "
+              f"{run.machine_label}): its changes are the machines' and the code's together")
+    if args.fail_on_regression and elsewhere:
+        raise GateCannotJudge(
+            "--fail-on-regression: the runs come from different machines (above), whose own difference no spread "
+            "of one machine's processes measures, so the gate cannot judge a change of code between them. Gate "
+            "runs of one machine: devicebench run --env old=PY --env new=PY measures both sides on one, in turns")
     unjudged = compare.inconclusive(tables)
     for line in unjudged:
         print(f"inconclusive {line}")

@@ -520,3 +520,22 @@ def test_rows_only_in_the_baseline_say_the_later_runs_lack_them_and_unstable_row
     assert "the later runs have no row of this identity; their closest row differs in pipeline resident -> seed" in out
     assert "the baseline run has no row" not in out
     assert "UNSTABLE: CV 94% (rounds 0.1-0.9 s)" in out  # the seed row's line, baseline and candidate alike
+
+
+def test_the_gate_does_not_judge_runs_of_two_machines_and_compare_notes_them(capsys, tmp_path):
+    # A CI fleet's runners differ by more than one machine's processes do (DESIGN.md: false regressions of 28-34%).
+    other = json.loads((RUNS / "aa_processes_second.json").read_text())
+    other["machine_info"]["node"] = "runner-2"
+    (tmp_path / "runner-2.json").write_text(json.dumps(other))
+    pair = [str(RUNS / "aa_processes_first.json"), str(tmp_path / "runner-2.json")]
+    assert cli.main(["compare", *pair, "--fail-on-regression"]) == 2
+    captured = capsys.readouterr()
+    assert ("note: runner-2.json ran on another machine than aa_processes_first.json (gpubox (Intel Xeon, NVIDIA "
+            "H100) -> runner-2 (Intel Xeon, NVIDIA H100)): its changes are the machines' and the code's together"
+            ) in captured.out
+    assert "the runs come from different machines (above)" in captured.err and "--env old=PY" in captured.err
+    assert cli.main(["compare", *pair]) == 0  # without the gate: the ratios, and the note
+    assert "ran on another machine" in capsys.readouterr().out
+    assert cli.main(["compare", str(RUNS / "aa_processes_first.json"), str(RUNS / "aa_processes_second.json"),
+                     "--fail-on-regression"]) == 0
+    assert "another machine" not in capsys.readouterr().out
