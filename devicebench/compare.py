@@ -210,14 +210,15 @@ def host_memory_notes(runs: list[Run]) -> list[str]:
 def across_machines(tables: list[Table]) -> list[tuple[Run, Run]]:
     """(baseline run, later run) of every judged row whose two runs come from different machines: a change there
     holds the machines' own difference, which no spread of one machine's processes measures (a CI fleet's runners:
-    false regressions of 28-34%, DESIGN.md), so the gate does not judge it."""
+    false regressions of 28-34%, DESIGN.md), so the gate does not judge it. Worker pairs ran on one machine
+    whatever their environments' torch builds report of its accelerators."""
     found: dict[tuple[int, int], tuple[Run, Run]] = {}
     for table in tables:
         if table.baseline is None:
             continue
         base = table.columns[table.baseline].run
         for column, verdict in zip(table.columns, table.verdicts):
-            if verdict is not None and column.run.machine_key != base.machine_key:
+            if verdict is not None and not verdict.paired and column.run.machine_key != base.machine_key:
                 found[(id(base), id(column.run))] = (base, column.run)
     return list(found.values())
 

@@ -38,14 +38,25 @@ def software_facts() -> dict:
         "cpu_name": devices.cpu_name(),
         "accelerators": devices.accelerators(),
         "host_memory": host.memory_settings(),  # host-bound rows move with these (host.py)
+        "machine_name": machine_name(),
     }
+
+
+# Names this machine where its hostname does not (a container's changes from run to run); saved as machine_name.
+MACHINE_VARIABLE = "DEVICEBENCH_MACHINE"
+
+
+def machine_name() -> str:
+    """What names this machine in ``machine_key``: DEVICEBENCH_MACHINE if set, else the hostname."""
+    import os
+    import platform
+
+    return os.environ.get(MACHINE_VARIABLE) or platform.node()
 
 
 def machine_key() -> tuple:
     """This machine as ``results.Run.machine_key`` names the machine of a saved run."""
-    import platform
-
-    return (platform.node(), devices.cpu_name(), tuple(a.get("name", "?") for a in devices.accelerators()))
+    return (machine_name(), devices.cpu_name(), tuple(a.get("name", "?") for a in devices.accelerators()))
 
 
 def machine_info() -> dict:

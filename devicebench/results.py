@@ -159,12 +159,17 @@ class Run:
     def machine_key(self) -> tuple:
         """Identity of the machine: runs of different machines are never merged (pyperf's rule)."""
         accelerators = tuple(a.get("name", "?") for a in self.machine_info.get("accelerators") or [])
-        return (self.machine_info.get("node", "?"), self.machine_info.get("cpu_name", "?"), accelerators)
+        return (self.machine_name, self.machine_info.get("cpu_name", "?"), accelerators)
+
+    @property
+    def machine_name(self) -> str:
+        """DEVICEBENCH_MACHINE where the run set it (environment.machine_name), else its hostname."""
+        return self.machine_info.get("machine_name") or self.machine_info.get("node", "?")
 
     @property
     def machine_label(self) -> str:
         names = [a.get("name", "?") for a in self.machine_info.get("accelerators") or []]
-        return f"{self.machine_info.get('node', '?')} ({', '.join([self.machine_info.get('cpu_name', '?'), *names])})"
+        return f"{self.machine_name} ({', '.join([self.machine_info.get('cpu_name', '?'), *names])})"
 
 
 def warn(message: str) -> None:

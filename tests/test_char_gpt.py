@@ -171,3 +171,20 @@ def test_rows_of_the_built_in_workloads_run_in_pytests_file_order():
     names = [spec.name for spec in rows.select(RowOptions(devices=("cpu",), pipelines=("seed",)))]
     assert {"test_char_gpt[cpu-seed]", "test_mnist_mlp[cpu-seed]", "test_resnet18_cifar[cpu-seed]"} <= set(names)
     assert names == sorted(f"test_{name}[cpu-seed]" for name in BUILT_IN)  # benchmarks/test_<name>.py's order
+
+
+def test_the_tuned_step_in_float16_goes_through_the_grad_scaler_as_nanogpts_does():
+    # float16 is what the tuned row picks on mps with torch 2.5 and on Volta/Turing GPUs; its small gradients need
+    # the scaler (nanoGPT: GradScaler(enabled=dtype == 'float16')). Here on the cpu, compiled code left out.
+    from dataclasses import replace
+
+    from devicebench.tuning import TuningOptions
+
+    tuning = TuningOptions(dtype="float16", compile=False, cuda_graphs=False)
+    run = build(char_gpt, replace(config("tuned"), tuning=tuning))
+    assert run.plan.dtype == "float16" and run.scaler is not None
+    scaled = []
+    original = run.scaler.scale
+    run.scaler.scale = lambda loss: scaled.append(loss) or original(loss)
+    loss = float(run.train_epoch(Stopwatch()))
+    assert len(scaled) == run.iteration and math.isfinite(loss)  # every step of the round, scaled

@@ -539,3 +539,24 @@ def test_the_gate_does_not_judge_runs_of_two_machines_and_compare_notes_them(cap
     assert cli.main(["compare", str(RUNS / "aa_processes_first.json"), str(RUNS / "aa_processes_second.json"),
                      "--fail-on-regression"]) == 0
     assert "another machine" not in capsys.readouterr().out
+    # One machine under a container's changing hostname, named by DEVICEBENCH_MACHINE on both sides: judged.
+    named = []
+    for name, source in (("box-a.json", "aa_processes_first.json"), ("box-b.json", "aa_processes_second.json")):
+        data = json.loads((RUNS / source).read_text())
+        data["machine_info"].update(node=f"container-{name[4]}", machine_name="gpubox-1")
+        (tmp_path / name).write_text(json.dumps(data))
+        named.append(str(tmp_path / name))
+    assert cli.main(["compare", *named, "--fail-on-regression"]) == 0
+    assert "another machine" not in capsys.readouterr().out
+
+
+def test_worker_pairs_are_one_machine_whatever_their_torch_builds_report(capsys, tmp_path):
+    # A cpu-only torch against a CUDA torch, cpu rows in turns on one machine: their accelerator lists differ.
+    from test_interleave import paired_row, planted_pairs
+
+    base, cand = (paired_row(row.processes, interleave_id="run@1") for row in
+                  planted_pairs(seed=40, pairs=4, rounds=10, effect=0.0, process_sd=0.01, drift_sd=0.0))
+    runs = [results.Run(Path("cpu-torch.json"), {"node": "box", "cpu_name": "x", "accelerators": []}, "d", [base]),
+            results.Run(Path("cuda-torch.json"), {"node": "box", "cpu_name": "x",
+                                                  "accelerators": [{"name": "NVIDIA H200"}]}, "d", [cand])]
+    assert compare.across_machines(compare.change_tables(runs, 0.05)) == []

@@ -263,29 +263,17 @@ def test_every_built_in_workload_has_its_benchmark_file_scales_and_a_parity_case
     assert report.ok and report.max_loss_rel_diff == 0 and report.max_param_rel_diff == 0, report.mismatches
 
 
-def test_a_benchmark_module_without_its_workload_named_fails_collection_saying_how_to_name_it(tmp_path):
-    # Without WORKLOAD, pytest used to say only "fixture 'pipeline' not found".
-    import types
+def test_a_benchmark_module_without_its_workload_named_fails_saying_how_and_one_that_parametrizes_runs(tmp_path):
+    # Without WORKLOAD, pytest used to say only "fixture 'pipeline' not found"; a module that parametrizes pipeline
+    # itself (one pipeline only) is a benchmark module too.
+    from pytest_runs import run_pytest
 
-    from fixtures import plugin
-
-    given: list[tuple] = []
-    module = types.ModuleType("test_waves")
-    module.__file__ = str(tmp_path / "benchmarks" / "test_waves.py")
-    metafunc = types.SimpleNamespace(
-        config=types.SimpleNamespace(devicebench_options=types.SimpleNamespace(devices=("cpu",),
-                                                                               pipelines=("seed", "resident"))),
-        fixturenames=["run_workload", "device", "pipeline"], module=module,
-        parametrize=lambda name, values, **kwargs: given.append((name, list(values))))
-    with pytest.raises(pytest.UsageError, match=r"test_waves: a benchmark module names its workload module as "
-                                                r"WORKLOAD = <module> \(docs/internals.md"):
-        plugin.pytest_generate_tests(metafunc)
-    module.WORKLOAD = mnist_mlp
-    given.clear()
-    plugin.pytest_generate_tests(metafunc)
-    assert given == [("device", ["cpu"]), ("pipeline", ["seed", "resident"])]
-    module.__file__ = str(tmp_path / "tests" / "test_waves.py")  # the project's own tests parametrize their own
-    del module.WORKLOAD
-    given.clear()
-    plugin.pytest_generate_tests(metafunc)
-    assert given == [("device", ["cpu"])]
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "test_forgot.py").write_text("def test_forgot(device, pipeline):\n    pass\n")
+    (folder / "test_own.py").write_text("import pytest\n\n\n@pytest.mark.parametrize('pipeline', ['seed'])\n"
+                                        "def test_own(device, pipeline):\n    assert pipeline == 'seed'\n")
+    result = run_pytest(str(folder), "-p", "fixtures.plugin", "--device", "cpu", "-q", cwd=tmp_path)
+    assert "1 passed, 1 error" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert ("test_forgot: a benchmark module names its workload module as WORKLOAD = <module>, or parametrizes "
+            "pipeline itself (docs/internals.md, 'Adding a workload')") in result.stdout

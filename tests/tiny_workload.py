@@ -11,7 +11,7 @@ from torch import nn
 
 from devicebench.flops import FlopCounts, count_flops
 from devicebench.parity import ParityCase
-from devicebench.tuning import WorkloadTraits
+from devicebench.tuning import WorkloadTraits, backward_and_step
 from devicebench.workloads.base import RunConfig, Stopwatch, WorkloadRun
 from devicebench.workloads.tuned import TunedSetup
 
@@ -59,10 +59,13 @@ class ResidentRun(WorkloadRun):
         for start in waits.iterate(range(0, len(order), self.config.scale.batch_size)):
             index = order[start:start + self.config.scale.batch_size]
             loss = self.loss(self.x[index], self.y[index])
-            loss.backward()
-            self.optimizer.step()
+            self.backward_and_step(loss)
             self.optimizer.zero_grad()
         return loss.detach()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        self.optimizer.step()
 
     @torch.no_grad()
     def validate(self, waits: Stopwatch) -> torch.Tensor:
@@ -94,6 +97,9 @@ class TunedRun(TunedSetup, ResidentRun):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.compiled_loss(x, y)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        backward_and_step(loss, self.optimizer, self.scaler)  # through the GradScaler where float16 needs one
 
 
 RUNS = {"seed": SeedRun, "resident": ResidentRun, "tuned": TunedRun}

@@ -16,7 +16,7 @@ from devicebench.errors import UsageError
 from devicebench.workloads import char_gpt, mnist_mlp, resnet18_cifar
 from devicebench.workloads.base import check_workload
 
-# By name, the order pytest runs their files (benchmarks/test_<name>.py), so both fronts run rows alike.
+# By name: the order pytest runs their files (benchmarks/test_<name>.py) in, which devicebench run's rows follow.
 BUILT_IN: dict[str, ModuleType] = {module.NAME: check_workload(module) for module in
                                   sorted((char_gpt, mnist_mlp, resnet18_cifar), key=lambda module: module.NAME)}
 

@@ -283,9 +283,16 @@ class TunedRun(TunedSetup, ResidentRun):
     def step_body(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             loss = self.mean_loss(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP, foreach=True)
-        self.optimizer.step()
+        if self.scaler is not None:  # float16 (mps on torch 2.5, Volta and Turing): nanoGPT's scaled step
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP, foreach=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP, foreach=True)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
