@@ -8,8 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from devicebench import calibration, compare, coordinator, environment, history, host, options, results, rows, \
-    significance, sweep
+from devicebench import calibration, compare, coordinator, environment, history, host, machine_lock, options, \
+    results, rows, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.noise import noise_of
 from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
@@ -317,6 +317,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     print(f"devicebench scaling: {len(run.plan.rows)} row(s) at world sizes "
           f"{', '.join(map(str, run.world_sizes))}, {' and '.join(views)} view, {args.launches} launch(es) each; "
           f"writing {output}")
+    machine_lock.hold(f"devicebench scaling --name {args.name}")
     scaling.run(run, output)
     return 0
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from devicebench import affinity, compile_cache, interleave, results, runfile, staging, until, worker
+from devicebench import affinity, compile_cache, interleave, machine_lock, results, runfile, staging, until, \
+    worker
 from devicebench.calibration import PAIRS, Calibration
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.options import RowOptions
@@ -106,6 +107,7 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         raise UsageError("--until needs a bound: --budget (e.g. --budget 15m) or --processes as the most pairs; a "
                          "row that cannot get there would otherwise add pairs forever")
     output_dir = Path(output_dir).resolve()
+    machine_lock.hold(f"devicebench run --name {name}")
     if len(environments) == 1:  # separate processes, as plain runs are: each compiles its own code
         plan = replace(plan, keep_compiled=False)
     folder = staging.claim(output_dir / f".{name}.processes",

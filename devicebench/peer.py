@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from devicebench import runfile, worker
+from devicebench import machine_lock, runfile, worker
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.scales import Scale, scale_for
 
@@ -177,6 +177,7 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
         raise UsageError(f"--script {script}: no such file; give the path of {peer.script_help}")
     if processes_each < 1:
         raise UsageError("--processes must be at least 1")
+    machine_lock.hold(f"devicebench peer --peer {peer_name}")
     run = run or (lambda argv, cwd: subprocess.run(argv, capture_output=True, text=True, cwd=cwd))
     scale = scale_for(peer.workload, scale_name)
     peer_figures, suite_figures, rows = [], [], []

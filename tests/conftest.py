@@ -17,6 +17,9 @@ import sys
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
 sys.dont_write_bytecode = False  # for this one: what it imports from here on
+# The tests start many small measurements at once and judge none of their timings: one at a time on the machine
+# (devicebench/machine_lock.py) is for users' runs; tests/test_machine_lock.py checks it with its own lock file.
+os.environ["DEVICEBENCH_ALLOW_CONCURRENT"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the bytecode setting, so that torch's modules are written too)
