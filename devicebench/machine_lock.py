@@ -44,7 +44,12 @@ def hold(what: str) -> None:
     try:
         handle = open(path, "a+")
     except PermissionError:  # another user's lock file: lockable read-only, the holder not written
-        handle = open(path)
+        try:
+            handle = open(path)
+        except OSError:  # a folder this user cannot create the file in: measured unguarded, as before
+            return
+    except OSError:
+        return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

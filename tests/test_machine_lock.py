@@ -71,3 +71,9 @@ def test_allowed_concurrency_takes_no_lock(own_lock, monkeypatch):
     monkeypatch.setenv(machine_lock.ALLOW_VARIABLE, "1")
     machine_lock.hold("tests")
     assert machine_lock._held is None and not own_lock.exists()
+
+
+def test_a_lock_file_that_cannot_be_made_leaves_the_measurement_unguarded(own_lock, monkeypatch, tmp_path):
+    monkeypatch.setenv(machine_lock.PATH_VARIABLE, str(tmp_path / "no-such-folder" / "measuring.lock"))
+    machine_lock.hold("devicebench run --name mine")
+    assert machine_lock._held is None
