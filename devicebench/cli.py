@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from devicebench import calibration, compare, signals
+from devicebench import calibration, compare, machine_lock, signals
 from devicebench.commands import (CALIBRATION_PAIRS, CALIBRATION_PROCESSES, cmd_calibrate, cmd_compare, cmd_history,
                                   cmd_info, cmd_peer, cmd_report, cmd_run, cmd_scaling, cmd_sweep)
 from devicebench.coordinator import DEFAULT_ROUND_SECONDS
@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         undo()
+        machine_lock.release()  # a process that goes on (a notebook calling main) does not keep the machine
 
 
 if __name__ == "__main__":

@@ -314,10 +314,10 @@ def cmd_scaling(args: argparse.Namespace) -> int:
                                            scaling.Topology(args.nodes, args.node_rank, args.rendezvous)))
     scaling.check(run, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     output = Path(args.output_dir) / f"{args.name}.json"
+    machine_lock.hold(f"devicebench scaling --name {args.name}")
     print(f"devicebench scaling: {len(run.plan.rows)} row(s) at world sizes "
           f"{', '.join(map(str, run.world_sizes))}, {' and '.join(views)} view, {args.launches} launch(es) each; "
           f"writing {output}")
-    machine_lock.hold(f"devicebench scaling --name {args.name}")
     scaling.run(run, output)
     return 0
 

@@ -190,7 +190,7 @@ def _run_worker(env: Environment, task: worker.Task, task_file: Path, log: Path)
     try:
         with open(log, "w") as output:
             return subprocess.run(worker.command(env.python, task_file), stdout=output, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL).returncode
+                                  stdin=subprocess.DEVNULL, pass_fds=machine_lock.inherited_fds()).returncode
     except OSError as error:
         raise runfile.FileError(f"could not write {log}: {error.strerror}; free space or choose another "
                                 f"--output-dir, then run again") from None

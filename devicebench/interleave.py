@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from devicebench import machine_lock
 from devicebench.errors import DevicebenchError
 from devicebench.runfile import FileError
 from devicebench.until import clock
@@ -225,7 +226,8 @@ def start_worker(label: str, command: WorkerCommand, log: Path) -> Worker:
     try:
         with open(log, "w") as output:
             process = subprocess.Popen(command(turns_read, requests_write), stdout=output, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, pass_fds=(turns_read, requests_write))
+                                       stdin=subprocess.DEVNULL,
+                                       pass_fds=(turns_read, requests_write, *machine_lock.inherited_fds()))
     except OSError as error:
         for descriptor in (turns_read, turns_write, requests_read, requests_write):
             os.close(descriptor)

@@ -2,15 +2,18 @@
 
 Every command that times rows (``devicebench run``, ``calibrate``, ``sweep``, ``scaling``, ``peer``, and a
 ``pytest benchmarks`` session from its first row) holds an exclusive lock on one file of the machine (``lock_path``:
-in the system's temporary folder, or ``DEVICEBENCH_LOCK``) for the rest of its process; the processes it starts
-(workers, ranks, a peer's script) are covered by it through ``HELD_VARIABLE``. A second measurement is refused,
-naming the first and the fix. ``DEVICEBENCH_ALLOW_CONCURRENT=1`` measures anyway (the project's tests do: they
-start many small runs at once and time nothing they judge).
+``/tmp/devicebench-measuring.lock`` whatever TMPDIR says, or ``DEVICEBENCH_LOCK``) until it ends. The processes it
+starts get the locked file (``inherited_fds``, for ``pass_fds``), so a worker left running by a killed coordinator
+still holds it; they see ``HELD_VARIABLE`` and, finding the lock held by the pid it names, measure under it. A second
+measurement is refused, naming the first and the fix. ``DEVICEBENCH_ALLOW_CONCURRENT=1`` measures beside another
+(the project's tests do, with a lock file of their own: they start many small runs at once and judge no timing).
+Linux and macOS; Windows has no such lock, and a run there says it measured unguarded.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,46 +22,52 @@ from devicebench.errors import UsageError
 
 try:
     import fcntl
-except ImportError:  # Windows: no advisory locks; measurements are not kept apart there
+except ImportError:  # Windows
     fcntl = None
 
 PATH_VARIABLE = "DEVICEBENCH_LOCK"
 ALLOW_VARIABLE = "DEVICEBENCH_ALLOW_CONCURRENT"
-HELD_VARIABLE = "DEVICEBENCH_MEASURING"  # set by the holder for its children: "pid N"
+HELD_VARIABLE = "DEVICEBENCH_MEASURING"  # "pid N": set by the holder for the processes it starts
 
-_held = None  # the open lock file, kept for this process's life (closing it, or exiting, releases the lock)
+_held = None  # the open lock file while this process holds it
 
 
 def lock_path() -> Path:
-    return Path(os.environ.get(PATH_VARIABLE) or Path(tempfile.gettempdir()) / "devicebench-measuring.lock")
+    """One file for the whole machine: a per-user or per-job TMPDIR would give each its own lock."""
+    if os.environ.get(PATH_VARIABLE):
+        return Path(os.environ[PATH_VARIABLE])
+    base = Path("/tmp") if os.name == "posix" and Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    return base / "devicebench-measuring.lock"
 
 
 def hold(what: str) -> None:
-    """Take this machine's measurement lock for the rest of this process, saying ``what`` measures; raise
-    UsageError naming the holder when another measurement has it. Nothing to do when this process or a parent
-    holds it, when concurrency is allowed, or where the OS has no locks."""
+    """Take this machine's measurement lock until ``release``, saying ``what`` measures; raise UsageError naming
+    the holder when another measurement has it. Nothing to do where this process already holds it, or where the
+    process that started this one holds it (``HELD_VARIABLE``, checked against the lock file)."""
     global _held
-    if _held is not None or os.environ.get(HELD_VARIABLE) or os.environ.get(ALLOW_VARIABLE) == "1" or fcntl is None:
+    if _held is not None:
+        return
+    if fcntl is None:
+        _warn("this OS has no file locks: nothing keeps another measurement from running beside this one")
         return
     path = lock_path()
-    try:
-        handle = open(path, "a+")
-    except PermissionError:  # another user's lock file: lockable read-only, the holder not written
-        try:
-            handle = open(path)
-        except OSError:  # a folder this user cannot create the file in: measured unguarded, as before
-            return
-    except OSError:
+    handle = _open(path)
+    if handle is None:
+        _warn(f"could not open the lock file {path}: nothing keeps another measurement from running beside this "
+              f"one (set {PATH_VARIABLE} to a file in a folder this user can write)")
         return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = _holder(handle)
         handle.close()
+        if os.environ.get(HELD_VARIABLE) and holder.startswith(os.environ[HELD_VARIABLE] + ":"):
+            return  # a worker, rank or peer run of the measurement that holds it
+        if os.environ.get(ALLOW_VARIABLE) == "1":
+            return
         raise UsageError(f"another measurement is running on this machine ({holder}); two at once disturb each "
-                         f"other's timings. Wait for it to end, or set {ALLOW_VARIABLE}=1 to measure anyway "
-                         f"(lock file: {path})") from None
+                         f"other's timings. Wait for it to end, or set {ALLOW_VARIABLE}=1 to measure anyway (lock "
+                         f"file: {path})") from None
     if handle.writable():
         handle.seek(0)
         handle.truncate()
@@ -68,10 +77,57 @@ def hold(what: str) -> None:
     _held = handle
 
 
+def inherited_fds() -> tuple[int, ...]:
+    """The locked file's descriptor for ``subprocess``'s ``pass_fds``: a child keeps the lock held while it lives."""
+    if _held is None:
+        return ()
+    os.set_inheritable(_held.fileno(), True)
+    return (_held.fileno(),)
+
+
 def release() -> None:
-    """Give the lock back before this process ends (tests; a process that measures once and goes on)."""
+    """Give the lock back (the end of a command; the children that got the file keep it until they end)."""
     global _held
     if _held is not None:
         _held.close()
         _held = None
         os.environ.pop(HELD_VARIABLE, None)
+
+
+def _open(path: Path):
+    """The lock file, made writable by every user so that each holder can name itself; read-only where another
+    user made it otherwise; None where it cannot be had."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        try:
+            return open(path)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    try:
+        os.fchmod(descriptor, 0o666)  # past the umask; fails harmlessly on another user's file
+    except OSError:
+        pass
+    return os.fdopen(descriptor, "r+")
+
+
+def _holder(handle) -> str:
+    """Who holds the lock, as its holder wrote it; where that process has ended, a process it started holds it
+    (a worker of a killed coordinator), or a holder that could not write the file (another user's)."""
+    handle.seek(0)
+    text = handle.read().strip()
+    try:
+        alive = text.startswith("pid ") and (os.kill(int(text[4:].split(":")[0]), 0) or True)
+    except (ValueError, ProcessLookupError):
+        alive = False
+    except PermissionError:  # another user's live process
+        alive = True
+    if alive:
+        return text
+    return f"{text or 'unnamed'}; that process has ended: one it started, or another user's measurement, holds it"
+
+
+def _warn(message: str) -> None:
+    print(f"devicebench: warning: {message}", file=sys.stderr)

@@ -178,7 +178,8 @@ def run_peer(script: Path, output: Path, processes_each: int, device: str, scale
     if processes_each < 1:
         raise UsageError("--processes must be at least 1")
     machine_lock.hold(f"devicebench peer --peer {peer_name}")
-    run = run or (lambda argv, cwd: subprocess.run(argv, capture_output=True, text=True, cwd=cwd))
+    run = run or (lambda argv, cwd: subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
+                                                   pass_fds=machine_lock.inherited_fds()))
     scale = scale_for(peer.workload, scale_name)
     peer_figures, suite_figures, rows = [], [], []
     order = [side for index in range(processes_each) for side in ((peer.name, "suite") if index % 2 == 0

@@ -9,8 +9,7 @@ Figures per row, view and world size N:
 - total training samples/s: the ranks' samples of a round over the round's training time, each round as long as
   its slowest rank (a DDP step waits for every rank); per device: that over N;
 - scaling efficiency E(N) = total samples/s at N / (N x samples/s at 1): 1 is perfect (on several hosts, against
-  the smallest world size run). Its 95% interval is the ratio's of two sets of launches, as significance.py
-  computes it for processes (Welch's t on the logs);
+  the smallest world size run), with the 95% interval of a ratio of two sets of launches (Welch's t on the logs);
 - the bytes each step all-reduces, and the share of a round with a collective in flight (distributed.py).
 
 A launch that fails is stopped within a bounded time and named by rank (``diagnose``); the launches finished
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from devicebench import affinity, distributed, runfile
+from devicebench import affinity, distributed, machine_lock, runfile
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.until import clock
 
@@ -198,7 +197,8 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
            "OMP_NUM_THREADS": str(threads_per_rank(scaling, world_size))}
     log = folder / "torchrun.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   pass_fds=machine_lock.inherited_fds())
         stalled = _wait(process, folder, world_size, scaling.collective_timeout + 60)
     if process.returncode == 0 and output.exists() and scaling.topology.node_rank == 0:
         return [merge_ranks(row) for row in json.loads(output.read_text())["rows"]]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from devicebench import coordinator
+from devicebench import coordinator, machine_lock
 from devicebench.calibration import Calibration
 from devicebench.until import UntilTarget
 from devicebench.errors import DevicebenchError, UsageError
@@ -135,6 +135,7 @@ def run_sweep(versions: list[str], processes_per_version: int, plan: coordinator
     """Measure every version (or the given ``environments``, which need no build); return runs and skips."""
     if not versions and not environments:
         raise UsageError("give the torch versions to sweep, e.g. --torch 2.11.0 2.12.1 2.13.0 2.14.1")
+    machine_lock.hold(f"devicebench sweep --name {name}")  # before pip, which would disturb another's timings
     skipped: list[Skipped] = []
     ready = list(environments or [])
     for version in versions:

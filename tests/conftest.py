@@ -14,12 +14,15 @@ process to import a module writes its bytecode into the project's own environmen
 
 import os
 import sys
+import tempfile
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # for the processes the tests start
 sys.dont_write_bytecode = False  # for this one: what it imports from here on
 # The tests start many small measurements at once and judge none of their timings: one at a time on the machine
-# (devicebench/machine_lock.py) is for users' runs; tests/test_machine_lock.py checks it with its own lock file.
+# (devicebench/machine_lock.py) is for users' runs, whose lock file the tests leave alone (test_machine_lock.py
+# checks it with files of its own).
 os.environ["DEVICEBENCH_ALLOW_CONCURRENT"] = "1"
+os.environ["DEVICEBENCH_LOCK"] = os.path.join(tempfile.gettempdir(), "devicebench-tests-measuring.lock")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the bytecode setting, so that torch's modules are written too)
