@@ -18,12 +18,13 @@ from pytest_runs import QUICK_TINY, REPO, TINY_WORKLOAD, run_pytest
 
 pytestmark = pytest.mark.skipif(machine_lock.fcntl is None, reason="no file locks on this OS: nothing kept apart")
 
-HOLDER = ("import sys, time; from devicebench import machine_lock; machine_lock.hold('devicebench run --name other');"
-          " print('held', flush=True); time.sleep(120)")
-# A coordinator that starts a worker with the locked file, as coordinator.py does, says both pids, and waits.
-PARENT = ("import subprocess, sys, time; from devicebench import machine_lock; machine_lock.hold('devicebench run');"
-          " child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
-          " pass_fds=machine_lock.inherited_fds()); print(child.pid, flush=True); time.sleep(120)")
+# Processes that hold the lock, say so, and wait on their input until the test kills them.
+HOLDER = ("import sys; from devicebench import machine_lock; machine_lock.hold('devicebench run --name other');"
+          " print('held', flush=True); sys.stdin.read()")
+# A coordinator that starts a worker with the locked file, as coordinator.py does, and says the worker's pid.
+PARENT = ("import subprocess, sys; from devicebench import machine_lock; machine_lock.hold('devicebench run');"
+          " child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],"
+          " pass_fds=machine_lock.inherited_fds()); print(child.pid, flush=True); sys.stdin.read()")
 
 
 @pytest.fixture
@@ -33,14 +34,15 @@ def own_lock(tmp_path, monkeypatch):
     monkeypatch.delenv(machine_lock.HELD_VARIABLE, raising=False)
     monkeypatch.setenv(machine_lock.PATH_VARIABLE, str(tmp_path / "measuring.lock"))
     monkeypatch.setattr(machine_lock, "_held", None)
+    monkeypatch.setattr(machine_lock, "_warned", False)
     yield tmp_path / "measuring.lock"
     machine_lock.release()
 
 
 def start(code: str) -> tuple[subprocess.Popen, str]:
     """A process running ``code`` under the test's lock settings, and the first line it prints."""
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     return process, process.stdout.readline().strip()
 
 
@@ -65,11 +67,14 @@ def test_a_second_measurement_is_refused_naming_the_first_and_taken_once_it_has_
     stop(other_measurement)
     machine_lock.hold("devicebench run --name mine")  # its lock went with it
     assert f"pid {os.getpid()}: devicebench run --name mine" in own_lock.read_text()
-    # A process this one starts measures under its lock (a worker, a rank, the suite side of a peer run).
-    child = subprocess.run([sys.executable, "-c", "from devicebench import machine_lock; "
-                            "machine_lock.hold('worker'); print('measuring')"], cwd=REPO, capture_output=True,
-                           text=True, env=dict(os.environ))
-    assert child.stdout.strip() == "measuring", child.stderr
+    # A process this one starts with the locked file measures under it (a worker, a rank, a peer's suite side);
+    # one started without it is another measurement.
+    worker = [sys.executable, "-c", "from devicebench import machine_lock; machine_lock.hold('worker'); print('ok')"]
+    child = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, env=dict(os.environ),
+                           pass_fds=machine_lock.inherited_fds())
+    assert child.stdout.strip() == "ok", child.stderr
+    stranger = subprocess.run(worker, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+    assert "another measurement is running on this machine" in stranger.stderr
     machine_lock.release()
     assert machine_lock.HELD_VARIABLE not in os.environ
     machine_lock.hold("devicebench run --name again")  # given back and taken again
@@ -86,7 +91,8 @@ def test_a_worker_left_by_a_killed_coordinator_keeps_the_machine_until_it_ends(o
     finally:
         os.kill(int(child_pid), signal.SIGKILL)
     with open(own_lock) as probe:  # the lock goes with the worker's last descriptor: wait for it, not for a time
-        waiter = threading.Thread(target=machine_lock.fcntl.flock, args=(probe, machine_lock.fcntl.LOCK_EX))
+        waiter = threading.Thread(target=machine_lock.fcntl.flock, args=(probe, machine_lock.fcntl.LOCK_EX),
+                                  daemon=True)
         waiter.start()
         waiter.join(timeout=60)
         assert not waiter.is_alive(), "the worker's lock outlived it"
@@ -95,9 +101,10 @@ def test_a_worker_left_by_a_killed_coordinator_keeps_the_machine_until_it_ends(o
 
 
 def test_a_stale_variable_from_a_parent_shell_does_not_skip_the_lock(own_lock, monkeypatch):
-    monkeypatch.setenv(machine_lock.HELD_VARIABLE, "pid 1")
+    monkeypatch.setenv(machine_lock.HELD_VARIABLE, "pid 1 fd 0")  # a descriptor, but not of the lock file
     machine_lock.hold("devicebench run --name mine")
-    assert machine_lock._held is not None and os.environ[machine_lock.HELD_VARIABLE] == f"pid {os.getpid()}"
+    assert machine_lock._held is not None
+    assert os.environ[machine_lock.HELD_VARIABLE] == f"pid {os.getpid()} fd {machine_lock._held.fileno()}"
 
 
 def test_allowed_concurrency_measures_beside_another_and_still_holds_a_free_lock(other_measurement, own_lock,
@@ -149,3 +156,20 @@ def test_a_pytest_benchmarks_session_stops_at_its_first_row_naming_the_measureme
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout[-2000:]
     assert "another measurement is running on this machine (pid" in result.stdout + result.stderr
     assert not list((tmp_path / "saved").rglob("*.json"))  # no file of rows never measured
+
+
+def test_a_link_or_fifo_at_the_lock_path_is_never_written_through(own_lock, tmp_path, capsys):
+    # The path is in a folder every user can write: another user's link there must not make the next run empty
+    # and open up the file it points at.
+    victim = tmp_path / "victim"
+    victim.write_text("someone's data\n")
+    victim.chmod(0o600)
+    own_lock.symlink_to(victim)
+    machine_lock.hold("devicebench run --name mine")
+    assert machine_lock._held is None and victim.read_text() == "someone's data\n"
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert "could not use the lock file" in capsys.readouterr().err
+    own_lock.unlink()
+    os.mkfifo(own_lock)
+    machine_lock.hold("devicebench run --name mine")  # neither waits on the FIFO nor fails on it
+    assert machine_lock._held is None
