@@ -186,9 +186,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for line in compare.host_memory_notes(runs):
         print(line)
     elsewhere = compare.across_machines(tables)
-    for base, run in elsewhere:
-        print(f"note: {run.path.name} ran on another machine than {base.path.name} ({base.machine_label} -> "
-              f"{run.machine_label}): its changes are the machines' and the code's together")
+    for line in elsewhere:
+        print(line)
     unjudged = compare.inconclusive(tables)
     for line in unjudged:
         print(f"inconclusive {line}")

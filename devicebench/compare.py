@@ -170,11 +170,9 @@ def why_not_comparable(identity: RowIdentity, other_rows: list[Row], across_devi
         return ("no row of the same configuration in the other runs; the closest differs in " + ", ".join(differences)
                 + (" (rows of result schema 1 have no valid_samples: re-measure that machine)"
                    if any(d.startswith("valid_samples") and "None" in d for d in differences) else ""))
-    if in_baseline:
-        return ("the later runs have no row of this identity; their closest row differs in " + ", ".join(differences)
-                + " (a different experiment, not a change)")
-    return ("the baseline run has no row of this identity; its closest row differs in " + ", ".join(differences)
-            + " (a different experiment, not a change)")
+    lacking, whose = ("the later runs", "their") if in_baseline else ("the baseline run", "its")
+    return (f"{lacking} {'have' if in_baseline else 'has'} no row of this identity; {whose} closest row differs in "
+            f"{', '.join(differences)} (a different experiment, not a change)")
 
 
 def device_tables(runs: list[Run], threshold: float | Threshold, baseline_device: str | None) -> list[Table]:
@@ -207,10 +205,10 @@ def host_memory_notes(runs: list[Run]) -> list[str]:
                                                        run.machine_info.get("host_memory")))]
 
 
-def across_machines(tables: list[Table]) -> list[tuple[Run, Run]]:
-    """(baseline run, later run) of every judged row whose two runs come from different machines: a change there
-    holds the machines' own difference, which no spread of one machine's processes measures (a CI fleet's runners:
-    false regressions of 28-34%, DESIGN.md), so the gate does not judge it. Worker pairs ran on one machine
+def across_machines(tables: list[Table]) -> list[str]:
+    """A note per (baseline run, later run) of a judged row whose two runs come from different machines: a change
+    there holds the machines' own difference, which no spread of one machine's processes measures (a CI fleet's
+    runners: false regressions of 28-34%, DESIGN.md), so the gate does not judge it. Worker pairs ran on one machine
     whatever their environments' torch builds report of its accelerators."""
     found: dict[tuple[int, int], tuple[Run, Run]] = {}
     for table in tables:
@@ -220,7 +218,9 @@ def across_machines(tables: list[Table]) -> list[tuple[Run, Run]]:
         for column, verdict in zip(table.columns, table.verdicts):
             if verdict is not None and not verdict.paired and column.run.machine_key != base.machine_key:
                 found[(id(base), id(column.run))] = (base, column.run)
-    return list(found.values())
+    return [f"note: {run.path.name} ran on another machine than {base.path.name} ({base.machine_label} -> "
+            f"{run.machine_label}): its changes are the machines' and the code's together"
+            for base, run in found.values()]
 
 
 def regressions(tables: list[Table]) -> list[str]:

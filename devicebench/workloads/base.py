@@ -268,7 +268,7 @@ def _takes_one_argument(function: Callable) -> bool:
     except TypeError:
         return False
     except ValueError:  # no signature to read (a builtin): leave it to the call
-        return True
+        pass
     return True
 
 
