@@ -53,14 +53,23 @@ def _calibrated_rows(found: calibration.Calibration, machine_key: tuple,
         pair = "-" if entry["pair_log_sd"] is None else f"{math.expm1(entry['pair_log_sd']):.1%}"
         process = "-" if entry["process_log_sd"] is None else f"{math.expm1(entry['process_log_sd']):.1%}"
         identity = entry["identity"]
-        measured = (f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}" if entry["pairs"] else
-                    f"{entry.get('processes', 0)} plain processes")
+        measured = (f"{entry['pairs']} pairs, spread between pairs {pair}{_split_of(entry)}{_three_pairs(entry)}"
+                    if entry["pairs"] else f"{entry.get('processes', 0)} plain processes")
         differences = host.memory_differences(entry.get("host_memory"), host_memory)
         unused = (f"; not used under this host's memory settings: {'; '.join(differences)}" if differences
                   else "")
         lines.append(f"    {entry['test']} · {identity['scale']} · torch {entry['torch_version']}: {measured}, "
                      f"between processes {process} ({entry['measured'][:10]}{unused})")
     return "\n".join(lines)
+
+
+def _three_pairs(entry: dict) -> str:
+    """What the entry is worth to a later run: the smallest change three pairs pooled with it could detect, were
+    their spread the calibrated one (a calibration made on a busy machine shows here as a large figure)."""
+    if entry["pair_log_sd"] is None or not entry.get("pair_df"):
+        return ""
+    factor = significance.detection_factor(2 + entry["pair_df"])
+    return f"; 3 pairs pooled with it detect {math.expm1(factor * entry['pair_log_sd'] / math.sqrt(3)):.1%}"
 
 
 def _split_of(entry: dict) -> str:

@@ -130,6 +130,28 @@ def test_a_run_noisier_than_its_calibration_is_judged_alone_and_says_why(tmp_pat
     assert verdict.detectable == significance.judge(base, cand).detectable
 
 
+def test_a_run_quieter_than_its_calibration_pools_it_and_says_the_calibration_is_the_cause(tmp_path):
+    # A calibration of 4 pairs made on a busy machine (12%) pooled with a quiet run's 5 pairs turned the run's "no
+    # significant change" into "inconclusive": still pooled (judging such runs alone flags A/As beyond 5%, below),
+    # but the line names the calibration as the cause and the fix.
+    found = calibrated(tmp_path, process_sd=0.12, pairs=4)
+    base, cand = planted_pairs(seed=6, pairs=5, rounds=10, effect=0.0, process_sd=0.01, drift_sd=0.05)
+    verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    assert verdict.pooled and "these pairs alone spread significantly less" in verdict.noise()
+    assert "recalibrate on a quiet one" in verdict.noise()
+    assert verdict.detectable > significance.judge(base, cand).detectable
+
+
+def test_a_pooled_verdict_shows_the_run_own_spread_beside_the_pooled_one(tmp_path):
+    found = calibrated(tmp_path, process_sd=0.02)
+    base, cand = planted_pairs(seed=3, pairs=3, rounds=10, effect=0.0, process_sd=0.02, drift_sd=0.1)
+    verdict = significance.judge(base, cand, noise=found.noise_for(run_of(cand), cand))
+    own = significance.judge(base, cand)
+    assert verdict.pooled and verdict.own_spread == own.spread != verdict.spread
+    assert (f"spread between pairs {own.spread:.1%} ({verdict.spread:.1%} pooled with the calibration's)"
+            in verdict.noise())
+
+
 def compiled(row: results.Row, compile_cache: str | None) -> results.Row:
     """The row as a compiled (tuned) row whose workers came by their code as ``compile_cache`` says (None: the row
     does not say, as rows of calibrations made before it was recorded)."""
@@ -427,8 +449,12 @@ def test_info_lists_this_machines_calibrated_rows(tmp_path, capsys, monkeypatch)
     path.write_text(json.dumps(data))
     assert cli.main(["info", "--calibration", str(path)]) == 0
     per_process = math.sqrt(math.log(1.05) ** 2 - math.pi / 2 * math.log(1.12) ** 2 / 10)
+    out = capsys.readouterr().out
     assert (f"spread between pairs 5.0% at 10 rounds ({math.expm1(per_process):.1%} per process; a round's B/A "
-            f"varies 12.0%)") in capsys.readouterr().out
+            f"varies 12.0%)") in out
+    # ... and what it is worth to a run: three pairs of that spread pooled with its 11 degrees of freedom.
+    three = math.expm1(significance.detection_factor(13) * math.log(1.05) / math.sqrt(3))
+    assert f"; 3 pairs pooled with it detect {three:.1%}" in out and 0.05 < three < 0.1
 
 
 def test_a_calibration_records_round_noise_and_tells_apart_the_noise_more_rounds_remove():
