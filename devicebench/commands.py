@@ -239,6 +239,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     environments = [coordinator.parse_environment(text) for text in args.env]
+    if environments:
+        check_environments(environments)
     output_dir = Path(args.output_dir) / args.name
     runs, skipped = sweep.run_sweep(args.torch, args.processes, plan_of(args), output_dir,
                                     Path(args.envs_dir).expanduser(), args.name, rerun=args.rerun,
@@ -294,11 +296,42 @@ def plan_of(args: argparse.Namespace) -> coordinator.Plan:
 def cmd_run(args: argparse.Namespace) -> int:
     environments = [coordinator.parse_environment(text) for text in args.env] or \
         [coordinator.Environment("current", sys.executable)]
+    if args.env:
+        check_environments(environments)
     coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
                     until_target=until_target(args.until), budget_seconds=args.budget,
                     round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
                     pin_rounds=args.pin_rounds != "off")
     return 0
+
+
+def check_environments(environments: list[coordinator.Environment], echo=print) -> None:
+    """Refuse, before anything is measured, an environment whose Python lacks what a worker imports, naming the fix
+    that keeps its torch; then say which torch each environment holds (an upgrade whose two sides hold one torch
+    is an A/A: ``pip install`` of the requirements may have replaced the torch meant)."""
+    from devicebench import worker
+
+    found = {}
+    for env in environments:
+        probe = found.get(env.python) or found.setdefault(env.python, worker.probe(env.python))
+        if probe.missing:
+            also = [problem.split(":", 1)[0] for problem in probe.missing[1:]]
+            release = probe.torch and probe.torch.split("+")[0]
+            vision = release and sweep.torchvision_for(release)
+            pins = ([f"torch=={release}"] if release else []) + ([f"torchvision=={vision}"] if vision else [])
+            install = " ".join(f'"{name}"' for name in pins + sweep.requirements())
+            raise UsageError(
+                f"--env {env.label}: {env.python} cannot run devicebench's workers: {probe.missing[0]}"
+                f"{' (also missing: ' + ', '.join(also) + ')' if also else ''}. Install devicebench's requirements "
+                f"there, naming its torch so pip keeps it: {env.python} -m pip install {install}; or let devicebench "
+                f"sweep --torch VERSION build the environment")
+    echo("environments: " + ", ".join(f"{env.label} = torch {found[env.python].torch} ({env.python})"
+                                      for env in environments))
+    for first, second in zip(environments, environments[1:]):
+        if first.python != second.python and found[first.python].torch == found[second.python].torch:
+            echo(f"note: {first.label} and {second.label} hold the same torch {found[first.python].torch}, so this "
+                 f"is an A/A; if one was meant to be another release, pip may have replaced it (check with "
+                 f"PYTHON -m pip show torch)")
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:

@@ -93,6 +93,13 @@ def ensure_environment(envs_dir: Path, torch_version: str, pip_args: list[str],
                                    f"{_tail(output)}")
         raise Skip(f"pip could not install torch {torch_version} with torchvision {torchvision} here:\n"
                    f"{_tail(output)}")
+    from devicebench import worker
+
+    probe = worker.probe(str(python_of(path)))
+    if probe.missing:  # a torchvision built for another torch fails at import: "operator torchvision::nms ..."
+        shutil.rmtree(path, ignore_errors=True)
+        raise Skip(f"pip installed torch {torch_version} with torchvision {torchvision}, but the environment cannot "
+                   f"run devicebench's workers: {'; '.join(probe.missing)}")
     (path / COMPLETE_MARKER).write_text(json.dumps({"torch": torch_version, "torchvision": torchvision}))
     return coordinator.Environment(label, str(python_of(path)))
 

@@ -40,12 +40,57 @@ class Task(runfile.TaskFile):
 
 
 def command(python: str, task_path: Path) -> list[str]:
-    """How an environment's Python runs a worker: with the coordinator's devicebench first on its path, so every
+    """How an environment's Python runs a worker: with the coordinator's devicebench (``bootstrap``), so every
     environment is measured by the same benchmark code (an environment needs torch and the requirements only)."""
-    root = str(Path(devicebench.__file__).resolve().parents[1])
-    bootstrap = (f"import sys; sys.path.insert(0, {root!r}); from devicebench.worker import main; "
-                 f"sys.exit(main(sys.argv[1:]))")
-    return [python, "-c", bootstrap, str(task_path)]
+    return [python, "-c", bootstrap("from devicebench.worker import main; sys.exit(main(sys.argv[1:]))"),
+            str(task_path)]
+
+
+def bootstrap(then: str, package: Path | None = None) -> str:
+    """Python code that imports this devicebench package (or the one in folder ``package``), then runs ``then``.
+    Only the package: its parent folder on the path would be, where devicebench is installed rather than checked
+    out, this Python's site-packages, and the environment would import this Python's torch instead of its own."""
+    package = str(package or Path(devicebench.__file__).resolve().parent)
+    return (f"import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('devicebench', {package + '/__init__.py'!r}, "
+            f"submodule_search_locations=[{package!r}])\n"
+            f"sys.modules['devicebench'] = importlib.util.module_from_spec(spec)\n"
+            f"spec.loader.exec_module(sys.modules['devicebench'])\n"
+            f"{then}")
+
+
+# What a worker imports, by import name: devicebench's requirements less the coordinator's own (report, xdist).
+WORKER_IMPORTS = ("torch", "torchvision", "timm", "ranger21", "safetensors", "huggingface_hub", "numpy", "PIL",
+                  "requests", "scipy", "packaging", "pytest", "pytest_benchmark")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an environment's Python brings to a worker: its torch, and the imports it lacks."""
+
+    torch: str | None
+    missing: tuple[str, ...]  # "name: error" for each import that failed
+
+
+def probe(python: str) -> Probe:
+    """Import what a worker needs in ``python``, as a worker would (``bootstrap``)."""
+    import json
+    import subprocess
+
+    script = bootstrap(
+        f"import importlib, json\nmissing = []\n"
+        f"for name in {WORKER_IMPORTS!r}:\n"
+        f"    try: importlib.import_module(name)\n"
+        f"    except Exception as error: missing.append(f'{{name}}: {{type(error).__name__}}: {{error}}')\n"
+        f"torch = sys.modules.get('torch')\n"
+        f"print(json.dumps({{'torch': getattr(torch, '__version__', None), 'missing': missing}}))")
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True)
+    try:
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Probe(None, (f"python: exit {result.returncode}: {tail[0]}",))
+    return Probe(found["torch"], tuple(found["missing"]))
 
 
 def main(argv: list[str]) -> int:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from devicebench import cli, commands, coordinator, history, results, staging, sweep
-from devicebench.errors import DevicebenchError
+import devicebench
+from devicebench import cli, commands, coordinator, history, results, staging, sweep, worker
+from devicebench.errors import DevicebenchError, UsageError
 
 ROUND_SECONDS = 0.001  # the scale's 5 rounds: sizing them is tested in test_interleave.py
 
@@ -214,3 +216,62 @@ def test_a_sweep_judges_its_history_at_the_sizes_it_ran_to_unless_a_threshold_sa
     assert cli.main([*base, "--until", "5%", "--budget", "1m", "--threshold", "3%", "--", "--device", "cpu"]) == 0
     assert cli.main([*base, "--", "--device", "cpu"]) == 0
     assert [threshold.describe() for threshold in judged] == ["5% (seed 10%)", "3%", "5%"]
+
+
+def test_a_worker_imports_its_environment_torch_even_where_devicebench_is_installed_beside_another(tmp_path):
+    # devicebench installed (not a checkout) sits in its Python's site-packages beside that Python's torch: with the
+    # folder on a worker's path, every environment would time the coordinator's torch.
+    import torch
+
+    site = tmp_path / "site-packages"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("__version__ = 'the coordinator torch'\n")
+    (site / "devicebench").symlink_to(Path(devicebench.__file__).resolve().parent)
+    code = worker.bootstrap("import torch, devicebench.rows; print(torch.__version__, devicebench.rows.__file__)",
+                            package=site / "devicebench")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [torch.__version__, str(site / "devicebench" / "rows.py")]
+
+
+def fake_python(path: Path, torch_version: str, missing: list[str]) -> str:
+    """An executable that answers worker.probe as a Python with ``torch_version`` lacking ``missing`` would."""
+    path.write_text("#!/bin/sh\necho '" + json.dumps({"torch": torch_version, "missing": missing}) + "'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_environment_lacking_the_requirements_is_refused_with_an_install_that_keeps_its_torch(tmp_path):
+    lacking = fake_python(tmp_path / "old", "2.13.0+cpu", ["requests: ModuleNotFoundError: No module named "
+                                                           "'requests'", "timm: ModuleNotFoundError: x"])
+    with pytest.raises(UsageError) as refused:
+        commands.check_environments([coordinator.Environment("old", lacking),
+                                     coordinator.Environment("new", sys.executable)])
+    message = str(refused.value)
+    assert message.startswith(f"--env old: {lacking} cannot run devicebench's workers: requests: ")
+    assert "(also missing: timm)" in message
+    assert f'{lacking} -m pip install "torch==2.13.0" "torchvision==0.28.0" "timm>=' in message
+
+
+def test_two_environments_of_one_torch_are_said_to_be_an_a_a(tmp_path):
+    lines: list[str] = []
+    first, second = (fake_python(tmp_path / name, "2.14.1+cu130", []) for name in ("a", "b"))
+    commands.check_environments([coordinator.Environment("old", first), coordinator.Environment("new", second)],
+                                lines.append)
+    assert lines[0] == f"environments: old = torch 2.14.1+cu130 ({first}), new = torch 2.14.1+cu130 ({second})"
+    assert "note: old and new hold the same torch 2.14.1+cu130, so this is an A/A" in lines[1]
+    lines.clear()
+    commands.check_environments([coordinator.Environment("A", first), coordinator.Environment("B", first)],
+                                lines.append)
+    assert len(lines) == 1  # the same Python twice is an A/A by intent
+
+
+def test_a_built_environment_that_cannot_import_is_skipped_and_removed_not_marked_complete(tmp_path, monkeypatch,
+                                                                                          enough_disk):
+    # pip succeeded, but the torchvision it chose was built for another torch (fails at import): not to be reused.
+    monkeypatch.setattr(sweep.venv, "create", lambda path, with_pip: (Path(path) / "bin").mkdir(parents=True))
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    monkeypatch.setattr(worker, "probe", lambda python: worker.Probe(
+        "2.13.0+cpu", ("torchvision: RuntimeError: operator torchvision::nms does not exist",)))
+    with pytest.raises(sweep.Skip, match="cannot run devicebench's workers: torchvision: RuntimeError: operator"):
+        sweep.ensure_environment(tmp_path / "envs", "2.13.0", [], lambda _: None)
+    assert not sweep.environment_path(tmp_path / "envs", "2.13.0").exists()
