@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from devicebench.errors import UsageError
-from devicebench import host, results, schema
+from devicebench import host, results, runfile, schema
 from devicebench.noise import Noise, compiled_code, noise_of, recorded_compiled_code
 from devicebench.results import Row, Run
 
@@ -70,6 +70,31 @@ def _entry_key(entry: dict) -> str:
     return _key(entry["machine"], entry["torch_version"], entry["identity"], PAIRS if entry["pairs"] else PLAIN)
 
 
+def entry_problem(entry: object) -> str | None:
+    """Why a calibration entry read from a file cannot be used (edited by hand, or damaged), or None."""
+    if not isinstance(entry, dict):
+        return "is not an entry"
+    kinds = {"machine": list, "torch_version": str, "test": str, "identity": dict, "measured": str, "how": str}
+    for name, kind in kinds.items():
+        if not isinstance(entry.get(name), kind):
+            return f"has no {name} ({kind.__name__})"
+    for name in ("pairs", "pair_df", "process_df", "round_df", "processes", "rounds_per_worker"):
+        value = entry.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"has {name} {value!r}, not a count"
+    if entry.get("rounds_per_worker", 0) < 1:
+        return "has no rounds_per_worker"
+    for name in ("pair_log_sd", "process_log_sd", "round_log_sd"):
+        value = entry.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or not 0 <= value < 10):
+            return f"has {name} {value!r}, not a spread"
+    for name in ("pair_log_sd", "process_log_sd"):
+        if name not in entry:
+            return f"has no {name}"
+    return None
+
+
 class Calibration:
     """The entries of one calibration file, looked up by (machine, torch version, row identity)."""
 
@@ -81,17 +106,23 @@ class Calibration:
     def load(cls, path: Path | None = None) -> Calibration:
         """The file's entries; an empty calibration when there is no file."""
         path = default_path() if path is None else Path(path)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return cls(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            data = json.loads(runfile.read_bytes_checked(path, "calibration file").decode("utf-8"))
+        except runfile.FileError as error:
+            raise UsageError(f"{error} (--calibration names the file)") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise UsageError(f"{path}: not a readable calibration file ({error}); delete it and run devicebench "
                              f"calibrate again") from error
         if not isinstance(data, dict) or data.get("calibration_schema") != CALIBRATION_SCHEMA \
                 or not isinstance(data.get("entries"), list):
             raise UsageError(f"{path}: not a devicebench calibration of format {CALIBRATION_SCHEMA} (written by "
                              f"another version?); delete it and run devicebench calibrate again")
+        for number, entry in enumerate(data["entries"], 1):
+            if (problem := entry_problem(entry)) is not None:
+                raise UsageError(f"{path}: entry {number} {problem}, so no verdict can rest on it; delete the file "
+                                 f"and run devicebench calibrate again")
         return cls(path, data["entries"])
 
     def noise_for(self, run: Run, row: Row, kind: str | None = None) -> Noise | None:

@@ -18,6 +18,7 @@ import errno
 import json
 import math
 import os
+import stat
 import statistics
 from pathlib import Path
 from typing import ClassVar
@@ -174,8 +175,8 @@ def row_problem(extra: object) -> str | None:
             return f"{name} is {extra[name]!r}, not a value"
     if not _whole(extra["workload_version"]) or extra["workload_version"] < 0:
         return f"workload_version is {extra['workload_version']!r}, not a version number"
-    if not _whole(extra["samples_per_round"]) or extra["samples_per_round"] < 1:
-        return f"samples_per_round is {extra['samples_per_round']!r}, not a whole number of at least 1"
+    if not _whole(extra["samples_per_round"]) or not 1 <= extra["samples_per_round"] <= 10 ** 15:
+        return f"samples_per_round is {extra['samples_per_round']!r}, not a whole number from 1 to 10^15"
     processes = extra.get("processes")
     if not isinstance(processes, list) or not processes:
         return "no processes with round times"
@@ -198,20 +199,48 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# A round's time outside these is no measurement of a training epoch (and its ratios would overflow).
+SHORTEST_ROUND_S, LONGEST_ROUND_S = 1e-9, 1e7
+
+
 def _positive_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and SHORTEST_ROUND_S <= value <= LONGEST_ROUND_S
+
+
+# Larger than any file devicebench writes (a run of 100 pairs of every row is a few MiB): read no further.
+LARGEST_FILE_BYTES = 256 * 2**20
+
+
+def read_bytes_checked(path: Path, what: str = "run file") -> bytes:
+    """The bytes of a regular file of at most LARGEST_FILE_BYTES; FileError naming the file and the fix otherwise
+    (a link to /dev/zero would fill the memory, a pipe would never end)."""
+    path = Path(path)
+    try:
+        found = path.stat()
+        if stat.S_ISDIR(found.st_mode):
+            raise FileError(f"{path}: is a folder, not a {what}")
+        if not stat.S_ISREG(found.st_mode):
+            raise FileError(f"{path}: not a regular file (a device, pipe or socket), so not a {what}")
+        if found.st_size > LARGEST_FILE_BYTES:
+            raise FileError(f"{path}: {found.st_size / 2**20:,.0f} MiB, larger than any {what} devicebench writes "
+                            f"({LARGEST_FILE_BYTES / 2**20:.0f} MiB); not a {what}")
+        with open(path, "rb") as file:
+            return file.read(LARGEST_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such file") from None
+    except PermissionError:
+        raise FileError(f"{path}: permission denied; give this user read access to it (chmod u+r)") from None
+    except OSError as error:
+        raise FileError(f"{path}: could not be read ({error.strerror or error})") from None
 
 
 def read(path: Path) -> dict:
     """A run file read, checked for its shape and migrated; FileError naming why it cannot be used."""
     path = Path(path)
-    if path.is_dir():
-        raise FileError(f"{path} is a folder, not a run file")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise FileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(read_bytes_checked(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise FileError(f"{path}: not readable JSON ({type(error).__name__}: {error}); a truncated or binary "
                         f"file? Re-measure it") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
@@ -221,9 +250,25 @@ def read(path: Path) -> dict:
         migrate(data)
     except FileError as error:
         raise FileError(f"{path}: {error}") from None
+    if (problem := _machine_info_problem(data["machine_info"])) is not None:
+        raise FileError(f"{path}: machine_info {problem}; not a file devicebench wrote (edited?): re-measure it")
+    if not isinstance((data.get("devicebench") or {}).get("interrupted", False), bool):
+        raise FileError(f"{path}: its 'interrupted' mark is not true or false; re-measure it")
     if not data["benchmarks"]:
         raise FileError(f"{path}: holds no rows (a run whose every row was skipped or cut off writes none)")
     return data
+
+
+def _machine_info_problem(info: dict) -> str | None:
+    """What in a run's machine_info its readers could not use as the machine's identity, or None."""
+    accelerators = info.get("accelerators")
+    if accelerators is not None and (not isinstance(accelerators, list)
+                                     or not all(isinstance(item, dict) for item in accelerators)):
+        return f"accelerators is {accelerators!r}, not a list of devices"
+    for name in ("node", "machine_name", "cpu_name", "torch_version"):
+        if info.get(name) is not None and not isinstance(info[name], str):
+            return f"{name} is {info[name]!r}, not a name"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ pooled stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -678,3 +679,30 @@ def test_an_until_run_sizes_rounds_only_from_a_calibration_of_its_host_memory_se
     assert wanted({**row, "host_memory": MADVISE}, 5) is not None
     assert wanted({**row, "host_memory": ALWAYS}, 5) is None  # the rounds --round-time gives
     assert wanted(row, 5) is not None  # a worker that did not say: as before
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"pair_log_sd": "0.05"}, "has pair_log_sd '0.05', not a spread"),
+    ({"pair_log_sd": float("nan")}, "has pair_log_sd nan, not a spread"),
+    ({"process_log_sd": -0.05}, "has process_log_sd -0.05, not a spread"),
+    ({"rounds_per_worker": 0}, "has no rounds_per_worker"),
+    ({"machine": None}, "has no machine (list)"),
+    ({"pair_df": 2.5}, "has pair_df 2.5, not a count"),
+])
+def test_a_damaged_calibration_entry_is_refused_by_name_before_any_verdict_rests_on_it(tmp_path, change, problem):
+    path = frozen_calibration(tmp_path, "cpu_torch_2.14.json", process_sd=0.02)
+    data = json.loads(path.read_text())
+    data["entries"][0].update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=f"entry 1 {re.escape(problem)}.*delete the file and run devicebench "
+                                         f"calibrate again"):
+        Calibration.load(path)
+
+
+def test_a_calibration_path_that_is_no_file_is_refused_without_reading_it(tmp_path):
+    link = tmp_path / "calibration.json"
+    link.symlink_to("/dev/zero")  # read whole, it filled the memory
+    with pytest.raises(UsageError, match="not a regular file"):
+        Calibration.load(link)
+    with pytest.raises(UsageError, match="is a folder, not a calibration file"):
+        Calibration.load(tmp_path)

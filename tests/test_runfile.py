@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -144,7 +145,14 @@ def changed(**fields) -> dict:
     return data
 
 
+def marked_interrupted(mark) -> dict:
+    data = runfile.migrate(base_run())
+    data["devicebench"]["interrupted"] = mark
+    return data
+
+
 # name -> (the file's bytes, or None for a folder where a file was expected; the reason every command gives)
+DEV_ZERO, PIPE = object(), object()
 CORPUS = {
     "nan": (json.dumps(with_times(float("nan"))), "holds nan, not a finite time above zero"),
     "infinite": (json.dumps(with_times(float("inf"))), "holds inf, not a finite time above zero"),
@@ -160,6 +168,16 @@ CORPUS = {
     "truncated": (json.dumps(base_run())[:300], "not readable JSON"),
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not readable JSON"),
     "folder": (None, "is a folder, not a run file"),
+    "huge-count": (json.dumps(changed(samples_per_round=10 ** 400)), "not a whole number from 1 to 10^15"),
+    "huge-time": (json.dumps(with_times(1e308)), "holds 1e+308, not a finite time above zero"),
+    "tiny-time": (json.dumps(with_times(1e-320)), "holds 1e-320, not a finite time above zero"),
+    "accelerators-not-a-list": (json.dumps({**base_run(), "machine_info": {**base_run()["machine_info"],
+                                                                            "accelerators": "x"}}),
+                                "machine_info accelerators is 'x', not a list of devices"),
+    "interrupted-as-text": (json.dumps(marked_interrupted("false")), "its 'interrupted' mark is not true or false"),
+    # Read without a limit, a link to /dev/zero filled the memory and a pipe never ended.
+    "link-to-dev-zero": (DEV_ZERO, "not a regular file (a device, pipe or socket)"),
+    "pipe": (PIPE, "not a regular file (a device, pipe or socket)"),
 }
 
 
@@ -169,6 +187,10 @@ def hostile(tmp_path: Path, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if content is None:
         path.mkdir()
+    elif content is DEV_ZERO:
+        path.symlink_to("/dev/zero")
+    elif content is PIPE:
+        os.mkfifo(path)
     else:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return path
