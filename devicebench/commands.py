@@ -8,8 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from devicebench import calibration, compare, coordinator, environment, history, host, machine_lock, options, \
-    results, rows, significance, sweep
+from devicebench import calibration, compare, coordinator, environment, gate, history, host, machine_lock, \
+    options, results, rows, significance, sweep
 from devicebench.errors import DevicebenchError, UsageError
 from devicebench.noise import noise_of
 from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
@@ -109,6 +109,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     first, second = (results.load_run(path) for path in written)
     if first is None or second is None:
         raise UsageError(f"{', '.join(map(str, written))}: could not be read as devicebench runs (see above)")
+    if any(row.extra["processes"] == other.extra["processes"] for row in first.rows for other in second.rows):
+        raise UsageError(f"{written[0]} and {written[1]} hold the same measurements (one run twice, or a copy): "
+                         f"an A/A of a run against itself has no spread to calibrate; give the two runs of one "
+                         f"devicebench run --env A=PY --env B=PY")
     if not any(row.pairs for row in first.rows):
         raise UsageError(f"{written[0]}: not a run of worker pairs; calibrate from the two runs of one "
                          f"devicebench run --env A=PY --env B=PY (the same Python twice)")
@@ -192,17 +196,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "notes above for what differs")
     if view != "change":
         return 0
-    for line in compare.host_memory_notes(runs):
+    for line in gate.host_memory_notes(runs):
         print(line)
-    elsewhere = compare.across_machines(tables)
-    for line in elsewhere:
+    elsewhere = gate.across_machines(tables)
+    itself = gate.against_itself(tables)
+    missing = gate.missing_rows(tables, runs)
+    for line in elsewhere + itself:
         print(line)
-    unjudged = compare.inconclusive(tables)
+    if missing:
+        print(f"{len(missing)} row(s) of the baseline not in a later run: " + "; ".join(missing))
+    unjudged = gate.inconclusive(tables)
     for line in unjudged:
         print(f"inconclusive {line}")
-    for line in compare.uncorrected_regressions(tables):
+    for line in gate.uncorrected_regressions(tables):
         print(f"significant alone, not gated on: {line}")
-    found = compare.regressions(tables) + compare.count_regressions(tables, threshold)
+    found = gate.regressions(tables) + gate.count_regressions(tables, threshold)
     if found:
         print(f"{len(found)} significant regression(s) beyond {threshold.describe()}:")
         for line in found:
@@ -214,8 +222,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "runs of one machine (devicebench run --env old=PY --env new=PY measures both sides on one, in turns); "
             f"where one machine's hostname changes from run to run (a container's), name it: "
             f"{environment.MACHINE_VARIABLE}=NAME")
+    if args.fail_on_regression and itself:
+        raise GateCannotJudge("--fail-on-regression: a later run holds the baseline's own measurements (above), so "
+                              "it would pass whatever the code did. Give the gate the baseline and a new run")
     if found:
         return 1 if args.fail_on_regression else 0
+    if args.fail_on_regression and missing:
+        raise GateCannotJudge(
+            f"--fail-on-regression: {len(missing)} row(s) of the baseline are not in a later run (above): it was "
+            f"cut off, or they failed or were skipped there, and a row the gate never saw cannot pass. Measure them "
+            f"again, or gate only the rows both have (--workload, --pipeline)")
     if args.fail_on_regression and unjudged:
         raise GateCannotJudge(
             f"--fail-on-regression: {len(unjudged)} row(s) inconclusive (above): their data could not have seen a "
@@ -374,7 +390,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    runs = results.load_runs([args.dir], Path(args.dir))
+    runs = results.load_runs([args.dir], Path(args.dir), strict=args.fail_on_regression)
     lines = history.timelines(runs, calibration.Calibration.load(args.calibration))
     threshold = threshold_of(args.threshold)
     text, found = history.render(lines, threshold)

@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Hashable
 
-from devicebench import counts, fallback, host, schema, significance
+from devicebench import counts, fallback, schema, significance
 from devicebench.calibration import Calibration
 from devicebench.noise import Noise
 from devicebench.errors import UsageError
 from devicebench.results import Row, RowIdentity, Run
 from devicebench.significance import Verdict, judge
-from devicebench.threshold import DEFAULT_THRESHOLD, Threshold, percent
+from devicebench.threshold import DEFAULT_THRESHOLD, Threshold
 
 VIEWS = ("auto", "change", "devices")
 
@@ -193,54 +193,6 @@ def device_tables(runs: list[Run], threshold: float | Threshold, baseline_device
     return tables
 
 
-def host_memory_notes(runs: list[Run]) -> list[str]:
-    """A line per later run whose host memory settings differ from the baseline run's (host.py): a seed row's
-    change may be theirs, not the code's (docs/comparing.md, "How much noise to expect")."""
-    base = runs[0]
-    return [f"note: {run.path.name} ran under other host memory settings than {base.path.name} "
-            f"({'; '.join(differences)}): rows that allocate on the host (seed) move with them; to judge the code "
-            f"alone, compare runs made under the same settings (devicebench info shows this host's)"
-            for run in runs[1:]
-            if (differences := host.memory_differences(base.machine_info.get("host_memory"),
-                                                       run.machine_info.get("host_memory")))]
-
-
-def across_machines(tables: list[Table]) -> list[str]:
-    """A note per (baseline run, later run) of a judged row whose two runs come from different machines: a change
-    there holds the machines' own difference, which no spread of one machine's processes measures (a CI fleet's
-    runners: false regressions of 28-34%, DESIGN.md), so the gate does not judge it. Worker pairs ran on one machine
-    whatever their environments' torch builds report of its accelerators."""
-    found: dict[tuple[int, int], tuple[Run, Run]] = {}
-    for table in tables:
-        if table.baseline is None:
-            continue
-        base = table.columns[table.baseline].run
-        for column, verdict in zip(table.columns, table.verdicts):
-            if verdict is not None and not verdict.paired and column.run.machine_key != base.machine_key:
-                found[(id(base), id(column.run))] = (base, column.run)
-    return [f"note: {run.path.name} ran on another machine than {base.path.name} ({base.machine_label} -> "
-            f"{run.machine_label}): its changes are the machines' and the code's together"
-            for base, run in found.values()]
-
-
-def regressions(tables: list[Table]) -> list[str]:
-    """Change-view rows significantly slower than their baseline by more than the threshold, after Holm's correction
-    over every row judged (significance.holm), as lines to print."""
-    return [line for line, survives in _judged_slowdowns(tables) if survives]
-
-
-def uncorrected_regressions(tables: list[Table]) -> list[str]:
-    """Slowdowns significant alone that do not survive the correction for the number of rows judged: said, not
-    gated on."""
-    return [line for line, survives in _judged_slowdowns(tables) if not survives]
-
-
-def _judged_slowdowns(tables: list[Table]) -> list[tuple[str, bool]]:
-    return [(f"{table.title} on {column.label}: {verdict.describe()}", not verdict.not_after_holm)
-            for table in tables for column, verdict in zip(table.columns, table.verdicts)
-            if verdict is not None and verdict.is_regression]
-
-
 def correct_for_rows(tables: list[Table]) -> list[Table]:
     """Mark every change, faster or slower, that is significant alone but not after Holm's correction over all the
     rows judged (significance.holm), so that its cell says so where it is read, not only the gate's summary.
@@ -276,24 +228,6 @@ def count_changes(tables: list[Table]) -> list[tuple[Table, Column, list[tuple[s
             if changed:
                 found.append((table, column, changed))
     return found
-
-
-def count_regressions(tables: list[Table], threshold: float | Threshold) -> list[str]:
-    """Rows whose step counts grew beyond the threshold: a gate failure from one process a side. The size for every
-    row, a pipeline's own not: counts carry no noise, which is what a pipeline's larger size allows for."""
-    lines = []
-    for table, column, changed in count_changes(tables):
-        grown = counts.increases_beyond(changed, Threshold.of(threshold).default)
-        if grown:
-            lines.append(f"{table.title} on {column.label}: counts per step grew: {counts.describe(grown)}")
-    return lines
-
-
-def inconclusive(tables: list[Table]) -> list[str]:
-    """Rows whose data could not have seen a change of their threshold's size, each with that size."""
-    return [f"at {percent(verdict.threshold)}: {table.title} on {column.label}: {verdict.noise()}"
-            for table in tables for column, verdict in zip(table.columns, table.verdicts)
-            if verdict is not None and verdict.inconclusive]
 
 
 # ------------------------------------------------------------------------------------------------ rendering

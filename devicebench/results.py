@@ -176,13 +176,14 @@ def warn(message: str) -> None:
     print(f"devicebench: warning: {message}", file=sys.stderr)
 
 
-def load_run(path: Path, quiet: bool = False, strict: bool = False) -> Run | None:
+def load_run(path: Path, quiet: bool = False, strict: bool = False, in_folder: bool = False) -> Run | None:
     """Read one saved run; None (with a warning naming the file and why, unless ``quiet``) when it is not a
-    readable devicebench run. ``strict``: raise UsageError instead, for a bad file or any bad row in it."""
+    readable devicebench run. ``strict``: raise UsageError instead, for a bad file or any bad row in it; but a file
+    found ``in_folder`` that is JSON of something else (a calibration beside the runs) is skipped, not a run."""
     try:
         data = runfile.read(Path(path))
     except runfile.FileError as error:
-        if strict:
+        if strict and not (in_folder and isinstance(error, runfile.NotARunFile)):
             raise UsageError(f"{error}. A regression gate judges every run it is given, so it fails: re-measure or "
                              f"remove it") from None
         if not quiet:
@@ -256,8 +257,9 @@ def expand(specs: list[str], results_dir: Path = Path("results")) -> list[Path]:
 def load_runs(specs: list[str], results_dir: Path = Path("results"), strict: bool = False) -> list[Run]:
     """Every readable run the specs name; ``strict`` (a regression gate): any unreadable file is an error."""
     runs = []
+    named = {Path(spec) for spec in specs}
     for path in expand(specs, results_dir):
-        run = load_run(path, strict=strict)
+        run = load_run(path, strict=strict, in_folder=path not in named)
         if run is not None:
             runs.append(run)
     if not runs:

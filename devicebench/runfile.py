@@ -57,6 +57,10 @@ class FileError(DevicebenchError):
     """A run file that cannot be used: its message names the file and the reason."""
 
 
+class NotARunFile(FileError):
+    """Readable JSON of something else (a calibration, another suite's results): in a folder of runs, not one."""
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Path:
     """``data`` as JSON, written whole or not at all (write_text_atomically)."""
@@ -105,7 +109,7 @@ def schema_of(data: dict) -> int:
     else:  # schemas 1 and 2 kept the number in machine_info
         schema = (data.get("machine_info") or {}).get("devicebench_schema")
     if schema is None:
-        raise FileError("no devicebench fields (a run of another suite?)")
+        raise NotARunFile("no devicebench fields (a run of another suite?)")
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         raise FileError(f"result schema {schema!r} is not a version")
     return schema
@@ -245,11 +249,11 @@ def read(path: Path) -> dict:
                         f"file? Re-measure it") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
             or not isinstance(data.get("machine_info"), dict):
-        raise FileError(f"{path}: not a pytest-benchmark result file")
+        raise NotARunFile(f"{path}: not a pytest-benchmark result file")
     try:
         migrate(data)
     except FileError as error:
-        raise FileError(f"{path}: {error}") from None
+        raise type(error)(f"{path}: {error}") from None
     if (problem := _machine_info_problem(data["machine_info"])) is not None:
         raise FileError(f"{path}: machine_info {problem}; not a file devicebench wrote (edited?): re-measure it")
     if not isinstance((data.get("devicebench") or {}).get("interrupted", False), bool):

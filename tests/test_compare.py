@@ -12,7 +12,7 @@ import pytest
 
 from scipy.stats import mannwhitneyu
 
-from devicebench import cli, compare, history, results, runfile, significance
+from devicebench import cli, compare, gate, history, results, runfile, significance
 from devicebench.errors import UsageError
 from fixtures import compare_hooks
 from test_calibration import frozen_calibration
@@ -198,8 +198,8 @@ def test_two_device_pair_where_only_cuda_slowed_gates_on_the_cuda_rows_alone(cap
                      "--fail-on-regression"])
     out = capsys.readouterr().out
     assert code == 1
-    gate = out[out.index("2 significant regression(s) beyond 5%"):]
-    assert gate.count("NVIDIA H100 (cuda)") == 2 and "Intel Xeon (cpu)" not in gate
+    summary = out[out.index("2 significant regression(s) beyond 5%"):]
+    assert summary.count("NVIDIA H100 (cuda)") == 2 and "Intel Xeon (cpu)" not in summary
     _, tables = compare.build_tables(load("devices_before.json", "devices_after.json"))
     for table in tables:
         verdict = table.verdicts[1]
@@ -559,4 +559,52 @@ def test_worker_pairs_are_one_machine_whatever_their_torch_builds_report(capsys,
     runs = [results.Run(Path("cpu-torch.json"), {"node": "box", "cpu_name": "x", "accelerators": []}, "d", [base]),
             results.Run(Path("cuda-torch.json"), {"node": "box", "cpu_name": "x",
                                                   "accelerators": [{"name": "NVIDIA H200"}]}, "d", [cand])]
-    assert compare.across_machines(compare.change_tables(runs, 0.05)) == []
+    assert gate.across_machines(compare.change_tables(runs, 0.05)) == []
+
+
+def test_the_gate_cannot_pass_a_run_compared_with_itself_or_a_copy(tmp_path, capsys):
+    # One copy-paste slip in CI (the same file twice) passed every time: "1.00x, p=1".
+    first, second = RUNS / "aa_processes_first.json", RUNS / "aa_processes_second.json"
+    assert cli.main(["compare", str(first), str(second), "--fail-on-regression"]) == 0
+    capsys.readouterr()
+    copy = tmp_path / "copy.json"
+    shutil.copy(first, copy)
+    for candidate in (first, copy):
+        assert cli.main(["compare", str(first), str(candidate), "--fail-on-regression"]) == 2
+        captured = capsys.readouterr()
+        assert f"note: {candidate.name} holds the same measurements as {first.name}" in captured.out
+        assert "a later run holds the baseline's own measurements" in captured.err
+    assert cli.main(["calibrate", "--from-runs", str(first), str(copy), "--calibration",
+                     str(tmp_path / "c.json")]) == 2
+    assert "hold the same measurements" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
+
+
+def test_the_gate_cannot_pass_a_later_run_that_lacks_rows_of_the_baseline(tmp_path, capsys):
+    # An interrupted candidate, or one whose row failed, held only the rows that pass.
+    baseline = json.loads((RUNS / "aa_processes_first.json").read_text())
+    extra_row = json.loads(json.dumps(baseline["benchmarks"][0]))
+    extra_row["name"] = "test_mnist_mlp[cpu-seed]"
+    extra_row["extra_info"]["pipeline"] = "seed"
+    baseline["benchmarks"].append(extra_row)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline))
+    later = tmp_path / "later.json"
+    shutil.copy(RUNS / "aa_processes_second.json", later)
+    assert cli.main(["compare", str(path), str(later), "--fail-on-regression"]) == 2
+    captured = capsys.readouterr()
+    assert "1 row(s) of the baseline not in a later run: mnist_mlp" in captured.out and "not in later.json" in \
+        captured.out
+    assert "1 row(s) of the baseline are not in a later run (above)" in captured.err
+    # Gating only the rows both have judges them.
+    assert cli.main(["compare", str(path), str(later), "--fail-on-regression", "--pipeline", "resident"]) == 0
+
+
+def test_history_as_a_gate_fails_on_a_run_file_it_cannot_read(tmp_path, capsys):
+    for name in ("cpu_torch_2.14.json", "cpu_torch_2.13.json"):
+        shutil.copy(RUNS / name, tmp_path)
+    (tmp_path / "cpu_torch_2.15.json").write_text((RUNS / "cpu_torch_2.14.json").read_text()[:400])  # cut off
+    (tmp_path / "notes.json").write_text('{"not": "a run"}')  # other JSON beside the runs is no run
+    assert cli.main(["history", str(tmp_path), "--fail-on-regression"]) == 2
+    err = capsys.readouterr().err
+    assert "cpu_torch_2.15.json: not readable JSON" in err and "A regression gate judges every run" in err
+    assert "notes.json" not in err.split("error:")[-1]
