@@ -314,10 +314,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         [coordinator.Environment("current", sys.executable)]
     if args.env:
         check_environments(environments)
-    coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
+    written = coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
                     until_target=until_target(args.until), budget_seconds=args.budget,
                     round_seconds=args.round_time, calibration=calibration.Calibration.load(args.calibration),
                     pin_rounds=args.pin_rounds != "off")
+    if not written:
+        raise DevicebenchError("no row ran in any environment (the reasons are above): no run was written")
     return 0
 
 

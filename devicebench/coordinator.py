@@ -126,6 +126,10 @@ def run(environments: list[Environment], processes: int | None, plan: Plan, outp
         written = []
         for env in environments:
             if folder.no_rows(env.label).exists():
+                stale = output_dir / f"{name}-{env.label}.json"
+                if stale.exists():  # an earlier run's file would be read as this run's
+                    stale.unlink()
+                    echo(f"removed {stale}: an earlier run's, and this run measured no row in {env.label}")
                 continue
             merged = merged_run(folder, env, count, interleave_id)
             if sweep_positions is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # write files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from devicebench import runfile  # noqa: E402
 from devicebench.compare import Table  # noqa: E402
 from devicebench.history import Timeline, steps  # noqa: E402
 from devicebench.significance import speed  # noqa: E402
@@ -61,9 +63,7 @@ def history_chart(lines: list[Timeline], path: Path,
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".part")
-    fig.savefig(temp, format="png", dpi=110)  # written whole, then moved: no half-written chart left behind
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
-    temp.replace(path)
+    runfile.write_text_atomically(Path(path), image.getvalue())  # no half-written chart left behind

@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from devicebench import compare, history, schema
+from devicebench import compare, history, runfile, schema
 from devicebench.calibration import Calibration
 from devicebench.results import Row, Run
 from devicebench.significance import Verdict
@@ -49,10 +49,7 @@ def write_report(runs: list[Run], path: Path, threshold: float | Threshold,
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>devicebench report</title></head>"
             f"<body style='font-family: sans-serif'><h1>devicebench report</h1><p>Runs:</p><ul>{listed}</ul>"
             f"{''.join(parts) or '<p>No rows to show.</p>'}</body></html>")
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(path)
-    return path
+    return runfile.write_text_atomically(path, page.encode("utf-8"))
 
 
 def bar_label(row: Row) -> str:

@@ -67,7 +67,7 @@ def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Pa
     return write_text_atomically(path, json.dumps(data, indent=1, sort_keys=sort_keys))
 
 
-def write_text_atomically(path: Path, text: str) -> Path:
+def write_text_atomically(path: Path, text: str | bytes) -> Path:
     """Write to a temporary file beside ``path``, flush, fsync and rename: a reader sees the old file or the new
     one, never half of one. A failed write (no space, no permission) removes the temporary file, leaves the old
     file as it was, and raises FileError naming the file and the cause."""
@@ -75,13 +75,16 @@ def write_text_atomically(path: Path, text: str) -> Path:
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w") as file:
+        with open(partial, "wb" if isinstance(text, bytes) else "w") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
     except OSError as error:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses this too; there is nothing there to remove
+            pass
         cause = {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
                  errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded"}.get(error.errno,
                                                                                                 error.strerror)

@@ -79,8 +79,12 @@ def claim(folder: Path, plan: dict) -> Staging:
     """Own ``folder`` for this run: create it, or resume one left by the same command; refuse one another live run
     holds, or one left by another command that has measured something, and take over one that has not."""
     plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = open(folder / "lock", "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / "lock", "a+")
+    except OSError as error:
+        raise UsageError(f"cannot write under {folder.parent} ({error.strerror or error}): give an --output-dir "
+                         f"this user can write to") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devicebench import cli, coordinator, results, runfile, staging
+from devicebench.errors import DevicebenchError
 from devicebench.options import RowOptions
 
 RUNS = Path(__file__).parent / "runs"
@@ -257,3 +258,30 @@ def test_a_task_file_of_another_devicebench_is_refused_by_name(tmp_path, task_cl
     path.write_text(path.read_text().replace(f'"format": {cls.FORMAT}', '"format": 99'))
     with pytest.raises(SystemExit, match=f"{cls.WHAT} format 99 is not {cls.FORMAT}: the devicebench that wrote it"):
         cls.read(path)
+
+
+def test_a_read_only_file_system_gets_its_own_message_and_the_fix(tmp_path, monkeypatch):
+    # There the temporary file's removal fails too; that second error hid the message behind a traceback.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runfile.os, "replace", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(runfile.FileError, match="could not write .*: read-only file system; nothing was written"):
+        runfile.write_text_atomically(tmp_path / "run.json", "{}")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(DevicebenchError, match=r"cannot write under .* \(Read-only file system\): give an "
+                                               r"--output-dir this user can write to"):
+        staging.claim(tmp_path / "out" / ".x.processes", {})
+
+
+def test_a_chart_or_report_whose_path_is_a_folder_is_refused_by_name_and_leaves_nothing(tmp_path, capsys):
+    folder = tmp_path / "chart.png"
+    folder.mkdir()
+    assert cli.main(["compare", str(RUNS / "aa_first.json"), "--png", str(folder)]) == 2
+    assert f"could not write {folder}" in capsys.readouterr().err
+    report = tmp_path / "report.html"
+    report.mkdir()
+    assert cli.main(["report", str(RUNS / "aa_first.json"), "-o", str(report)]) == 2
+    assert f"could not write {report}" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["chart.png", "report.html"]

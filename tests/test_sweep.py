@@ -164,13 +164,20 @@ def test_environment_arguments_are_checked(tmp_path):
     assert coordinator.parse_environment(f"A={sys.executable}").label == "A"
 
 
-def test_an_environment_where_every_row_skips_gets_no_run_and_says_why(tmp_path):
+def test_an_environment_where_every_row_skips_gets_no_run_and_says_why(tmp_path, capsys):
     lines: list[str] = []
+    earlier = tmp_path / "none-A.json"
+    earlier.write_text("{}")  # an earlier run of that name: left, it would be read as this one's
     written = coordinator.run([coordinator.Environment("A", sys.executable)], 2,
                               plan("-k", "mnist and not tuned", "--device", "mps"), tmp_path, "none", lines.append)
     assert written == [] and not list(tmp_path.glob("*.json"))
     assert any("no row ran in A" in line and "mps" in line for line in lines), lines
     assert not any("process 2/2" in line for line in lines)  # no second process for an environment with no rows
+    assert not earlier.exists() and any(f"removed {earlier}: an earlier run's" in line for line in lines)
+    # The command says so by its exit status, so that `run && compare` stops.
+    assert cli.main(["run", "--processes", "1", "--output-dir", str(tmp_path), "--name", "none", "--", "-k",
+                     "mnist and not tuned", "--device", "mps"]) == 2
+    assert "no row ran in any environment" in capsys.readouterr().err
 
 
 def test_the_row_options_after_the_separator_select_rows_as_pytest_would(tmp_path):
