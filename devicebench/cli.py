@@ -57,10 +57,13 @@ def _until_part(text: str) -> tuple[str | None, float]:
 
 
 def _duration(text: str) -> float:
-    """``90s``, ``10m``, ``1h30m`` or a bare number of seconds, as seconds."""
+    """``90s``, ``10m`` or ``1h30m``, as seconds. A bare number is refused: ``--budget 10`` meant ten minutes
+    to one user and ran ten seconds."""
     import re
 
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text)
+    if re.fullmatch(r"\s*-?\d+(?:\.\d+)?\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the unit, such as {text.strip()}m or {text.strip()}s")
     if not text.strip() or match is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a time such as 10m, 90s or 1h30m")
     hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())

@@ -173,7 +173,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # A gate never skips a file it cannot read: judging what is left would pass a run it never saw.
     runs = results.load_runs(args.runs, Path(args.results_dir), strict=args.fail_on_regression)
     threshold = threshold_of(args.threshold)
-    view, tables = compare.build_tables(runs, threshold, args.view, args.baseline_device,
+    asked = "change" if args.fail_on_regression and args.view == "auto" else args.view  # a gate judges changes
+    view, tables = compare.build_tables(runs, threshold, asked, args.baseline_device,
                                         calibration.Calibration.load(args.calibration))
     tables = [table for table in tables
               if args.workload in (None, table.workload) and args.pipeline in (None, table.pipeline)]
@@ -189,11 +190,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.fail_on_regression:
         judged = [verdict for table in tables for verdict in table.verdicts if verdict is not None]
         if view != "change" or not judged:
+            workloads = [sorted({row.workload for row in run.rows}) for run in runs]
+            apart = ("the runs measured different workloads (" + "; ".join(", ".join(w) for w in workloads) + ")"
+                     if not set(workloads[0]) & {name for later in workloads[1:] for name in later}
+                     else "see the notes above for what differs")
             raise GateCannotJudge(
                 "--fail-on-regression: no row of the later runs matches a row of the baseline run (same workload "
                 "version, pipeline, scale, device and options), so there is nothing to judge and the gate fails. "
-                "Compare runs of the same experiment: re-measure the baseline with this devicebench, or see the "
-                "notes above for what differs")
+                f"Compare runs of the same experiment: {apart}")
     if view != "change":
         return 0
     for line in gate.host_memory_notes(runs):
@@ -235,8 +239,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.fail_on_regression and unjudged:
         raise GateCannotJudge(
             f"--fail-on-regression: {len(unjudged)} row(s) inconclusive (above): their data could not have seen a "
-            f"{threshold.describe()} change, so the gate cannot pass them. Give them more processes a side "
-            f"(devicebench run {threshold.option('--until')}), this machine's calibration (devicebench calibrate), "
+            f"{threshold.describe()} change, so the gate cannot pass them. Measure them in more worker pairs "
+            f"(devicebench run --env old=PY --env new=PY {threshold.option('--until')}), this machine's calibration (devicebench calibrate), "
             f"or a --threshold above their smallest detectable change; or gate fewer rows (--workload, --pipeline)")
     if args.fail_on_regression:
         print(f"no significant regression beyond {threshold.describe()}")

@@ -234,7 +234,10 @@ class Verdict:
                 text += f" (not after Holm's correction over the {self.not_after_holm} rows judged)"
         elif self.uncalibrated_single:
             without = "a calibration it can use" if self.calibration else "a calibration"
-            text = (f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without {without} "
+            beyond = max(self.ratio, 1 / self.ratio) > SINGLE_PROCESS_FLOOR
+            text = (f"no verdict from one process a side without {without}: {speed(self.ratio)}, beyond "
+                    f"{SINGLE_PROCESS_FLOOR:.0f}x, but its rounds do not differ significantly (p={p})" if beyond else
+                    f"no verdict below {SINGLE_PROCESS_FLOOR:.0f}x from one process a side without {without} "
                     f"({speed(self.ratio)}, rounds p={p})")
         elif self.inconclusive:
             text = (f"no significant change, inconclusive: processes spread too much to detect a "

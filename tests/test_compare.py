@@ -608,3 +608,24 @@ def test_history_as_a_gate_fails_on_a_run_file_it_cannot_read(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cpu_torch_2.15.json: not readable JSON" in err and "A regression gate judges every run" in err
     assert "notes.json" not in err.split("error:")[-1]
+
+
+def test_a_single_process_reading_beyond_the_floor_with_no_significance_does_not_read_as_a_contradiction():
+    # "no verdict below 2x (2.28x slower ...)" read as if 2.28x were below 2x.
+    beyond = significance.Verdict(2.28, 0.97, 0.05, (1, 1), rounds_p_value=0.97)
+    within = significance.Verdict(1.16, 0.0079, 0.05, (1, 1), rounds_p_value=0.0079)
+    assert beyond.uncalibrated_single and not beyond.is_change
+    assert beyond.describe().startswith("no verdict from one process a side without a calibration: 2.28x slower, "
+                                        "beyond 2x, but its rounds do not differ significantly (p=0.97)")
+    assert within.describe().startswith("no verdict below 2x from one process a side without a calibration (1.16x "
+                                        "slower, rounds p=0.0079)")
+
+
+def test_the_gate_says_when_two_runs_measured_different_workloads(tmp_path, capsys):
+    other = json.loads((RUNS / "aa_second.json").read_text())
+    for bench in other["benchmarks"]:
+        bench["extra_info"]["workload"] = "char_gpt"
+    path = tmp_path / "gpt.json"
+    path.write_text(json.dumps(other))
+    assert cli.main(["compare", str(RUNS / "aa_first.json"), str(path), "--fail-on-regression"]) == 2
+    assert "the runs measured different workloads (mnist_mlp; char_gpt)" in capsys.readouterr().err

@@ -282,3 +282,12 @@ def test_a_built_environment_that_cannot_import_is_skipped_and_removed_not_marke
     with pytest.raises(sweep.Skip, match="cannot run devicebench's workers: torchvision: RuntimeError: operator"):
         sweep.ensure_environment(tmp_path / "envs", "2.13.0", [], lambda _: None)
     assert not sweep.environment_path(tmp_path / "envs", "2.13.0").exists()
+
+
+@pytest.mark.parametrize("text, said", [("10", "give the unit, such as 10m or 10s"),
+                                        ("-5m", "give a time such as 10m"), ("0s", "longer than zero")])
+def test_a_time_without_its_unit_or_below_zero_is_refused_before_anything_runs(text, said, capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["run", f"--budget={text}", "--", "--device", "cpu"])
+    assert refused.value.code == 2 and said in capsys.readouterr().err
+    assert cli._duration("1h30m") == 5400 and cli._duration("90s") == 90
