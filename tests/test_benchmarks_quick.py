@@ -55,6 +55,9 @@ def test_profile_breaks_every_row_down_by_kind_summing_to_the_round(quick_run):
     seed = next(b for b in data["benchmarks"] if b["name"] == "test_mnist_mlp[cpu-seed]")["extra_info"]["profile"]
     assert seed["seconds"]["data_movement"] > 0
     assert not list(folder.glob("*.part")) and not list(folder.glob("*.export.json"))
+    # The terminal says where each trace is and what its round was made of (it said nothing of the profile).
+    assert "devicebench: profiles (--profile)" in result.stdout
+    assert "test_mnist_mlp[cpu-seed]: " in result.stdout and f"; trace {seed['trace']} (open in" in result.stdout
 
 
 def test_quick_run_writes_the_rows_with_machine_info_and_extra_info(quick_run):

@@ -149,13 +149,17 @@ def test_scaling_peer_and_sweep_take_the_lock_before_they_start_anything(command
     assert not (tmp_path / "out").exists()
 
 
-def test_a_pytest_benchmarks_session_stops_at_its_first_row_naming_the_measurement_running(other_measurement,
-                                                                                          own_lock, tmp_path):
+def test_a_pytest_benchmarks_session_stops_before_its_first_row_naming_the_measurement_running(other_measurement,
+                                                                                              own_lock, tmp_path):
     result = run_pytest(*QUICK_TINY, "--benchmark-autosave", "--benchmark-storage", str(tmp_path / "saved"),
                         cwd=tmp_path, env_extra={**TINY_WORKLOAD, machine_lock.ALLOW_VARIABLE: "0"})
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout[-2000:]
     assert "another measurement is running on this machine (pid" in result.stdout + result.stderr
     assert not list((tmp_path / "saved").rglob("*.json"))  # no file of rows never measured
+    # Refused at collection: no row started, and pytest-benchmark's words on unused fixtures and nothing to save
+    # no longer come before the reason.
+    assert "Benchmark fixture was not used" not in result.stdout + result.stderr
+    assert "Not saving anything" not in result.stdout + result.stderr
 
 
 def test_a_link_or_fifo_at_the_lock_path_is_never_written_through(own_lock, tmp_path, capsys):
