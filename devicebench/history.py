@@ -132,5 +132,13 @@ def render(lines_of: list[Timeline], threshold: float | Threshold = DEFAULT_THRE
                 cells.append(text)
                 previous_version, previous_row = version, row
             body.append([key.config_label()] + cells)
-        out += [plain_table(title, headers, body, corner="samples/s"), ""]
+        out += [plain_table(title, headers, body, corner="samples/s"), *_sources(timeline), ""]
     return "\n".join(out), found
+
+
+def _sources(timeline: Timeline) -> list[str]:
+    """Which file each torch version's column reads, where a version has more than one run (the latest with the
+    row counts: a quick check run after a long one replaces it)."""
+    return [f"  torch {version}: {len(runs)} runs; each row from the latest that has it: "
+            f"{', '.join(run.path.name for run in reversed(runs))} (newest first)"
+            for version, runs in zip(timeline.versions, timeline.runs) if len(runs) > 1]

@@ -629,3 +629,16 @@ def test_the_gate_says_when_two_runs_measured_different_workloads(tmp_path, caps
     path.write_text(json.dumps(other))
     assert cli.main(["compare", str(RUNS / "aa_first.json"), str(path), "--fail-on-regression"]) == 2
     assert "the runs measured different workloads (mnist_mlp; char_gpt)" in capsys.readouterr().err
+
+
+def test_history_names_the_files_a_version_with_several_runs_reads(tmp_path, capsys):
+    # A quick one-process check made after a long run of the same torch replaced it, without a word.
+    for name in ("cpu_torch_2.14.json", "cpu_torch_2.13.json"):
+        shutil.copy(RUNS / name, tmp_path)
+    later = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+    later["datetime"] = "2099-01-01T00:00:00+00:00"
+    (tmp_path / "check.json").write_text(json.dumps(later))
+    assert cli.main(["history", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2.14.1: 2 runs; each row from the latest that has it: check.json, cpu_torch_2.14.json" in out
+    assert "torch 2.13.0: " not in out.split("samples/s")[-1]  # one run: nothing to say

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devicebench import cli, distributed, results, scaling
+from devicebench import cli, distributed, results, scaling, scaling_report
 from devicebench.errors import UsageError
 from devicebench.options import RowOptions
 from devicebench.scales import scale_for
@@ -207,15 +207,23 @@ def scaling_file(per_size: dict[int, list[float]]) -> dict:
 def test_efficiency_is_total_speed_over_n_times_one_device_with_an_interval_from_the_launches():
     # Weak view: each rank does one device's epoch; at N = 2 a round takes 1.25x as long, so E = 0.8.
     data = scaling_file({1: [1.00, 1.02, 0.98], 2: [1.25, 1.27, 1.23]})
-    found = {item.world_size: item for item in scaling.efficiencies(data)}
+    found = {item.world_size: item for item in scaling_report.efficiencies(data)}
     assert found[1].efficiency == pytest.approx(1.0)
     assert found[2].efficiency == pytest.approx(0.8, rel=0.01)
     low, high = found[2].interval
     assert low < 0.8 < high and high - low < 0.1
-    text = scaling.report(data)
+    text = scaling_report.report(data)
     assert "x[cpu-resident]" in text and "0.80" in text and "25%" in text and "2.0 kB" in text
     data["launches"][-1]["rows"][0]["extra"]["tokens_per_sample"] = 256  # a char_gpt row says its tokens too
-    assert f"{256 * 2 * 100 / 1.25:,.0f}" in scaling.report(data)
+    assert f"{256 * 2 * 100 / 1.25:,.0f}" in scaling_report.report(data)
+
+
+def test_launches_of_one_world_size_far_apart_mark_the_efficiency_unstable():
+    # On a busy VM one rank ran 2,035 and 6,611 samples/s in two launches, and E(2) read 13.12 without a word.
+    data = scaling_file({1: [1.0, 3.25], 2: [0.1, 0.11]})
+    text = scaling_report.report(data)
+    assert "UNSTABLE: launches of one world size differ beyond 1.5x (x[cpu-resident] weak N=1 3.25x)" in text
+    assert "UNSTABLE" not in scaling_report.report(scaling_file({1: [1.00, 1.02], 2: [1.25, 1.27]}))
 
 
 def test_with_both_views_one_rank_runs_once_and_is_the_base_of_both():
@@ -227,7 +235,7 @@ def test_with_both_views_one_rank_runs_once_and_is_the_base_of_both():
     for repetition, time in enumerate([0.6, 0.61]):
         data["launches"].append({"world_size": 2, "view": "strong", "repetition": repetition, "rows": [
             scaling.merge_ranks(launch_row(2, [[time] * 3] * 2, samples=50))]})
-    found = {(item.view, item.world_size): item for item in scaling.efficiencies(data)}
+    found = {(item.view, item.world_size): item for item in scaling_report.efficiencies(data)}
     assert set(found) == {("weak", 1), ("weak", 2), ("strong", 2)}
     assert found[("strong", 2)].efficiency == pytest.approx(1 / 1.2, rel=0.02)
     assert found[("strong", 2)].interval is not None
@@ -235,9 +243,9 @@ def test_with_both_views_one_rank_runs_once_and_is_the_base_of_both():
 
 def test_one_launch_a_world_size_gives_efficiency_without_an_interval_and_says_how_to_get_one():
     data = scaling_file({1: [1.0], 2: [1.25]})
-    found = {item.world_size: item for item in scaling.efficiencies(data)}
+    found = {item.world_size: item for item in scaling_report.efficiencies(data)}
     assert found[2].efficiency == pytest.approx(0.8) and found[2].interval is None
-    assert "E(N) has an interval from 2 launches a world size on" in scaling.report(data)
+    assert "E(N) has an interval from 2 launches a world size on" in scaling_report.report(data)
 
 
 def test_a_data_parallel_row_is_another_experiment_than_a_single_process_row():
@@ -288,5 +296,5 @@ def test_on_several_hosts_every_world_size_divides_over_them_and_efficiency_is_a
     with pytest.raises(UsageError, match="world size 3 does not divide over 2 nodes"):
         scaling.check(run, 0)
     data = scaling_file({2: [1.0, 1.0], 4: [1.25, 1.25]})
-    found = {item.world_size: item for item in scaling.efficiencies(data)}
+    found = {item.world_size: item for item in scaling_report.efficiencies(data)}
     assert found[4].efficiency == pytest.approx(0.8)
