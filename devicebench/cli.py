@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devicebench: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("devicebench: interrupted; what finished is kept, and the same command resumes after it",
-              file=sys.stderr)
+        resumes = args.handler in (cmd_run, cmd_sweep, cmd_calibrate)  # the commands that keep finished work
+        print("devicebench: interrupted" + ("; what finished is kept, and the same command resumes after it"
+                                            if resumes else ""), file=sys.stderr)
         return 130
     finally:
         undo()

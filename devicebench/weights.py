@@ -32,8 +32,11 @@ def locate(mode: str, weights_file: Path | None, *, probe_timeout_s: float = 5.0
     if mode == "no":
         return None, "none"
     if weights_file is not None:
-        if not Path(weights_file).is_file():
+        if not Path(weights_file).exists():
             raise UsageError(f"--weights {weights_file}: no such file")
+        if not Path(weights_file).is_file():
+            raise UsageError(f"--weights {weights_file}: not a regular file (a folder, device or pipe); give the "
+                             f"{HUB_FILE} file itself")
         return Path(weights_file), f"file:{Path(weights_file).name}"
     try:
         return _from_hub(probe_timeout_s), f"hub:{HUB_REPO}"

@@ -642,3 +642,12 @@ def test_history_names_the_files_a_version_with_several_runs_reads(tmp_path, cap
     out = capsys.readouterr().out
     assert "torch 2.14.1: 2 runs; each row from the latest that has it: check.json, cpu_torch_2.14.json" in out
     assert "torch 2.13.0: " not in out.split("samples/s")[-1]  # one run: nothing to say
+
+
+def test_an_interrupted_compare_does_not_promise_to_resume(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_compare", interrupted)
+    assert cli.main(["compare", str(RUNS / "aa_first.json")]) == 130
+    assert capsys.readouterr().err.strip() == "devicebench: interrupted"

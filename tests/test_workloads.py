@@ -277,3 +277,12 @@ def test_a_benchmark_module_without_its_workload_named_fails_saying_how_and_one_
     assert "1 passed, 1 error" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert ("test_forgot: a benchmark module names its workload module as WORKLOAD = <module>, or parametrizes "
             "pipeline itself (docs/internals.md, 'Adding a workload')") in result.stdout
+
+
+def test_weights_that_are_no_file_are_refused_by_what_they_are(tmp_path):
+    from devicebench import weights
+
+    with pytest.raises(UsageError, match="no such file"):
+        weights.locate("auto", tmp_path / "missing.safetensors")
+    with pytest.raises(UsageError, match="not a regular file .*give the model.safetensors file itself"):
+        weights.locate("auto", tmp_path)  # "no such file" named a folder that exists
