@@ -377,8 +377,8 @@ def test_an_interrupted_devicebench_command_says_what_is_kept_and_exits_130(monk
     def interrupted(args):
         raise KeyboardInterrupt("SIGTERM received")  # what signals.stop_like_ctrl_c turns SIGTERM into
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
-    assert cli.main(["info"]) == 130
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    assert cli.main(["run", "--", "--device", "cpu"]) == 130
     assert "interrupted; what finished is kept" in capsys.readouterr().err
 
 
