@@ -151,6 +151,16 @@ def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path
     assert results.load_run(out).interrupted
 
 
+def test_an_interrupt_in_the_first_row_saves_no_file_of_no_rows(tmp_path):
+    storage = tmp_path / "results"
+    result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", "-p", "tests.doubles.interrupt",
+                        "--interrupt-in-round", "3", "--interrupt-signal", "TERM", "--benchmark-autosave",
+                        f"--benchmark-storage=file://{storage}", cwd=tmp_path, env_extra=TINY_WORKLOAD)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not list(storage.rglob("*.json"))  # a 0001_*.json of no rows was left for compare to skip
+    assert "devicebench: no row finished: nothing saved" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("saving", ["--benchmark-json", "--benchmark-autosave"])
 def test_a_full_disk_leaves_the_old_file_and_no_half_written_one_and_says_so_in_one_line(tmp_path, saving):
     out, storage = tmp_path / "out.json", tmp_path / "results"
