@@ -31,15 +31,15 @@ def missing_rows(tables: list[Table], runs: list[Run]) -> list[str]:
 
 
 def against_itself(tables: list[Table]) -> list[str]:
-    """A line per later run whose row holds the very measurements of the baseline's (the same run given twice, or
-    a copy of it): judged, it always reads "no change"."""
+    """A line per later run whose row is the very row of the baseline, every field alike (the same run given twice,
+    or a copy of it): judged, it always reads "no change"."""
     found = {}
     for table in tables:
         if table.baseline is None:
             continue
         base = table.cells[table.baseline]
         for index, (column, cell) in enumerate(zip(table.columns, table.cells)):
-            if index != table.baseline and cell.extra.get("processes") == base.extra.get("processes"):
+            if index != table.baseline and cell.extra == base.extra:
                 found[column.run.path] = (table.columns[table.baseline].run.path, column.run.path)
     return [f"note: {run.name} holds the same measurements as {base.name} (the same run twice, or a copy): "
             f"a run compared with itself always reads no change" for base, run in found.values()]

@@ -575,7 +575,9 @@ def test_two_runs_of_one_name_started_together_give_one_refusal_and_one_whole_re
     # staging folder) when the second starts: no race decides the test.
     go = tmp_path / "go"
     waiting = tmp_path / "waiting-python"
-    waiting.write_text(f'#!/bin/sh\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\nexec "{sys.executable}" "$@"\n')
+    # A worker's command is -c CODE TASK; the environment's probe before the run (-c CODE) does not wait.
+    waiting.write_text(f'#!/bin/sh\nif [ $# -ge 3 ]; then while [ ! -e "{go}" ]; do sleep 0.05; done; fi\n'
+                       f'exec "{sys.executable}" "$@"\n')
     waiting.chmod(0o755)
     variables = {**os.environ, "DEVICEBENCH_WORKLOADS": "tests.tiny_workload",
                  "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
