@@ -192,7 +192,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if view != "change" or not judged:
             workloads = [sorted({row.workload for row in run.rows}) for run in runs]
             apart = ("the runs measured different workloads (" + "; ".join(", ".join(w) for w in workloads) + ")"
-                     if not set(workloads[0]) & {name for later in workloads[1:] for name in later}
+                     if len(runs) > 1 and not set(workloads[0]) & {name for later in workloads[1:] for name in later}
                      else "see the notes above for what differs")
             raise GateCannotJudge(
                 "--fail-on-regression: no row of the later runs matches a row of the baseline run (same workload "
@@ -208,7 +208,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for line in elsewhere + itself:
         print(line)
     if missing:
-        print(f"{len(missing)} row(s) of the baseline not in a later run: " + "; ".join(missing))
+        print(f"{len(missing)} row(s) of the baseline not in a later run:")
+        for line in missing:
+            print(f"  {line}")
     unjudged = gate.inconclusive(tables)
     for line in unjudged:
         print(f"inconclusive {line}")
@@ -233,15 +235,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1 if args.fail_on_regression else 0
     if args.fail_on_regression and missing:
         raise GateCannotJudge(
-            f"--fail-on-regression: {len(missing)} row(s) of the baseline are not in a later run (above): it was "
-            f"cut off, or they failed or were skipped there, and a row the gate never saw cannot pass. Measure them "
-            f"again, or gate only the rows both have (--workload, --pipeline)")
+            f"--fail-on-regression: {len(missing)} row(s) of the baseline are not in a later run (above: cut off, "
+            f"failed or skipped there, or measured as another experiment), and a row the gate never saw cannot pass. "
+            f"Measure them again alike, or gate only the rows both have (--workload, --pipeline)")
     if args.fail_on_regression and unjudged:
         raise GateCannotJudge(
             f"--fail-on-regression: {len(unjudged)} row(s) inconclusive (above): their data could not have seen a "
             f"{threshold.describe()} change, so the gate cannot pass them. Measure them in more worker pairs "
-            f"(devicebench run --env old=PY --env new=PY {threshold.option('--until')}), this machine's calibration (devicebench calibrate), "
-            f"or a --threshold above their smallest detectable change; or gate fewer rows (--workload, --pipeline)")
+            f"(devicebench run --env old=PY --env new=PY {threshold.option('--until')}), this machine's "
+            f"calibration (devicebench calibrate), or a --threshold above their smallest detectable change; or gate "
+            f"fewer rows (--workload, --pipeline)")
     if args.fail_on_regression:
         print(f"no significant regression beyond {threshold.describe()}")
     return 0
@@ -260,6 +263,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     environments = [coordinator.parse_environment(text) for text in args.env]
     if environments:
+        machine_lock.hold(f"devicebench sweep --name {args.name}")
         check_environments(environments)
     output_dir = Path(args.output_dir) / args.name
     runs, skipped = sweep.run_sweep(args.torch, args.processes, plan_of(args), output_dir,
@@ -317,6 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     environments = [coordinator.parse_environment(text) for text in args.env] or \
         [coordinator.Environment("current", sys.executable)]
     if args.env:
+        machine_lock.hold(f"devicebench run --name {args.name}")  # before the probes: refused, nothing runs
         check_environments(environments)
     written = coordinator.run(environments, args.processes, plan_of(args), Path(args.output_dir), args.name,
                     until_target=until_target(args.until), budget_seconds=args.budget,
@@ -328,32 +333,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def check_environments(environments: list[coordinator.Environment], echo=print) -> None:
-    """Refuse, before anything is measured, an environment whose Python lacks what a worker imports, naming the fix
-    that keeps its torch; then say which torch each environment holds (an upgrade whose two sides hold one torch
-    is an A/A: ``pip install`` of the requirements may have replaced the torch meant)."""
+    """Refuse, before anything is measured, an environment whose Python cannot run a worker, naming the fix that
+    keeps its torch; say which torch each holds and which rows will skip there (a torchvision of another torch); note
+    two environments of one torch (an upgrade whose two sides hold one torch is an A/A: ``pip install`` of the
+    requirements may have replaced the torch meant)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from devicebench import worker
 
-    found = {}
+    pythons = list(dict.fromkeys(env.python for env in environments))
+    with ThreadPoolExecutor(len(pythons)) as pool:  # a probe imports torch: seconds each
+        found = dict(zip(pythons, pool.map(worker.probe, pythons)))
     for env in environments:
-        probe = found.get(env.python) or found.setdefault(env.python, worker.probe(env.python))
+        probe = found[env.python]
         if probe.missing:
-            also = [problem.split(":", 1)[0] for problem in probe.missing[1:]]
             release = probe.torch and probe.torch.split("+")[0]
-            vision = release and sweep.torchvision_for(release)
-            pins = ([f"torch=={release}"] if release else []) + ([f"torchvision=={vision}"] if vision else [])
+            vision = (release and sweep.torchvision_for(release)) or "its pair (devicebench/torch_versions.toml)"
+            pins = [f"torch=={release or 'VERSION'}", f"torchvision=={vision}"]
             install = " ".join(f'"{name}"' for name in pins + sweep.requirements())
             raise UsageError(
-                f"--env {env.label}: {env.python} cannot run devicebench's workers: {probe.missing[0]}"
-                f"{' (also missing: ' + ', '.join(also) + ')' if also else ''}. Install devicebench's requirements "
-                f"there, naming its torch so pip keeps it: {env.python} -m pip install {install}; or let devicebench "
-                f"sweep --torch VERSION build the environment")
+                f"--env {env.label}: {env.python} cannot run devicebench's workers: {'; '.join(probe.missing)}. "
+                f"Install devicebench's requirements there, naming {'its' if release else 'the'} torch so pip "
+                f"keeps it: {env.python} -m pip install {install}; or let devicebench sweep --torch VERSION build "
+                f"the environment")
     echo("environments: " + ", ".join(f"{env.label} = torch {found[env.python].torch} ({env.python})"
                                       for env in environments))
+    for env in environments:
+        if found[env.python].rows_skip:
+            echo(f"note: in {env.label} the rows of workloads that need {'; '.join(found[env.python].rows_skip)} "
+                 f"will skip, saying so")
     for first, second in zip(environments, environments[1:]):
-        if first.python != second.python and found[first.python].torch == found[second.python].torch:
-            echo(f"note: {first.label} and {second.label} hold the same torch {found[first.python].torch}, so this "
-                 f"is an A/A; if one was meant to be another release, pip may have replaced it (check with "
-                 f"PYTHON -m pip show torch)")
+        one, other = found[first.python], found[second.python]
+        if one.prefix != other.prefix and one.torch == other.torch:
+            echo(f"note: {first.label} and {second.label} hold the same torch {one.torch}, so this is an A/A; if one "
+                 f"was meant to be another release, pip may have replaced it (check with PYTHON -m pip show torch)")
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:

@@ -210,7 +210,7 @@ def _accept(folder: staging.Staging, env: Environment, index: int, code: int | N
     if code == 0 and data is not None and not any(row["status"] == "measured" for row in data["rows"]) \
             and not measured_before:
         reasons = "\n".join(f"    {row['name']}: {row.get('reason')}" for row in data["rows"]) or "    (no rows)"
-        runfile.write_text_atomically(folder.no_rows(env.label), reasons)
+        runfile.write_atomically(folder.no_rows(env.label), reasons)
         part.unlink()
         echo(f"    no row ran in {env.label}, so it gets no more workers and no run:\n{reasons}")
         return False
@@ -252,7 +252,7 @@ def _compile_first(environments: list[Environment], plan: Plan, folder: staging.
             raise DevicebenchError(f"{env.label}: compiling its code first failed (exit {code}); the same command "
                                    f"tries again. {_log_tail(folder.log(env.label, 0))}")
         Path(task.output).unlink(missing_ok=True)
-        runfile.write_text_atomically(mark, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        runfile.write_atomically(mark, time.strftime("%Y-%m-%dT%H:%M:%S"))
     return time.monotonic() - started
 
 

@@ -10,23 +10,27 @@ run holds the baseline's own measurements (the same file twice, or a copy: alway
 from __future__ import annotations
 
 from devicebench import counts, host
-from devicebench.compare import Table, count_changes
+from devicebench.compare import Table, count_changes, why_not_comparable
 from devicebench.results import Run
 from devicebench.threshold import Threshold, percent
 
 
 def missing_rows(tables: list[Table], runs: list[Run]) -> list[str]:
-    """A line per baseline row that some later run lacks: that run was cut off, or the row failed or was skipped
-    there, so the gate would pass a row it never saw."""
+    """A line per baseline row that some later run lacks, with how that run's closest row differs where it has one:
+    otherwise it was cut off, or the row failed or was skipped there, and the gate would pass a row it never saw."""
     lines = []
     for table in tables:
         if table.baseline is None:
             continue
         present = [column.run for column in table.columns]
-        lacking = [run.path.name for run in runs[1:] if not any(run is other for other in present)]
-        if lacking:
-            lines.append(f"{table.title}: not in {', '.join(lacking)}"
-                         f"{' (an interrupted run)' if any(r.interrupted for r in runs[1:]) else ''}")
+        for run in runs[1:]:
+            if not any(run is other for other in present):
+                base = table.cells[table.baseline]
+                namesakes = [row for row in run.rows if row.test == base.test]  # measured as another experiment
+                why = why_not_comparable(base.identity, namesakes, in_baseline=True) if namesakes else \
+                    ("no such row: the run was cut off" if run.interrupted else
+                     "no such row: it failed or was skipped there, or was not selected")
+                lines.append(f"{table.title}: not in {run.path.name}: {why}")
     return lines
 
 
@@ -43,6 +47,7 @@ def against_itself(tables: list[Table]) -> list[str]:
                 found[column.run.path] = (table.columns[table.baseline].run.path, column.run.path)
     return [f"note: {run.name} holds the same measurements as {base.name} (the same run twice, or a copy): "
             f"a run compared with itself always reads no change" for base, run in found.values()]
+
 
 def host_memory_notes(runs: list[Run]) -> list[str]:
     """A line per later run whose host memory settings differ from the baseline run's (host.py): a seed row's

@@ -66,4 +66,4 @@ def _save(fig, path: Path) -> None:
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
-    runfile.write_text_atomically(Path(path), image.getvalue())  # no half-written chart left behind
+    runfile.write_atomically(Path(path), image.getvalue())  # no half-written chart left behind

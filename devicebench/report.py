@@ -49,7 +49,7 @@ def write_report(runs: list[Run], path: Path, threshold: float | Threshold,
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>devicebench report</title></head>"
             f"<body style='font-family: sans-serif'><h1>devicebench report</h1><p>Runs:</p><ul>{listed}</ul>"
             f"{''.join(parts) or '<p>No rows to show.</p>'}</body></html>")
-    return runfile.write_text_atomically(path, page.encode("utf-8"))
+    return runfile.write_atomically(path, page.encode("utf-8"))
 
 
 def bar_label(row: Row) -> str:

@@ -42,7 +42,7 @@ class TaskFile:
     WHAT: ClassVar[str]  # e.g. "devicebench worker: task"
 
     def write(self, path: Path) -> Path:
-        return write_text_atomically(path, json.dumps(dataclasses.asdict(self)))
+        return write_atomically(path, json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def read(cls, path: Path):
@@ -58,16 +58,17 @@ class FileError(DevicebenchError):
 
 
 class NotARunFile(FileError):
-    """Readable JSON of something else (a calibration, another suite's results): in a folder of runs, not one."""
+    """Readable JSON of something else (a calibration, another suite's results) or of a run with no rows: in a
+    folder of runs, nothing to judge."""
 
 
 # ------------------------------------------------------------------------------------------------ writing
 def write_json_atomically(path: Path, data: dict, sort_keys: bool = False) -> Path:
-    """``data`` as JSON, written whole or not at all (write_text_atomically)."""
-    return write_text_atomically(path, json.dumps(data, indent=1, sort_keys=sort_keys))
+    """``data`` as JSON, written whole or not at all (write_atomically)."""
+    return write_atomically(path, json.dumps(data, indent=1, sort_keys=sort_keys))
 
 
-def write_text_atomically(path: Path, text: str | bytes) -> Path:
+def write_atomically(path: Path, text: str | bytes) -> Path:
     """Write to a temporary file beside ``path``, flush, fsync and rename: a reader sees the old file or the new
     one, never half of one. A failed write (no space, no permission) removes the temporary file, leaves the old
     file as it was, and raises FileError naming the file and the cause."""
@@ -262,7 +263,7 @@ def read(path: Path) -> dict:
     if not isinstance((data.get("devicebench") or {}).get("interrupted", False), bool):
         raise FileError(f"{path}: its 'interrupted' mark is not true or false; re-measure it")
     if not data["benchmarks"]:
-        raise FileError(f"{path}: holds no rows (a run whose every row was skipped or cut off writes none)")
+        raise NotARunFile(f"{path}: holds no rows (a run whose every row was skipped or cut off writes none)")
     return data
 
 
@@ -272,6 +273,8 @@ def _machine_info_problem(info: dict) -> str | None:
     if accelerators is not None and (not isinstance(accelerators, list)
                                      or not all(isinstance(item, dict) for item in accelerators)):
         return f"accelerators is {accelerators!r}, not a list of devices"
+    if accelerators and any(not isinstance(item.get("name", ""), str) for item in accelerators):
+        return "an accelerator's name is not a name"
     for name in ("node", "machine_name", "cpu_name", "torch_version"):
         if info.get(name) is not None and not isinstance(info[name], str):
             return f"{name} is {info[name]!r}, not a name"

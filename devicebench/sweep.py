@@ -96,10 +96,12 @@ def ensure_environment(envs_dir: Path, torch_version: str, pip_args: list[str],
     from devicebench import worker
 
     probe = worker.probe(str(python_of(path)))
-    if probe.missing:  # a torchvision built for another torch fails at import: "operator torchvision::nms ..."
+    if probe.missing:
         shutil.rmtree(path, ignore_errors=True)
         raise Skip(f"pip installed torch {torch_version} with torchvision {torchvision}, but the environment cannot "
                    f"run devicebench's workers: {'; '.join(probe.missing)}")
+    if probe.rows_skip:  # a torchvision built for another torch fails at import: "operator torchvision::nms ..."
+        echo(f"{label}: the rows of workloads that need {'; '.join(probe.rows_skip)} will skip here")
     (path / COMPLETE_MARKER).write_text(json.dumps({"torch": torch_version, "torchvision": torchvision}))
     return coordinator.Environment(label, str(python_of(path)))
 

@@ -1,7 +1,7 @@
 """A worker process of ``devicebench run``: measures the rows its task names and writes them to one file.
 
 The coordinator (coordinator.py) writes a task (``Task``: the rows, their options, the worker's turn pipe and core,
-where to write) and starts ``python -m devicebench.worker TASK.json`` in an environment's Python. The worker
+where to write) and starts this module's ``main`` on it in an environment's Python (``command``). The worker
 answers in fields, never in printed text: each row comes back measured, skipped (with the reason) or failed (with
 the error). Its printed lines are a log for people. pyperf's manager and worker are the model.
 """
@@ -9,6 +9,7 @@ the error). Its printed lines are a log for people. pyperf's manager and worker 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -42,55 +43,73 @@ class Task(runfile.TaskFile):
 def command(python: str, task_path: Path) -> list[str]:
     """How an environment's Python runs a worker: with the coordinator's devicebench (``bootstrap``), so every
     environment is measured by the same benchmark code (an environment needs torch and the requirements only)."""
-    return [python, "-c", bootstrap("from devicebench.worker import main; sys.exit(main(sys.argv[1:]))"),
+    folder = import_folder(task_path.parent / "import")
+    return [python, "-c", bootstrap("from devicebench.worker import main; sys.exit(main(sys.argv[1:]))", folder),
             str(task_path)]
 
 
-def bootstrap(then: str, package: Path | None = None) -> str:
-    """Python code that imports this devicebench package (or the one in folder ``package``), then runs ``then``.
-    Only the package: its parent folder on the path would be, where devicebench is installed rather than checked
-    out, this Python's site-packages, and the environment would import this Python's torch instead of its own."""
-    package = str(package or Path(devicebench.__file__).resolve().parent)
-    return (f"import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('devicebench', {package + '/__init__.py'!r}, "
-            f"submodule_search_locations=[{package!r}])\n"
-            f"sys.modules['devicebench'] = importlib.util.module_from_spec(spec)\n"
-            f"spec.loader.exec_module(sys.modules['devicebench'])\n"
-            f"{then}")
+def import_folder(folder: Path, package: Path | None = None) -> Path:
+    """``folder``, holding only a link named devicebench to this package (or ``package``): put first on a worker's
+    path, it imports this devicebench and nothing else. The package's parent would be, where devicebench is
+    installed rather than checked out, this Python's site-packages, and every environment would import this
+    Python's torch. On the path, not loaded by file: processes a worker spawns (DataLoader workers) import it too."""
+    link, target = folder / "devicebench", Path(package or Path(devicebench.__file__).resolve().parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and Path(os.readlink(link)) != target:
+        link.unlink()  # left by another devicebench
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
+    return folder
 
 
-# What a worker imports, by import name: devicebench's requirements less the coordinator's own (report, xdist).
-WORKER_IMPORTS = ("torch", "torchvision", "timm", "ranger21", "safetensors", "huggingface_hub", "numpy", "PIL",
-                  "requests", "scipy", "packaging", "pytest", "pytest_benchmark")
+def bootstrap(then: str, folder: Path) -> str:
+    """Python code that puts ``folder`` (``import_folder``) first on the path, then runs ``then``."""
+    return f"import sys; sys.path.insert(0, {str(folder)!r})\n{then}"
+
+
+# What every row of a worker imports; a failure here is the environment's, and no row could run.
+WORKER_MODULES = ("devicebench.worker", "devicebench.measure", "devicebench.rows", "devicebench.environment")
+# What some workloads need (their REQUIRES): without it those rows skip, saying so (rows.missing_requirement).
+WORKLOAD_PACKAGES = ("torchvision", "timm", "ranger21", "safetensors", "huggingface_hub", "PIL")
 
 
 @dataclass(frozen=True)
 class Probe:
-    """What an environment's Python brings to a worker: its torch, and the imports it lacks."""
+    """What an environment's Python brings to a worker: its torch, where it lives, and the imports it lacks."""
 
     torch: str | None
-    missing: tuple[str, ...]  # "name: error" for each import that failed
+    missing: tuple[str, ...]  # "name: error" for each module every row needs that failed: no row can run
+    prefix: str = ""  # sys.prefix: one environment however its Python is spelled
+    rows_skip: tuple[str, ...] = ()  # "name: error" for each workload package that failed: those rows skip
 
 
 def probe(python: str) -> Probe:
     """Import what a worker needs in ``python``, as a worker would (``bootstrap``)."""
     import json
     import subprocess
+    import tempfile
 
-    script = bootstrap(
-        f"import importlib, json\nmissing = []\n"
-        f"for name in {WORKER_IMPORTS!r}:\n"
-        f"    try: importlib.import_module(name)\n"
-        f"    except Exception as error: missing.append(f'{{name}}: {{type(error).__name__}}: {{error}}')\n"
-        f"torch = sys.modules.get('torch')\n"
-        f"print(json.dumps({{'torch': getattr(torch, '__version__', None), 'missing': missing}}))")
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True)
+    report = ("import importlib, json\n"
+              "def failures(names):\n"
+              "    found = []\n"
+              "    for name in names:\n"
+              "        try: importlib.import_module(name)\n"
+              "        except Exception as error: found.append(f'{name}: {type(error).__name__}: '\n"
+              "                                                + (str(error).splitlines() or [''])[0])\n"
+              "    return found\n"
+              f"missing, rows_skip = failures({WORKER_MODULES!r}), failures({WORKLOAD_PACKAGES!r})\n"
+              "torch = sys.modules.get('torch')\n"
+              "print(json.dumps({'torch': getattr(torch, '__version__', None), 'missing': missing, "
+              "'prefix': sys.prefix, 'rows_skip': rows_skip}))")
+    with tempfile.TemporaryDirectory(prefix="devicebench-probe-") as folder:
+        script = bootstrap(report, import_folder(Path(folder)))
+        result = subprocess.run([python, "-c", script], capture_output=True, text=True)
     try:
         found = json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         return Probe(None, (f"python: exit {result.returncode}: {tail[0]}",))
-    return Probe(found["torch"], tuple(found["missing"]))
+    return Probe(found["torch"], tuple(found["missing"]), found["prefix"], tuple(found["rows_skip"]))
 
 
 def main(argv: list[str]) -> int:

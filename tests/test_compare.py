@@ -592,22 +592,35 @@ def test_the_gate_cannot_pass_a_later_run_that_lacks_rows_of_the_baseline(tmp_pa
     shutil.copy(RUNS / "aa_processes_second.json", later)
     assert cli.main(["compare", str(path), str(later), "--fail-on-regression"]) == 2
     captured = capsys.readouterr()
-    assert "1 row(s) of the baseline not in a later run: mnist_mlp" in captured.out and "not in later.json" in \
-        captured.out
-    assert "1 row(s) of the baseline are not in a later run (above)" in captured.err
+    assert "1 row(s) of the baseline not in a later run:\n  mnist_mlp" in captured.out
+    assert "not in later.json: no such row: it failed or was skipped there, or was not selected" in captured.out
+    assert "1 row(s) of the baseline are not in a later run (above: cut off" in captured.err
     # Gating only the rows both have judges them.
     assert cli.main(["compare", str(path), str(later), "--fail-on-regression", "--pipeline", "resident"]) == 0
+    capsys.readouterr()
+    # A row of the same name measured as another experiment is named as such, not as cut off.
+    other = json.loads(later.read_text())
+    other["benchmarks"][0]["extra_info"]["data_source"] = "real"
+    later.write_text(json.dumps(other))
+    assert cli.main(["compare", str(path), str(later), "--fail-on-regression", "--pipeline", "resident"]) == 2
+    assert "their closest row differs in data_source synthetic -> real" in capsys.readouterr().out
 
 
 def test_history_as_a_gate_fails_on_a_run_file_it_cannot_read(tmp_path, capsys):
     for name in ("cpu_torch_2.14.json", "cpu_torch_2.13.json"):
         shutil.copy(RUNS / name, tmp_path)
+    # Other JSON beside the runs (a calibration, notes) and a run of no rows are nothing to judge: skipped.
+    (tmp_path / "notes.json").write_text('{"not": "a run"}')
+    empty = json.loads((RUNS / "cpu_torch_2.14.json").read_text())
+    (tmp_path / "0001_empty.json").write_text(json.dumps({**empty, "benchmarks": []}))
+    cli.main(["history", str(tmp_path), "--fail-on-regression"])
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if "error:" in line]  # skipped with a warning, then judged
+    assert "a step above is inconclusive" in error and "skipping" in err and "notes.json" in err
     (tmp_path / "cpu_torch_2.15.json").write_text((RUNS / "cpu_torch_2.14.json").read_text()[:400])  # cut off
-    (tmp_path / "notes.json").write_text('{"not": "a run"}')  # other JSON beside the runs is no run
     assert cli.main(["history", str(tmp_path), "--fail-on-regression"]) == 2
     err = capsys.readouterr().err
     assert "cpu_torch_2.15.json: not readable JSON" in err and "A regression gate judges every run" in err
-    assert "notes.json" not in err.split("error:")[-1]
 
 
 def test_a_single_process_reading_beyond_the_floor_with_no_significance_does_not_read_as_a_contradiction():

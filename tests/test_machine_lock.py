@@ -162,6 +162,14 @@ def test_a_pytest_benchmarks_session_stops_before_its_first_row_naming_the_measu
     assert "Not saving anything" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("timing_nothing", [["--collect-only"], ["--benchmark-skip"], ["--benchmark-disable"]])
+def test_a_pytest_session_that_times_nothing_is_not_refused(timing_nothing, other_measurement, own_lock, tmp_path):
+    result = run_pytest(*QUICK_TINY, *timing_nothing, cwd=tmp_path,
+                        env_extra={**TINY_WORKLOAD, machine_lock.ALLOW_VARIABLE: "0"})
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "another measurement is running" not in result.stdout + result.stderr
+
+
 def test_a_link_or_fifo_at_the_lock_path_is_never_written_through(own_lock, tmp_path, capsys):
     # The path is in a folder every user can write: another user's link there must not make the next run empty
     # and open up the file it points at.

@@ -268,7 +268,7 @@ def test_a_read_only_file_system_gets_its_own_message_and_the_fix(tmp_path, monk
     monkeypatch.setattr(runfile.os, "replace", read_only)
     monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(runfile.FileError, match="could not write .*: read-only file system; nothing was written"):
-        runfile.write_text_atomically(tmp_path / "run.json", "{}")
+        runfile.write_atomically(tmp_path / "run.json", "{}")
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(DevicebenchError, match=r"cannot write under .* \(Read-only file system\): give an "
                                                r"--output-dir this user can write to"):

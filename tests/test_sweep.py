@@ -234,32 +234,52 @@ def test_a_worker_imports_its_environment_torch_even_where_devicebench_is_instal
     (site / "torch").mkdir(parents=True)
     (site / "torch" / "__init__.py").write_text("__version__ = 'the coordinator torch'\n")
     (site / "devicebench").symlink_to(Path(devicebench.__file__).resolve().parent)
+    folder = worker.import_folder(tmp_path / "import", package=site / "devicebench")
     code = worker.bootstrap("import torch, devicebench.rows; print(torch.__version__, devicebench.rows.__file__)",
-                            package=site / "devicebench")
+                            folder)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == [torch.__version__, str(site / "devicebench" / "rows.py")]
+    assert out == [torch.__version__, str(folder / "devicebench" / "rows.py")]
 
 
-def fake_python(path: Path, torch_version: str, missing: list[str]) -> str:
+def test_processes_a_worker_spawns_import_the_same_devicebench(tmp_path):
+    # A DataLoader's workers started by spawn (macOS; forkserver on Linux from Python 3.14) import by name: loaded
+    # by file alone, devicebench was not importable there. -S: no site-packages (where an editable install is).
+    code = worker.bootstrap("import multiprocessing, devicebench.runfile\n"
+                            "with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+                            "    print(pool.apply(devicebench.runfile._whole, (3,)))",
+                            worker.import_folder(tmp_path / "import"))
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+def fake_python(path: Path, torch_version: str | None, missing: list[str], prefix: str | None = None,
+                rows_skip: tuple[str, ...] = ()) -> str:
     """An executable that answers worker.probe as a Python with ``torch_version`` lacking ``missing`` would."""
-    path.write_text("#!/bin/sh\necho '" + json.dumps({"torch": torch_version, "missing": missing}) + "'\n")
+    answer = {"torch": torch_version, "missing": missing, "prefix": prefix or str(path), "rows_skip": list(rows_skip)}
+    path.write_text("#!/bin/sh\necho '" + json.dumps(answer) + "'\n")
     path.chmod(0o755)
     return str(path)
 
 
 def test_an_environment_lacking_the_requirements_is_refused_with_an_install_that_keeps_its_torch(tmp_path):
-    lacking = fake_python(tmp_path / "old", "2.13.0+cpu", ["requests: ModuleNotFoundError: No module named "
-                                                           "'requests'", "timm: ModuleNotFoundError: x"])
+    lacking = fake_python(tmp_path / "old", "2.13.0+cpu", ["devicebench.measure: ModuleNotFoundError: No module "
+                                                           "named 'numpy'"])
     with pytest.raises(UsageError) as refused:
         commands.check_environments([coordinator.Environment("old", lacking),
                                      coordinator.Environment("new", sys.executable)])
     message = str(refused.value)
-    assert message.startswith(f"--env old: {lacking} cannot run devicebench's workers: requests: ")
-    assert "(also missing: timm)" in message
-    assert f'{lacking} -m pip install "torch==2.13.0" "torchvision==0.28.0" "timm>=' in message
+    assert message.startswith(f"--env old: {lacking} cannot run devicebench's workers: devicebench.measure: ")
+    assert f'naming its torch so pip keeps it: {lacking} -m pip install "torch==2.13.0" "torchvision==0.28.0" ' \
+           f'"timm>=' in message
+    # Without torch there is none to keep: the command says which to name.
+    bare = fake_python(tmp_path / "bare", None, ["devicebench.measure: ModuleNotFoundError: No module named 'torch'"])
+    with pytest.raises(UsageError, match=r'naming the torch so pip keeps it: .* "torch==VERSION" "torchvision==its '
+                                         r'pair \(devicebench/torch_versions.toml\)"'):
+        commands.check_environments([coordinator.Environment("bare", bare)])
 
 
-def test_two_environments_of_one_torch_are_said_to_be_an_a_a(tmp_path):
+def test_two_environments_of_one_torch_are_said_to_be_an_a_a_and_rows_that_will_skip_are_named(tmp_path):
     lines: list[str] = []
     first, second = (fake_python(tmp_path / name, "2.14.1+cu130", []) for name in ("a", "b"))
     commands.check_environments([coordinator.Environment("old", first), coordinator.Environment("new", second)],
@@ -267,27 +287,28 @@ def test_two_environments_of_one_torch_are_said_to_be_an_a_a(tmp_path):
     assert lines[0] == f"environments: old = torch 2.14.1+cu130 ({first}), new = torch 2.14.1+cu130 ({second})"
     assert "note: old and new hold the same torch 2.14.1+cu130, so this is an A/A" in lines[1]
     lines.clear()
-    commands.check_environments([coordinator.Environment("A", first), coordinator.Environment("B", first)],
+    # One environment spelled two ways (one sys.prefix) is an A/A by intent; a broken torchvision skips rows only.
+    third = fake_python(tmp_path / "c", "2.14.1+cu130", [], prefix=first,
+                        rows_skip=("torchvision: RuntimeError: operator torchvision::nms does not exist",))
+    commands.check_environments([coordinator.Environment("A", first), coordinator.Environment("B", third)],
                                 lines.append)
-    assert len(lines) == 1  # the same Python twice is an A/A by intent
+    assert len(lines) == 2 and "note: in B the rows of workloads that need torchvision: RuntimeError" in lines[1]
 
 
-def test_a_built_environment_that_cannot_import_is_skipped_and_removed_not_marked_complete(tmp_path, monkeypatch,
-                                                                                          enough_disk):
-    # pip succeeded, but the torchvision it chose was built for another torch (fails at import): not to be reused.
+def test_a_built_environment_that_cannot_run_a_worker_is_skipped_and_removed_not_marked_complete(
+        tmp_path, monkeypatch, enough_disk):
     monkeypatch.setattr(sweep.venv, "create", lambda path, with_pip: (Path(path) / "bin").mkdir(parents=True))
     monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
     monkeypatch.setattr(worker, "probe", lambda python: worker.Probe(
-        "2.13.0+cpu", ("torchvision: RuntimeError: operator torchvision::nms does not exist",)))
-    with pytest.raises(sweep.Skip, match="cannot run devicebench's workers: torchvision: RuntimeError: operator"):
+        "2.13.0+cpu", ("devicebench.measure: ModuleNotFoundError: No module named 'numpy'",)))
+    with pytest.raises(sweep.Skip, match="cannot run devicebench's workers: devicebench.measure: ModuleNotFound"):
         sweep.ensure_environment(tmp_path / "envs", "2.13.0", [], lambda _: None)
     assert not sweep.environment_path(tmp_path / "envs", "2.13.0").exists()
-
-
-@pytest.mark.parametrize("text, said", [("10", "give the unit, such as 10m or 10s"),
-                                        ("-5m", "give a time such as 10m"), ("0s", "longer than zero")])
-def test_a_time_without_its_unit_or_below_zero_is_refused_before_anything_runs(text, said, capsys):
-    with pytest.raises(SystemExit) as refused:
-        cli.main(["run", f"--budget={text}", "--", "--device", "cpu"])
-    assert refused.value.code == 2 and said in capsys.readouterr().err
-    assert cli._duration("1h30m") == 5400 and cli._duration("90s") == 90
+    # A torchvision of another torch only skips the rows that need it (mnist_mlp still runs): kept, and said.
+    monkeypatch.setattr(worker, "probe", lambda python: worker.Probe(
+        "2.13.0+cpu", (), "/envs/2.13.0", ("torchvision: RuntimeError: operator torchvision::nms does not exist",)))
+    lines: list[str] = []
+    sweep.ensure_environment(tmp_path / "envs", "2.13.0", [], lines.append)
+    assert (sweep.environment_path(tmp_path / "envs", "2.13.0") / sweep.COMPLETE_MARKER).exists()
+    assert any("need torchvision: RuntimeError: operator torchvision::nms does not exist will skip" in line
+               for line in lines)
