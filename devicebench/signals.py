@@ -5,6 +5,7 @@ is not."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Callable
@@ -32,3 +33,20 @@ def stop_like_ctrl_c() -> Callable[[], None]:
             signal.signal(number, signal.SIG_DFL)
 
     return undo
+
+
+@contextlib.contextmanager
+def ignored_while_saving():
+    """Ctrl-C, SIGTERM and SIGHUP ignored while finished work is written (a second Ctrl-C pressed then lost every
+    finished row); what they asked for, the end, follows the write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.signal(number, signal.SIG_IGN)
+             for number in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if number}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)

@@ -151,6 +151,19 @@ def test_an_interrupt_keeps_the_finished_rows_and_drops_the_cut_off_one(tmp_path
     assert results.load_run(out).interrupted
 
 
+@pytest.mark.parametrize("signal_name", ["INT", "TERM"])
+def test_a_second_interrupt_while_the_file_is_written_loses_no_finished_row(tmp_path, signal_name):
+    out = tmp_path / "out.json"
+    result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", "-p", "tests.doubles.interrupt",
+                        "--interrupt-in-round", "9", "--interrupt-signal", signal_name,
+                        "--interrupt-again-while-saving", "--benchmark-json", str(out), cwd=tmp_path,
+                        env_extra=TINY_WORKLOAD)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [bench["name"] for bench in data["benchmarks"]] == ["test_workload[tiny_linear-seed-cpu]"]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_an_interrupt_in_the_first_row_saves_no_file_of_no_rows(tmp_path):
     storage = tmp_path / "results"
     result = run_pytest(*QUICK_TINY, "--pipeline", "seed,resident", "-p", "tests.doubles.interrupt",
