@@ -187,7 +187,8 @@ def launch(scaling: Scaling, folder: Path, world_size: int, view: str) -> list[d
                "--max-restarts", "0", "--monitor-interval", "1", "--log-dir", str(folder / "torchrun"),
                "-m", "devicebench.distributed",
                str(task.write(folder / "launch.json"))]
-    root = str(Path(distributed.__file__).resolve().parents[1])  # this devicebench first, as for workers
+    # This devicebench (and a workload registered beside it) first; one Python, so no other torch to shadow.
+    root = str(Path(distributed.__file__).resolve().parents[1])
     # NCCL's own timeout handling stays as torch sets it: a blocking wait (TORCH_NCCL_BLOCKING_WAIT) would make
     # DDP's host wait for every all-reduce and slow the very steps measured (pytorch/pytorch#50820).
     env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1",

@@ -69,8 +69,6 @@ def bootstrap(then: str, folder: Path) -> str:
 
 # What every row of a worker imports; a failure here is the environment's, and no row could run.
 WORKER_MODULES = ("devicebench.worker", "devicebench.measure", "devicebench.rows", "devicebench.environment")
-# What some workloads need (their REQUIRES): without it those rows skip, saying so (rows.missing_requirement).
-WORKLOAD_PACKAGES = ("torchvision", "timm", "ranger21", "safetensors", "huggingface_hub", "PIL")
 
 
 @dataclass(frozen=True)
@@ -89,6 +87,10 @@ def probe(python: str) -> Probe:
     import subprocess
     import tempfile
 
+    from devicebench.workloads import all_workloads
+
+    # What some workloads need (their REQUIRES): without it those rows skip, saying so (rows.missing_requirement).
+    packages = sorted({name for module in all_workloads().values() for name in getattr(module, "REQUIRES", ())})
     report = ("import importlib, json\n"
               "def failures(names):\n"
               "    found = []\n"
@@ -97,7 +99,7 @@ def probe(python: str) -> Probe:
               "        except Exception as error: found.append(f'{name}: {type(error).__name__}: '\n"
               "                                                + (str(error).splitlines() or [''])[0])\n"
               "    return found\n"
-              f"missing, rows_skip = failures({WORKER_MODULES!r}), failures({WORKLOAD_PACKAGES!r})\n"
+              f"missing, rows_skip = failures({WORKER_MODULES!r}), failures({packages!r})\n"
               "torch = sys.modules.get('torch')\n"
               "print(json.dumps({'torch': getattr(torch, '__version__', None), 'missing': missing, "
               "'prefix': sys.prefix, 'rows_skip': rows_skip}))")
